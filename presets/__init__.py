@@ -1,0 +1,226 @@
+"""Named formulations: each preset is a `Formulation` assembled from the parts in
+`edm_space.parameterization`, with the constants of its paper.
+
+    import presets
+    f = presets.get("edm")            # or presets.get("sd3", shift=3.0)
+    presets.names()                   # ['edm', 'vp', 've', 'iddpm', 'ddpm', 'ddim', 'flow', 'sd3']
+
+A preset is data: a function that fills in a Formulation. Keyword arguments of
+`get` override the paper's constants (sigma_data, beta_d, ...).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Dict, List
+
+import torch
+
+from edm_space.errors import ConfigError, unknown
+from edm_space.parameterization import (
+    DiscreteLevels,
+    DiscreteSigma,
+    DiscreteTimesteps,
+    EDMPrecond,
+    EDMWeight,
+    EpsPrecond,
+    FlowPrecond,
+    FlowScale,
+    FlowSigma,
+    FlowWeight,
+    Formulation,
+    InverseSigmaSquared,
+    LinearSigma,
+    LogitNormalTime,
+    LogNormalSigma,
+    LogUniformSigma,
+    NearestLevelIndex,
+    ScaledTime,
+    SqrtSigma,
+    UniformTime,
+    UnitScale,
+    VEPrecond,
+    VPScale,
+    VPSigma,
+    iddpm_levels,
+)
+
+__all__ = ["get", "names", "Formulation"]
+
+
+def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2) -> Formulation:
+    """EDM (Karras et al. 2022, Table 1, "EDM" column)."""
+    return Formulation(
+        name="edm",
+        noise=LinearSigma(),
+        scale_schedule=UnitScale(),
+        preconditioning=EDMPrecond(sigma_data),
+        loss_weighting=EDMWeight(sigma_data),
+        p_train=LogNormalSigma(p_mean, p_std),
+        sigma_min=0.002,
+        sigma_max=80.0,
+        default_solver="heun",
+        default_discretization="edm",
+        default_steps=18,
+        description="EDM: sigma(t) = t, s = 1, unit-variance preconditioning",
+    )
+
+
+def vp(beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, M: int = 1000) -> Formulation:
+    """Variance-preserving SDE (Song et al. 2021; EDM Table 1, "VP" column)."""
+    noise = VPSigma(beta_d, beta_min)
+    sigma_at = lambda t: float(noise.sigma(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+    return Formulation(
+        name="vp",
+        noise=noise,
+        scale_schedule=VPScale(),
+        preconditioning=EpsPrecond(ScaledTime(factor=M - 1)),
+        loss_weighting=InverseSigmaSquared(),
+        p_train=UniformTime(epsilon_t, 1.0),
+        sigma_min=sigma_at(1e-3),
+        sigma_max=sigma_at(1.0),
+        support=(sigma_at(epsilon_t), sigma_at(1.0)),
+        default_solver="euler",
+        default_discretization="vp",
+        default_steps=256,
+        description="VP SDE: DDPM's continuous limit, eps-prediction",
+    )
+
+
+def ve(sigma_min: float = 0.02, sigma_max: float = 100.0) -> Formulation:
+    """Variance-exploding SDE (Song et al. 2021; EDM Table 1, "VE" column)."""
+    return Formulation(
+        name="ve",
+        noise=SqrtSigma(),
+        scale_schedule=UnitScale(),
+        preconditioning=VEPrecond(),
+        loss_weighting=InverseSigmaSquared(),
+        p_train=LogUniformSigma(sigma_min, sigma_max),
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        support=(sigma_min, sigma_max),
+        default_solver="euler",
+        default_discretization="ve",
+        default_steps=256,
+        description="VE SDE (NCSN++): sigma(t) = sqrt(t), score-prediction scaled by sigma",
+    )
+
+
+def iddpm(M: int = 1000, C1: float = 0.001, C2: float = 0.008) -> Formulation:
+    """Improved DDPM (Nichol & Dhariwal 2021; EDM Table 1, "iDDPM" column): discrete levels u_j."""
+    levels = iddpm_levels(M, C1, C2)
+    return Formulation(
+        name="iddpm",
+        noise=LinearSigma(),
+        scale_schedule=UnitScale(),
+        preconditioning=EpsPrecond(NearestLevelIndex(levels)),
+        loss_weighting=InverseSigmaSquared(),
+        p_train=DiscreteLevels(levels),
+        sigma_min=0.002,
+        sigma_max=81.0,
+        support=(float(levels[M - 1]), float(levels[0])),
+        default_solver="euler",
+        default_discretization="iddpm",
+        default_steps=100,
+        levels=levels,
+        description="iDDPM: cosine schedule, M discrete noise levels, eps-prediction",
+    )
+
+
+def ddpm(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Formulation:
+    """DDPM (Ho et al. 2020): linear betas, T = 1000, eps-prediction with the 0-based timestep as input."""
+    return _ddpm_family("ddpm", num_timesteps, beta_start, beta_end, solver="ancestral", steps=1000)
+
+
+def ddim(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Formulation:
+    """DDPM's formulation sampled with deterministic DDIM (Song et al. 2021a; EDM Appendix)."""
+    return _ddpm_family("ddim", num_timesteps, beta_start, beta_end, solver="ddim", steps=50)
+
+
+def _ddpm_family(name: str, num_timesteps: int, beta_start: float, beta_end: float, solver: str, steps: int) -> Formulation:
+    noise = DiscreteSigma(num_timesteps, beta_start, beta_end)
+    return Formulation(
+        name=name,
+        noise=noise,
+        scale_schedule=VPScale(),
+        preconditioning=EpsPrecond(ScaledTime(factor=1.0, offset=-1.0)),
+        loss_weighting=InverseSigmaSquared(),
+        p_train=DiscreteTimesteps(num_timesteps),
+        sigma_min=float(noise.sigmas[1]),
+        sigma_max=float(noise.sigmas[-1]),
+        support=(float(noise.sigmas[1]), float(noise.sigmas[-1])),
+        default_solver=solver,
+        default_discretization="ddpm",
+        default_steps=steps,
+        description=f"DDPM chain, T = {num_timesteps}, sampled with {solver}",
+    )
+
+
+def flow() -> Formulation:
+    """Rectified flow / conditional-OT flow matching (Liu et al. 2023; Lipman et al. 2023)."""
+    return _flow_family("flow", UniformTime(0.0, 1.0), 1.0, "rectified flow: x_t = (1-t) x_0 + t eps, velocity-prediction")
+
+
+def sd3(shift: float = 1.0, mean: float = 0.0, std: float = 1.0) -> Formulation:
+    """Flow with logit-normal training times and a time shift for sampling (Esser et al. 2024, SD3)."""
+    if not shift > 0:
+        raise ConfigError(f"sd3 shift must be > 0, got {shift!r}")
+    return _flow_family("sd3", LogitNormalTime(mean, std), shift, "SD3: flow with logit-normal t and time shift")
+
+
+def _flow_family(name: str, p_train, shift: float, description: str) -> Formulation:
+    return Formulation(
+        name=name,
+        noise=FlowSigma(),
+        scale_schedule=FlowScale(),
+        preconditioning=FlowPrecond(),
+        loss_weighting=FlowWeight(),
+        p_train=p_train,
+        sigma_min=0.0,
+        sigma_max=math.inf,
+        default_solver="euler",
+        default_discretization="uniform-t",
+        default_steps=50,
+        time_shift=shift,
+        description=description,
+    )
+
+
+_PRESETS: Dict[str, Callable[..., Formulation]] = {
+    "edm": edm,
+    "vp": vp,
+    "ve": ve,
+    "iddpm": iddpm,
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "flow": flow,
+    "sd3": sd3,
+}
+_CACHE: Dict[str, Formulation] = {}
+
+
+def names() -> List[str]:
+    """The preset names, in the order of the design table."""
+    return list(_PRESETS)
+
+
+def get(name, **overrides) -> Formulation:
+    """The formulation of preset `name`; keyword arguments override its paper constants.
+
+    A Formulation passed as `name` is returned unchanged.
+    """
+    if isinstance(name, Formulation):
+        return name
+    if name not in _PRESETS:
+        raise unknown("preset", name, names())
+    build = _PRESETS[name]
+    if overrides:
+        allowed = list(inspect.signature(build).parameters)
+        bad = [key for key in overrides if key not in allowed]
+        if bad:
+            raise ConfigError(f"preset {name!r} has no parameter {bad[0]!r}; valid: {', '.join(allowed) or 'none'}")
+        return build(**overrides)
+    if name not in _CACHE:
+        _CACHE[name] = build()
+    return _CACHE[name]

@@ -1,0 +1,93 @@
+"""Euler and Heun with EDM's stochastic churn: EDM Algorithms 1 and 2, generalized to any s(t), sigma(t).
+
+This is the design space of EDM's ablation sampler in one function: the state
+is integrated in the formulation's own t and x, so that Euler on the vp preset
+with the vp discretization is exactly EDM Table 1's "VP" column.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
+
+import torch
+
+from edm_space.errors import ConfigError
+
+from .ode import ProbabilityFlow
+from .registry import register
+
+Tensor = torch.Tensor
+
+
+def edm_solver(
+    ode: ProbabilityFlow,
+    x: Tensor,
+    t_steps: Tensor,
+    *,
+    second_order: bool,
+    alpha: float = 1.0,
+    churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+    randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
+    callback: Optional[Callable] = None,
+) -> Tensor:
+    """EDM Algorithm 2 with the general ODE of eq. 4 and the second-order step of Algorithm 1 (alpha: EDM App. D.2).
+
+    With churn > 0, each step first raises the noise from sigma(t_i) to
+    sigma(t_hat) = (1 + gamma) sigma(t_i), gamma = min(churn / N, sqrt(2) - 1)
+    where s_tmin <= sigma(t_i) <= s_tmax (else 0), adding fresh noise of
+    standard deviation s(t_hat) sqrt(sigma(t_hat)^2 - sigma(t_i)^2) s_noise.
+    One randn_like(x) is drawn on every step when churn > 0, none when churn = 0.
+    The last step, into t_N = 0, is always an Euler step.
+    """
+    if not 0 < alpha <= 1:
+        raise ConfigError(f"alpha = {alpha!r} is invalid; Heun's alpha must lie in (0, 1]")
+    f = ode.formulation
+    num_steps = len(t_steps) - 1
+    x_next = x
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+
+        # Increase noise temporarily (Algorithm 2, lines 4-6).
+        if churn > 0:
+            sigma_cur = f.sigma(t_cur)
+            gamma = min(churn / num_steps, math.sqrt(2) - 1) if s_tmin <= sigma_cur <= s_tmax else 0.0
+            t_hat = f.sigma_inv(f.round_sigma(sigma_cur + gamma * sigma_cur))
+            noise_std = (f.sigma(t_hat) ** 2 - sigma_cur**2).clip(min=0).sqrt() * f.scale(t_hat) * s_noise
+            x_hat = f.scale(t_hat) / f.scale(t_cur) * x_cur + noise_std * randn_like(x_cur)
+        else:
+            t_hat, x_hat = t_cur, x_cur
+
+        # Euler step (Algorithm 1, lines 4-5).
+        h = t_next - t_hat
+        d_cur, denoised = ode.derivative(x_hat, t_hat)
+        if not second_order or i == num_steps - 1:
+            x_next = x_hat + h * d_cur
+        else:
+            # Second-order correction at t_hat + alpha h (Algorithm 1, lines 6-8; alpha = 1 is Heun).
+            t_prime = t_hat + alpha * h
+            x_prime = x_hat + alpha * h * d_cur
+            d_prime, _ = ode.derivative(x_prime, t_prime)
+            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
+
+        if callback is not None:
+            callback(i, t_cur, f.sigma(t_cur), x_next, denoised)
+    return x_next
+
+
+def _variant(second_order: bool, doc: str) -> Callable:
+    fn = functools.partial(edm_solver, second_order=second_order)
+    fn.__doc__ = doc
+    return fn
+
+
+euler = register("euler", order=1, nfe_per_step="1", stochastic=False, paper="Karras et al. 2022, Alg. 1 (first order); Alg. 2 with churn")(
+    _variant(False, "Euler's method on the probability-flow ODE; stochastic with churn > 0 (EDM Alg. 2 without the correction).")
+)
+heun = register("heun", order=2, nfe_per_step="2 (1 on the last step)", stochastic=False, paper="Karras et al. 2022, Alg. 1; Alg. 2 with churn")(
+    _variant(True, "Heun's second-order method (alpha = 1; alpha = 0.5 is the midpoint rule), EDM Algorithm 1; Algorithm 2 with churn.")
+)
