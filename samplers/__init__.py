@@ -19,8 +19,10 @@ import torch
 from edm_space.errors import ConfigError
 from edm_space.parameterization import F64, Formulation
 
+from . import edm as _edm  # noqa: F401  (registers euler, heun; order of import = order of names())
 from . import ancestral as _ancestral  # noqa: F401  (registers ddim, ancestral)
-from . import edm as _edm  # noqa: F401  (registers euler, heun)
+from . import sde as _sde  # noqa: F401  (registers euler-maruyama)
+from . import dpm as _dpm  # noqa: F401  (registers dpm++2m, dpm++3m, dpm++2s)
 from .discretizations import time_steps
 from .discretizations import names as discretization_names
 from .ode import ProbabilityFlow

@@ -1,0 +1,52 @@
+"""Per-sample random streams, so that a sample depends on its own seed and not on its batch."""
+
+from __future__ import annotations
+
+import re
+from typing import List, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+Tensor = torch.Tensor
+
+
+class SeededNoise:
+    """Row i of every draw comes from its own torch.Generator seeded with seeds[i].
+
+    Pass `noise.randn_like` as a sampler's `randn_like`; draw latents with
+    `noise.randn(shape)`. Sample i then depends only on seed i (EDM's
+    StackedRandomGenerator idea).
+    """
+
+    def __init__(self, seeds: Sequence[int], device: "torch.device | str" = "cpu"):
+        self.seeds = [int(seed) for seed in seeds]
+        self.generators = [torch.Generator(device).manual_seed(seed % (1 << 63)) for seed in self.seeds]
+        self.device = torch.device(device)
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        """A [len(seeds), *shape[1:]] standard normal draw; shape[0] must equal the number of seeds."""
+        if shape[0] != len(self.generators):
+            raise ConfigError(f"a draw of batch {shape[0]} needs {shape[0]} seeds; got {len(self.generators)}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype, device=self.device) for g in self.generators])
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """Like torch.randn_like, one generator per row."""
+        return self.randn(x.shape, dtype=x.dtype).to(x.device)
+
+
+def parse_seeds(text: str) -> List[int]:
+    """Parse '0-99', '1,5,7-9' or '3' into a list of non-negative integers."""
+    seeds: List[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ConfigError(f"seeds {text!r} are invalid; write a list like 0-99 or 1,5,7-9")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        if hi < lo:
+            raise ConfigError(f"seed range {part!r} is empty; write low-high with low <= high")
+        seeds.extend(range(lo, hi + 1))
+    return seeds
