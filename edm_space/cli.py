@@ -81,6 +81,11 @@ def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
 @click.option("--n", "num_samples", type=int, default=1000, show_default=True, help="Number of samples (seeds seed .. seed+n-1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--seeds", default=None, help="Explicit seeds, e.g. 0-99 or 1,5,7-9 (overrides --n/--seed).")
+@click.option("--eta", type=float, default=None, help="ddim / ancestral: noise strength eta.")
+@click.option("--alpha", type=float, default=None, help="heun: position of the second evaluation (1 = Heun, 0.5 = midpoint).")
+@click.option("--beta", type=float, default=None, help="euler-maruyama: Langevin strength.")
+@click.option("--beta-schedule", default=None, help="euler-maruyama: score-sde (beta * sigma'/sigma) or constant.")
+@click.option("--trajectory", is_flag=True, help="Also write every step's state and denoised estimate (STEM_trajectory.npz) and a PNG strip of the denoised estimates.")
 @click.option("--out", "out_path", default="samples.npz", show_default=True, help="FILE.npz (arrays samples, seeds; a PNG beside it) or FILE.png.")
 def sample_command(
     preset: str,
@@ -99,6 +104,11 @@ def sample_command(
     num_samples: int,
     seed: int,
     seeds: Optional[str],
+    eta: Optional[float],
+    alpha: Optional[float],
+    beta: Optional[float],
+    beta_schedule: Optional[str],
+    trajectory: bool,
     out_path: str,
 ) -> None:
     """Sample the exact denoiser of a built-in data set with any preset and solver.
@@ -135,11 +145,13 @@ def sample_command(
     denoiser = IdealDenoiser(dataset.to(torch.float64))
     noise = SeededNoise(seed_list)
     latents = noise.randn([len(seed_list), *dataset.shape[1:]], dtype=torch.float64)
+    options = {key: value for key, value in (("eta", eta), ("alpha", alpha), ("beta", beta), ("beta_schedule", beta_schedule)) if value is not None}
+    recorder = TrajectoryRecorder() if trajectory else None
     info: dict = {}
     x = samplers.sample(
         denoiser, latents, formulation=f, solver=solver, num_steps=num_steps, discretization=discretization,
         sigma_min=lo, sigma_max=hi, churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
-        randn_like=noise.randn_like, rho=rho, info=info, progress=True,
+        randn_like=noise.randn_like, rho=rho, info=info, progress=True, callback=recorder, **options,
     )
     samples = x.numpy()
     if not np.isfinite(samples).all():
@@ -152,10 +164,42 @@ def sample_command(
     if samples.ndim == 2 and samples.shape[1] == 2:
         scatter_panels_png(png_path, [dataset.numpy(), samples])
     written = [out_path] + ([png_path] if png_path != out_path else [])
+    if recorder is not None:
+        written += recorder.save(os.path.splitext(out_path)[0] + "_trajectory")
     click.echo(
         f"{len(seed_list)} samples of {data_name} with {preset} + {solver}, {num_steps} steps, "
         f"{info['nfe']} denoiser evaluations -> {', '.join(written)}"
     )
+
+
+class TrajectoryRecorder:
+    """A sampler callback that keeps every step's (t, sigma, x, denoised)."""
+
+    def __init__(self) -> None:
+        self.t: List[float] = []
+        self.sigma: List[float] = []
+        self.x: List[np.ndarray] = []
+        self.denoised: List[np.ndarray] = []
+
+    def __call__(self, step: int, t, sigma, x, denoised) -> None:
+        self.t.append(float(t))
+        self.sigma.append(float(sigma))
+        self.x.append(x.detach().cpu().numpy().copy())
+        self.denoised.append(denoised.detach().cpu().numpy().copy())
+
+    def save(self, stem: str, panels: int = 6) -> List[str]:
+        """Write STEM.npz (t, sigma, x, denoised stacked over steps) and, for 2-D data, STEM.png."""
+        from .files import save_npz_atomic
+        from .plotting import scatter_panels_png
+
+        arrays = {"t": np.asarray(self.t), "sigma": np.asarray(self.sigma), "x": np.stack(self.x), "denoised": np.stack(self.denoised)}
+        save_npz_atomic(stem + ".npz", arrays)
+        written = [stem + ".npz"]
+        if arrays["denoised"].ndim == 3 and arrays["denoised"].shape[2] == 2:
+            picks = np.unique(np.linspace(0, len(self.t) - 1, min(panels, len(self.t))).round().astype(int))
+            scatter_panels_png(stem + ".png", [arrays["denoised"][i] for i in picks], extent=None)
+            written.append(stem + ".png")
+        return written
 
 
 # ---------------------------------------------------------------------------

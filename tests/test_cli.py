@@ -84,3 +84,26 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, names):
     for name in names:
         assert name in message
     assert os.listdir(tmp_path) == []
+
+
+def test_trajectory_records_every_step(tmp_path):
+    out = tmp_path / "t.npz"
+    result = run("sample", "--preset", "flow", "--solver", "euler", "--steps", "5", "--n", "20", "--data-size", "100",
+                 "--trajectory", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "t_trajectory.npz") as trajectory, np.load(out) as final:
+        assert trajectory["x"].shape == (5, 20, 2) and trajectory["denoised"].shape == (5, 20, 2)
+        np.testing.assert_allclose(trajectory["t"], [1 - 1e-9, 0.8, 0.6, 0.4, 0.2], atol=1e-12)
+        np.testing.assert_array_equal(trajectory["x"][-1], final["samples"])  # the last step's state is the sample
+    assert (tmp_path / "t_trajectory.png").exists()
+
+
+def test_solver_options_reach_the_solver_and_foreign_ones_are_refused(tmp_path):
+    result = run("sample", "--solver", "heun", "--eta", "1", "--n", "3", "--data-size", "20", cwd=tmp_path)
+    assert result.returncode != 0 and "'eta'" in result.stderr and "alpha" in result.stderr
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    base = ["sample", "--preset", "edm", "--solver", "ddim", "--steps", "6", "--n", "4", "--data-size", "50"]
+    assert run(*base, "--eta", "0", "--out", str(a)).returncode == 0
+    assert run(*base, "--eta", "1", "--out", str(b)).returncode == 0
+    with np.load(a) as x0, np.load(b) as x1:
+        assert not np.allclose(x0["samples"], x1["samples"])
