@@ -68,7 +68,7 @@ def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
 @click.option("--preset", default="edm", show_default=True, help="Formulation whose ODE is integrated (see `edm-space presets`).")
 @click.option("--solver", default=None, help="Solver name [default: the preset's own].")
 @click.option("--steps", "num_steps", type=int, default=None, help="Number of steps N [default: the preset's own].")
-@click.option("--discretization", default=None, help="Time steps: edm, vp, ve, iddpm, ddpm, uniform-t, log-sigma [default: the preset's own].")
+@click.option("--discretization", default=None, help="Time steps: edm, vp, ve, iddpm, ddpm, uniform-t, log-sigma, or FILE.json with {\"sigmas\": [...]} [default: the preset's own].")
 @click.option("--sigma-min", default=None, help="Lowest noise level [default: the discretization's own].")
 @click.option("--sigma-max", default=None, help="Highest noise level [default: the discretization's own].")
 @click.option("--rho", type=float, default=7.0, show_default=True, help="Exponent of the edm discretization.")

@@ -114,9 +114,34 @@ _LEVELS: Dict[str, SigmaLevels] = {
 _NAMES = ("edm", "vp", "ve", "iddpm", "ddpm", "uniform-t", "log-sigma")
 
 
+_CUSTOM: Dict[str, Tensor] = {}
+
+
 def names() -> list:
-    """The registered discretization names."""
-    return list(_NAMES)
+    """The discretization names: the built-in ones and those added by `register_levels`."""
+    return list(_NAMES) + list(_CUSTOM)
+
+
+def register_levels(name: str, sigma_levels) -> None:
+    """Add a named discretization given by explicit, strictly decreasing sigma levels (e.g. optimized steps).
+
+    It is usable everywhere a discretization name is; its length, not num_steps, sets N.
+    """
+    if name in _NAMES:
+        raise ConfigError(f"{name!r} is a built-in discretization; choose another name")
+    _CUSTOM[name] = _check_levels(sigma_levels)
+
+
+def load_levels(path: str) -> Tensor:
+    """Sigma levels from a JSON file holding {"sigmas": [...]} (as the solver benchmark writes them)."""
+    import json
+
+    try:
+        with open(path) as file:
+            payload = json.load(file)
+        return _check_levels(payload["sigmas"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"cannot read sigma levels from {path!r}: expected JSON with a 'sigmas' list ({type(error).__name__})") from None
 
 
 def default_range(formulation: Formulation, discretization: str) -> Tuple[float, float]:
@@ -170,9 +195,13 @@ def time_steps(
     """
     if isinstance(discretization, (torch.Tensor, list, tuple)):
         return _explicit_levels(formulation, discretization)
+    if isinstance(discretization, str) and discretization in _CUSTOM:
+        return _explicit_levels(formulation, _CUSTOM[discretization])
+    if isinstance(discretization, str) and discretization.endswith(".json"):
+        return _explicit_levels(formulation, load_levels(discretization))
     name = formulation.default_discretization if discretization is None else discretization
     if name not in _NAMES:
-        raise unknown("discretization", name, _NAMES)
+        raise unknown("discretization", name, names() + ["FILE.json"])
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ConfigError(f"num_steps = {num_steps!r} is invalid; it must be an integer >= 1")
     f = formulation
@@ -212,12 +241,17 @@ def _ddpm_steps(f: Formulation, num_steps: int, sigma_min: Optional[float], sigm
     return torch.cat([f.sigma_inv(levels), torch.zeros(1, dtype=F64)])
 
 
-def _explicit_levels(f: Formulation, levels) -> Tensor:
+def _check_levels(levels) -> Tensor:
     sigma = torch.as_tensor(levels, dtype=F64).flatten()
     if len(sigma) and sigma[-1] == 0:
         sigma = sigma[:-1]
     if len(sigma) < 1 or not bool((sigma > 0).all()) or not bool((sigma[1:] < sigma[:-1]).all()):
         raise ConfigError(f"explicit sigma levels must be positive and strictly decreasing (a final 0 allowed); got {levels!r}")
+    return sigma
+
+
+def _explicit_levels(f: Formulation, levels) -> Tensor:
+    sigma = _check_levels(levels)
     t = torch.cat([f.sigma_inv(sigma), torch.zeros(1, dtype=F64)])
     if not torch.isfinite(f.sigma(t[0])):
         t[0] = f.sigma_inv(torch.tensor(SIGMA_INFINITY, dtype=F64))
