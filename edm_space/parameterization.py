@@ -482,17 +482,21 @@ class DiscreteTimesteps:
 
 @dataclass(frozen=True)
 class LogitNormalTime:
-    """t = sigmoid(n), n ~ N(mean, std^2) (Esser et al. 2024, SD3, eq. 19)."""
+    """t = sigmoid(n), n ~ N(mean, std^2) (Esser et al. 2024, SD3, eq. 19), then the shift t' = a t / (1 + (a-1) t)."""
 
     mean: float = 0.0
     std: float = 1.0
+    shift: float = 1.0
 
     @property
     def formula(self) -> str:
-        return f"t = sigmoid(n), n ~ N({self.mean:g}, {self.std:g}^2)"
+        shifted = f", shift {self.shift:g}" if self.shift != 1 else ""
+        return f"t = sigmoid(n), n ~ N({self.mean:g}, {self.std:g}^2){shifted}"
 
     def sample(self, batch: int, noise: NoiseSchedule, generator: Optional[torch.Generator] = None) -> Tensor:
         t = torch.sigmoid(self.mean + self.std * torch.randn(batch, dtype=F64, generator=generator))
+        if self.shift != 1:
+            t = self.shift * t / (1 + (self.shift - 1) * t)
         return noise.sigma(t)
 
 

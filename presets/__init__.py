@@ -163,10 +163,10 @@ def flow() -> Formulation:
 
 
 def sd3(shift: float = 1.0, mean: float = 0.0, std: float = 1.0) -> Formulation:
-    """Flow with logit-normal training times and a time shift for sampling (Esser et al. 2024, SD3)."""
+    """Flow with logit-normal training times and a time shift t' = a t / (1 + (a-1) t) for training and sampling (Esser et al. 2024, SD3)."""
     if not shift > 0:
         raise ConfigError(f"sd3 shift must be > 0, got {shift!r}")
-    return _flow_family("sd3", LogitNormalTime(mean, std), shift, "SD3: flow with logit-normal t and time shift")
+    return _flow_family("sd3", LogitNormalTime(mean, std, shift), shift, "SD3: flow with logit-normal t and time shift")
 
 
 def _flow_family(name: str, p_train, shift: float, description: str) -> Formulation:

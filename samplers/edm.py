@@ -53,14 +53,16 @@ def edm_solver(
         x_cur = x_next
 
         # Increase noise temporarily (Algorithm 2, lines 4-6).
+        t_hat, x_hat = t_cur, x_cur
         if churn > 0:
             sigma_cur = f.sigma(t_cur)
             gamma = min(churn / num_steps, math.sqrt(2) - 1) if s_tmin <= sigma_cur <= s_tmax else 0.0
-            t_hat = f.sigma_inv(f.round_sigma(sigma_cur + gamma * sigma_cur))
-            noise_std = (f.sigma(t_hat) ** 2 - sigma_cur**2).clip(min=0).sqrt() * f.scale(t_hat) * s_noise
-            x_hat = f.scale(t_hat) / f.scale(t_cur) * x_cur + noise_std * randn_like(x_cur)
-        else:
-            t_hat, x_hat = t_cur, x_cur
+            noise = randn_like(x_cur)  # drawn on every step, so a shared stream stays aligned
+            if gamma > 0:
+                # (Outside the window t_hat = t_i exactly: a sigma -> t round trip would add ~1e-8 noise.)
+                t_hat = f.sigma_inv(f.round_sigma(sigma_cur + gamma * sigma_cur))
+                noise_std = (f.sigma(t_hat) ** 2 - sigma_cur**2).clip(min=0).sqrt() * f.scale(t_hat) * s_noise
+                x_hat = f.scale(t_hat) / f.scale(t_cur) * x_cur + noise_std * noise
 
         # Euler step (Algorithm 1, lines 4-5).
         h = t_next - t_hat
