@@ -307,3 +307,51 @@ def image_grid_png(path: "str | os.PathLike[str]", images: object, ncols: Option
         top, left = tile_origin(k, ncols, th, tw)
         canvas[top : top + th, left : left + tw] = u8[k]
     write_png(path, canvas[..., 0] if ch == 1 else canvas)
+
+
+def have_matplotlib() -> bool:
+    """Whether the optional [plot] extra (matplotlib) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def line_plot_png(
+    path: "str | os.PathLike[str]",
+    series: "dict",
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = True,
+    logy: bool = True,
+) -> None:
+    """A line plot (matplotlib, the optional [plot] extra) of {label: (xs, ys[, yerr])}, written atomically."""
+    if not have_matplotlib():
+        raise ValueError("line plots need the optional package matplotlib: pip install -e .[plot]")
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, values in series.items():
+        xs, ys = values[0], values[1]
+        yerr = values[2] if len(values) > 2 else None
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", markersize=3, capsize=2, label=label)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())

@@ -51,7 +51,9 @@ def _multistep(
                 r = (lam - history[0][0]) / h
                 x_hat = x_hat - torch.expm1(-h) * (denoised - history[0][1]) / (2 * r)
             elif order == 3 and len(history) >= 1:
-                # Third-order Taylor terms with phi_2 = (h - 1 + e^-h)/h, phi_3 = phi_2/h - 1/2 (Lu et al. 2022, App. B).
+                # Taylor terms of D in lambda: D' h phi_2 and D'' (-h^2 phi_3), with phi_2 = (h - 1 + e^-h)/h and
+                # phi_3 = phi_2/h - 1/2 the integrals of e^-(h-u) u and e^-(h-u) u^2/2 over [0, h] divided by h, -h^2
+                # (Lu et al. 2022, eq. 9-10). D' and D'' come from divided differences of the last three D.
                 h_1 = lam - history[0][0]
                 d1_0 = (denoised - history[0][1]) * (h / h_1)
                 phi_2 = torch.expm1(-h) / h + 1
@@ -60,9 +62,9 @@ def _multistep(
                     r0, r1 = h_1 / h, h_2 / h
                     d1_1 = (history[0][1] - history[1][1]) / r1
                     d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                    d2 = (d1_0 - d1_1) / (r0 + r1)
-                    phi_3 = phi_2 / h - 0.5
-                    x_hat = x_hat + phi_2 * d1 - phi_3 * d2
+                    d2 = (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 D'' / 2
+                    phi_3 = phi_2 / h - 0.5  # -h^2 phi_3 = int_0^h e^-(h-u) u^2/2 du
+                    x_hat = x_hat + phi_2 * d1 - phi_3 * 2 * d2
                 else:
                     x_hat = x_hat + phi_2 * d1_0
             history = [(lam, denoised)] + history[:1]
