@@ -297,7 +297,7 @@ def test_unknown_discretization():
     assert "karras2" in msg
     for name in ALL_NAMES:
         assert name in msg
-    assert sorted(samplers.discretization_names()) == sorted(ALL_NAMES)
+    assert set(ALL_NAMES) <= set(samplers.discretization_names())  # others may be registered at run time
 
 
 @pytest.mark.parametrize("bad", (0, -3))
