@@ -345,10 +345,11 @@ def load_path(path: str):
     if not os.path.exists(path):
         raise ConfigError(f"data file {path!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as loaded:
-            if isinstance(loaded, np.ndarray):
-                array = loaded
-            else:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a .npy: np.load gives the array itself, not a context manager
+            array = loaded
+        else:
+            with loaded:
                 keys = [k for k in ("x", "data", "images") if k in loaded.files] or loaded.files
                 if len(keys) != 1 and not any(k in loaded.files for k in ("x", "data", "images")):
                     raise ConfigError(f"{path!r} holds arrays {loaded.files}; name the data 'x', 'data' or 'images'")
@@ -372,6 +373,17 @@ def _to_training_units(array: np.ndarray, source: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def _png_pixels(image) -> np.ndarray:
+    """An image's pixels as float64 [H, W, C] on the 0..255 scale."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 0..255, never clip
+        return np.asarray(image, dtype=np.float64)[:, :, None] * (255.0 / 65535.0)
+    if image.mode in ("P", "PA"):  # palette: keep the colours unless the palette is gray
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+        return rgb[:, :, :1] if (rgb == rgb[:, :, :1]).all() else rgb
+    array = np.asarray(image.convert("L" if image.mode in ("L", "1", "LA") else "RGB"), dtype=np.float64)
+    return array if array.ndim == 3 else array[:, :, None]
+
+
 def _png_folder(path: str) -> np.ndarray:
     import os
 
@@ -383,10 +395,10 @@ def _png_folder(path: str) -> np.ndarray:
     for name in files:
         try:
             with image_module.open(os.path.join(path, name)) as image:
-                array = np.asarray(image.convert("L" if image.mode in ("L", "1", "P", "LA", "I", "I;16") else "RGB"))
+                array = _png_pixels(image)
         except OSError as error:
             raise ConfigError(f"cannot read image {name!r} in {path!r}: {error}") from None
-        images.append(array if array.ndim == 3 else array[:, :, None])
+        images.append(array)
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
         raise ConfigError(f"images in {path!r} differ in size: {sorted(shapes)[:3]}; all must share one size")

@@ -170,8 +170,16 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a checkpoint without executing code (weights_only=True) and check it is ours."""
+    import zipfile
+
     try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # torch.load does not check the CRCs torch.save writes
+        if damaged is not None:
+            raise ConfigError(f"{path!r} is corrupt: the CRC of its record {damaged!r} does not match")
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path!r} does not exist") from None
     except Exception as error:  # truncated zip, foreign pickle, ...: never executed, always refused
@@ -266,12 +274,12 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
         if stored.preset != config.preset:
             raise ConfigError(f"run directory {run_dir!r} holds a {stored.preset!r} run; it cannot continue as {config.preset!r}")
         derived = ("sigma_data", "item_shape", "num_classes")
-        differing = [k for k, v in config.to_json().items() if k not in RESUMABLE + derived and stored.to_json()[k] != v and v is not None]
+        differing = [k for k, v in config.to_json().items() if k not in RESUMABLE + derived + ("out",) and stored.to_json()[k] != v and v is not None]
         if differing:
             raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
-        config = dataclasses.replace(stored, **{k: getattr(config, k) for k in RESUMABLE})
+        config = dataclasses.replace(stored, out=config.out, **{k: getattr(config, k) for k in RESUMABLE})
 
     x_data, labels = load_training_data(config)
     if config.sigma_data is None:
@@ -311,6 +319,13 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
     lo = rank * local
     buckets = bucket_labels()
     log_path = os.path.join(run_dir, "log.jsonl")
+    if rank == 0 and os.path.exists(log_path):
+        # A crashed run may have logged steps past its last checkpoint; they are about to be redone.
+        from .files import write_atomic
+
+        with open(log_path) as file:
+            kept = [line.rstrip("\n") + "\n" for line in file if line.strip() and _logged_step(line) <= start_step]
+        write_atomic(log_path, "".join(kept).encode())
 
     bar = None
     if progress and rank == 0:
@@ -351,7 +366,10 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
             if not torch.isfinite(global_loss):
                 where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
                 raise TrainingDiverged(f"training loss became {float(global_loss)} at step {step}{where}")
-            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            if not torch.isfinite(grad_norm):
+                where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
+                raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {step}{where}")
             optimizer.step()
             with torch.no_grad():
                 beta = ema_beta(config, images_seen)
@@ -397,6 +415,14 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
     return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "sigma_data": config.sigma_data, "checkpoint": last_good}
 
 
+def _logged_step(line: str) -> float:
+    """The step of one log.jsonl line; a line cut off by a crash counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig) -> str:
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -431,7 +457,10 @@ def load_trained(run_dir: str, ema: bool = True):
     if stored.get("preset") != config.preset:
         raise ConfigError(f"checkpoint in {run_dir!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
     config = TrainConfig.from_json(stored)
-    weights = state["ema" if ema else "model"]
+    key = "ema" if ema else "model"
+    weights = state.get(key)
+    if not isinstance(weights, dict):
+        raise ConfigError(f"checkpoint of step {step} in {run_dir!r} has no {key!r} weights; it is damaged")
     if config.item_shape is None:
         raise ConfigError(f"checkpoint in {run_dir!r} does not record its item shape")
     item_shape, num_classes = tuple(config.item_shape), config.num_classes
