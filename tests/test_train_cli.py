@@ -272,8 +272,6 @@ def test_train_unet_on_images_of_an_indivisible_size(tmp_path, capsys):
     assert not out.exists()
 
 
-NPY_BUG = ("BUG: data.load_path wraps np.load in a with-block; a .npy gives an ndarray, not a context manager, "
-           "so every .npy fails with a TypeError traceback")
 SUFFIXES = [".npy", ".npz"]
 
 
