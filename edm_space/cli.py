@@ -271,25 +271,57 @@ def train_command(preset, data_name, data_size, net, net_options, preset_options
 
     from .training import TrainConfig, train
 
-    presets.get(preset, **_parse_options(list(preset_options), "--preset-option"))  # validate early
-    if net is None:
-        from .data import load
-
-        net = "unet" if load(data_name, n=1).ndim == 4 else "mlp"
-    config = TrainConfig(
-        preset=preset, data=data_name, out=out_dir, net=net, net_options=_parse_options(list(net_options), "--net-option"),
+    given = dict(
+        preset=preset, data=data_name, net=net, net_options=_parse_options(list(net_options), "--net-option"),
         preset_options=_parse_options(list(preset_options), "--preset-option"), data_size=data_size, steps=steps, batch=batch,
         lr=lr, warmup_images=warmup_images, grad_clip=grad_clip, ema_halflife_images=ema_halflife_images, conditional=conditional,
         seed=seed, checkpoint_every=checkpoint_every, log_every=log_every,
     )
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        # Resuming: what the command line does not say comes from the run's own config.
+        from .training import read_run_config
+
+        context = click.get_current_context()
+        sources = {"data": "data_name"}
+        stored = read_run_config(out_dir).to_json()
+        for key in given:
+            source = context.get_parameter_source(sources.get(key, key))
+            if source is not None and source.name != "COMMANDLINE":
+                given[key] = stored[key]
+        preset = given["preset"]
+    presets.get(given["preset"], **given["preset_options"])  # validate early
+    if given["net"] is None:
+        from .data import load
+
+        given["net"] = "unet" if load(given["data"], n=1).ndim == 4 else "mlp"
+    config = TrainConfig(out=out_dir, **given)
     summary = train(config)
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         click.echo(
-            f"trained {preset} on {data_name} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
+            f"trained {config.preset} on {config.data} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
             f"checkpoint {summary['checkpoint']}. Sample it: edm-space sample --ckpt {out_dir} --out samples.png"
         )
+
+
+@cli.command("demo")
+@click.option("--out", "out_dir", default="edm-space-demo", show_default=True, help="Folder for the runs, results.md/.json and demo.png.")
+@click.option("--data", "data_name", default="moons", show_default=True, help="Toy data set.")
+@click.option("--steps", type=int, default=1200, show_default=True, help="Training steps per preset.")
+@click.option("--n", "num_samples", type=int, default=2000, show_default=True, help="Samples per configuration.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and sampling.")
+def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, seed: int) -> None:
+    """Train edm and flow on a toy set, sample each with heun and euler at 5-35 NFE, and compare.
+
+    Prints a table of sliced W2 to fresh data against NFE and writes demo.png
+    (samples side by side, and the metric against NFE). A finished run is reused.
+    """
+    from .demo import format_results, run_demo
+
+    results = run_demo(out_dir, data=data_name, steps=steps, num_samples=num_samples, seed=seed, echo=click.echo)
+    click.echo(format_results(results))
+    click.echo(f"wrote {out_dir}/demo.png, {out_dir}/results.md and results.json in {results['seconds']:.0f} s")
 
 
 # ---------------------------------------------------------------------------
@@ -324,6 +356,24 @@ class TrajectoryRecorder:
             scatter_panels_png(stem + ".png", [arrays["denoised"][i] for i in picks], extent=None)
             written.append(stem + ".png")
         return written
+
+
+# ---------------------------------------------------------------------------
+# bench
+
+
+@cli.group("bench")
+def bench_group() -> None:
+    """Benchmarks on exact denoisers: `edm-space bench solvers` compares every solver with the exact ODE solution."""
+
+
+def _add_bench_commands() -> None:
+    from .bench import solvers_command
+
+    bench_group.add_command(solvers_command)
+
+
+_add_bench_commands()
 
 
 # ---------------------------------------------------------------------------
