@@ -447,7 +447,8 @@ class GaussianMixtureDenoiser:
         """[batch, *item_shape] -> float64 [batch, d] on the mixture's device."""
         x = _check_batch(x, self.item_shape, "the mixture", name)
         batch = x.shape[0]
-        return x.detach().reshape(batch, -1).to(device=self.means_flat.device, dtype=_F64), batch
+        # Not detached: the closed form is differentiable, so autograd gives exact divergences of D.
+        return x.reshape(batch, -1).to(device=self.means_flat.device, dtype=_F64), batch
 
     def _rows_per_chunk(self, batch: int) -> int:
         per_row = 8 * self.num_components * self.dim * 5

@@ -106,26 +106,50 @@ def bootstrap(metric: Callable, x, y, num_resamples: int = 20, seed: int = 0) ->
 # Likelihood by the probability-flow ODE.
 
 
-def _divergence_exact(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tuple[Tensor, Tensor]:
-    """(fn(x), trace of its Jacobian per example) by one backward pass per dimension."""
+def _divergence_exact(fn: Callable[[Tensor], Tensor], x: Tensor, step: float = 1e-5) -> Tuple[Tensor, Tensor]:
+    """(fn(x), trace of its Jacobian per example): one backward pass per dimension, or central
+    differences of step `step` when fn is not differentiable by autograd."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         out = fn(x)
-        flat_out = out.reshape(len(x), -1)
-        trace = torch.zeros(len(x), dtype=out.dtype)
-        for i in range(flat_out.shape[1]):
-            (grad,) = torch.autograd.grad(flat_out[:, i].sum(), x, retain_graph=i < flat_out.shape[1] - 1)
+    flat_out = out.reshape(len(x), -1)
+    dim = flat_out.shape[1]
+    trace = torch.zeros(len(x), dtype=out.dtype)
+    if out.requires_grad:
+        for i in range(dim):
+            (grad,) = torch.autograd.grad(flat_out[:, i].sum(), x, retain_graph=i < dim - 1)
             trace = trace + grad.reshape(len(x), -1)[:, i]
-    return out.detach(), trace.detach()
+        return out.detach(), trace.detach()
+    base = x.detach().reshape(len(x), -1)
+    for i in range(dim):
+        bump = torch.zeros_like(base)
+        bump[:, i] = step
+        plus = fn((base + bump).reshape(x.shape)).reshape(len(x), -1)[:, i]
+        minus = fn((base - bump).reshape(x.shape)).reshape(len(x), -1)[:, i]
+        trace = trace + (plus - minus) / (2 * step)
+    return out.detach(), trace
 
 
-def _divergence_hutchinson(fn: Callable[[Tensor], Tensor], x: Tensor, probe: Tensor) -> Tuple[Tensor, Tensor]:
-    """(fn(x), probe^T J probe): Hutchinson's unbiased trace estimate with a Rademacher probe."""
+def _without_autograd(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def detached(z: Tensor) -> Tensor:
+        with torch.no_grad():
+            return fn(z.detach())
+
+    return detached
+
+
+def _divergence_hutchinson(fn: Callable[[Tensor], Tensor], x: Tensor, probe: Tensor, step: float = 1e-5) -> Tuple[Tensor, Tensor]:
+    """(fn(x), probe^T J probe): Hutchinson's unbiased trace estimate with a Rademacher probe
+    (a directional central difference when fn is not differentiable by autograd)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         out = fn(x)
-        (grad,) = torch.autograd.grad((out * probe).sum(), x)
-    return out.detach(), (grad * probe).reshape(len(x), -1).sum(dim=1).detach()
+        if out.requires_grad:
+            (grad,) = torch.autograd.grad((out * probe).sum(), x)
+            return out.detach(), (grad * probe).reshape(len(x), -1).sum(dim=1).detach()
+    base = x.detach()
+    directional = (fn(base + step * probe) - fn(base - step * probe)) / (2 * step)
+    return out.detach(), (directional * probe).reshape(len(x), -1).sum(dim=1)
 
 
 def log_likelihood(
@@ -135,7 +159,7 @@ def log_likelihood(
     sigma_max: float = 80.0,
     num_steps: int = 128,
     prior_std: Optional[float] = None,
-    prior_mean: float = 0.0,
+    prior_mean: "float | Tensor" = 0.0,
     exact_divergence: Optional[bool] = None,
     seed: int = 0,
     dequantize_bins: Optional[int] = None,
@@ -167,7 +191,13 @@ def log_likelihood(
     def field(state: Tensor, u: float) -> Tuple[Tensor, Tensor]:
         sigma = torch.full((n,), math.exp(u), dtype=F64)
         fn = lambda z: z - denoiser(z, sigma).to(F64)  # noqa: E731
+        if not differentiable:
+            fn = _without_autograd(fn)
         return _divergence_exact(fn, state) if exact else _divergence_hutchinson(fn, state, probe)
+
+    with torch.enable_grad():  # a denoiser that is not differentiable gets finite differences instead
+        probe_x = x[:1].clone().requires_grad_(True)
+        differentiable = denoiser(probe_x, torch.full((1,), sigma_min, dtype=F64)).requires_grad
 
     u_grid = np.linspace(math.log(sigma_min), math.log(sigma_max), num_steps + 1)
     state, integral = x.clone(), torch.zeros(n, dtype=F64)
@@ -179,7 +209,7 @@ def log_likelihood(
         k4, d4 = field(state + h * k3, u1)
         state = state + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         integral = integral + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
-    flat = state.reshape(n, -1) - prior_mean
+    flat = (state - torch.as_tensor(prior_mean, dtype=F64)).reshape(n, -1)
     log_prior = -0.5 * (flat**2).sum(dim=1) / prior_std**2 - dim * math.log(prior_std) - 0.5 * dim * math.log(2 * math.pi)
     log_p = log_prior + integral
     result = {"log_p": log_p, "nats_per_dim": -log_p / dim}
@@ -248,6 +278,5 @@ def frechet_distance(features_a, features_b) -> float:
     a, b = _flat(features_a, "features_a").numpy(), _flat(features_b, "features_b").numpy()
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    root = np.real(root)
+    root = np.real(linalg.sqrtm(cov_a @ cov_b))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
