@@ -20,7 +20,7 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("command", [[], ["presets"], ["sample"]])
+@pytest.mark.parametrize("command", [[], ["presets"], ["sample"], ["train"], ["demo"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, command + ["--help"])
     assert result.exit_code == 0
@@ -107,3 +107,19 @@ def test_solver_options_reach_the_solver_and_foreign_ones_are_refused(tmp_path):
     assert run(*base, "--eta", "1", "--out", str(b)).returncode == 0
     with np.load(a) as x0, np.load(b) as x1:
         assert not np.allclose(x0["samples"], x1["samples"])
+
+
+def test_demo_writes_its_table_and_figure(tmp_path):
+    import json
+
+    out = tmp_path / "demo"
+    result = run("demo", "--out", str(out), "--steps", "40", "--n", "300")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert {(r["preset"], r["solver"]) for r in results["rows"]} == {(p, s) for p in ("edm", "flow") for s in ("heun", "euler")}
+    for row in results["rows"]:
+        assert row["nfe"] == (2 * row["steps"] - 1 if row["solver"] == "heun" else row["steps"])
+        assert row["sw2"] > 0 and row["sw2_err"] >= 0
+    assert "| edm | heun |" in result.stdout and "sliced W2" in result.stdout
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "runs" / "edm" / "checkpoints").is_dir()
