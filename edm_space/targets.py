@@ -87,6 +87,20 @@ class Target:
             raise ConfigError(f"target {self.name!r} is not a finite data set; it has no training points")
         return self.denoiser.nearest_index(x)
 
+    def assign(self, x: Tensor) -> Tensor:
+        """The mode each sample belongs to: its nearest training point (finite set) or the
+        mixture component with the largest posterior probability w_k N(x; mu_k, C_k) (mixture)."""
+        if self.kind == "finite":
+            return self.nearest(x)
+        g = self.denoiser
+        flat = x.to(F64).reshape(x.shape[0], -1)
+        cov = g.covariances
+        logits = torch.stack([
+            torch.distributions.MultivariateNormal(g.means_flat[k], covariance_matrix=cov[k]).log_prob(flat)
+            for k in range(g.num_components)
+        ], dim=1) + torch.log(g.weights)[None]
+        return logits.argmax(dim=1)
+
 
 def require(module: str, target: str):
     """Import an optional package, or raise a one-line ConfigError naming the extra that provides it."""
@@ -154,14 +168,14 @@ def _gmm2d() -> Target:
 # --------------------------------------------------------------------------- digits
 
 
-def _digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
-    datasets = require("sklearn.datasets", "digits")
+def _digits_arrays(target: str) -> Tuple[np.ndarray, np.ndarray]:
+    datasets = require("sklearn.datasets", target)
     images, labels = datasets.load_digits(return_X_y=True)
     return images.astype(np.float64) / 8.0 - 1.0, labels  # pixel values 0..16 -> [-1, 1]
 
 
 def _digits_gmm() -> Target:
-    images, labels = _digits_arrays()
+    images, labels = _digits_arrays("digits-gmm")
     covariance = require("sklearn.covariance", "digits-gmm")
     means, covs, weights, shrinkage = [], [], [], []
     for label in range(10):
@@ -185,7 +199,7 @@ def _digits_gmm() -> Target:
 
 
 def _digits() -> Target:
-    images, _ = _digits_arrays()
+    images, _ = _digits_arrays("digits")
     data = torch.tensor(images, dtype=F64)
     return Target(
         "digits", IdealDenoiser(data), (64,), "finite",
