@@ -14,7 +14,6 @@ eq. 7; Song et al. 2021a, Sec. 4.1). The result is rescaled by s(t_next).
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from edm_space.errors import ConfigError
 
 from .ode import ProbabilityFlow
-from .registry import register
+from .registry import register, variant
 
 Tensor = torch.Tensor
 
@@ -64,15 +63,10 @@ def ancestral_solver(
     return x
 
 
-def _variant(eta: float, doc: str) -> Callable:
-    fn = functools.partial(ancestral_solver, eta=eta)
-    fn.__doc__ = doc
-    return fn
-
 
 ddim = register("ddim", order=1, nfe_per_step="1", stochastic=False, paper="Song et al. 2021a (DDIM), eq. 12; eta > 0 is stochastic")(
-    _variant(0.0, "DDIM with eta (default 0: deterministic, Euler in sigma with s = 1).")
+    variant(ancestral_solver, eta=0.0, doc="DDIM with eta (default 0: deterministic, Euler in sigma with s = 1).")
 )
 ancestral = register("ancestral", order=1, nfe_per_step="1", stochastic=True, paper="Ho et al. 2020 (DDPM), Alg. 2; k-diffusion's Euler ancestral form")(
-    _variant(1.0, "Ancestral sampling (default eta = 1: DDPM's posterior step with variance beta-tilde).")
+    variant(ancestral_solver, eta=1.0, doc="Ancestral sampling (default eta = 1: DDPM's posterior step with variance beta-tilde).")
 )

@@ -13,13 +13,12 @@ A step into sigma = 0 returns D (lambda = inf, the exponential factor vanishes).
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional
 
 import torch
 
 from .ode import ProbabilityFlow
-from .registry import register
+from .registry import register, variant
 
 Tensor = torch.Tensor
 
@@ -74,17 +73,12 @@ def _multistep(
     return x
 
 
-def _variant(order: int, doc: str) -> Callable:
-    fn = functools.partial(_multistep, order=order)
-    fn.__doc__ = doc
-    return fn
-
 
 dpmpp_2m = register("dpm++2m", order=2, nfe_per_step="1", stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), Alg. 2")(
-    _variant(2, "DPM-Solver++(2M): second-order multistep in log-sigma, first order on the first and last steps.")
+    variant(_multistep, order=2, doc="DPM-Solver++(2M): second-order multistep in log-sigma, first order on the first and last steps.")
 )
 dpmpp_3m = register("dpm++3m", order=3, nfe_per_step="1", stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), multistep order 3")(
-    _variant(3, "DPM-Solver++(3M): third-order multistep in log-sigma, warm-started with orders 1 and 2.")
+    variant(_multistep, order=3, doc="DPM-Solver++(3M): third-order multistep in log-sigma, warm-started with orders 1 and 2.")
 )
 
 

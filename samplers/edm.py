@@ -7,7 +7,6 @@ with the vp discretization is exactly EDM Table 1's "VP" column.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Optional
 
@@ -16,7 +15,7 @@ import torch
 from edm_space.errors import ConfigError
 
 from .ode import ProbabilityFlow
-from .registry import register
+from .registry import register, variant
 
 Tensor = torch.Tensor
 
@@ -81,15 +80,10 @@ def edm_solver(
     return x_next
 
 
-def _variant(second_order: bool, doc: str) -> Callable:
-    fn = functools.partial(edm_solver, second_order=second_order)
-    fn.__doc__ = doc
-    return fn
-
 
 euler = register("euler", order=1, nfe_per_step="1", stochastic=False, paper="Karras et al. 2022, Alg. 1 (first order); Alg. 2 with churn")(
-    _variant(False, "Euler's method on the probability-flow ODE; stochastic with churn > 0 (EDM Alg. 2 without the correction).")
+    variant(edm_solver, second_order=False, doc="Euler's method on the probability-flow ODE; stochastic with churn > 0 (EDM Alg. 2 without the correction).")
 )
 heun = register("heun", order=2, nfe_per_step="2 (1 on the last step)", stochastic=False, paper="Karras et al. 2022, Alg. 1; Alg. 2 with churn")(
-    _variant(True, "Heun's second-order method (alpha = 1; alpha = 0.5 is the midpoint rule), EDM Algorithm 1; Algorithm 2 with churn.")
+    variant(edm_solver, second_order=True, doc="Heun's second-order method (alpha = 1; alpha = 0.5 is the midpoint rule), EDM Algorithm 1; Algorithm 2 with churn.")
 )

@@ -11,6 +11,7 @@ per step with the state after the step and the first denoised estimate of it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, List
 
@@ -52,3 +53,10 @@ def get(name: str) -> SolverInfo:
 def names() -> List[str]:
     """Registered solver names."""
     return list(SOLVERS)
+
+
+def variant(fn: Callable, doc: str, **fixed) -> Callable:
+    """`fn` with some keyword arguments fixed, documented as its own solver (e.g. euler = edm_solver, second_order=False)."""
+    partial = functools.partial(fn, **fixed)
+    partial.__doc__ = doc
+    return partial

@@ -13,7 +13,6 @@ import torch
 import presets
 import samplers
 from edm_space.cli import main
-from edm_space.errors import ConfigError
 from edm_space.training import TrainConfig, list_checkpoints, load_trained, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
