@@ -164,7 +164,7 @@ def sample_command(
     num_steps = f.default_steps if num_steps is None else num_steps
     lo, hi = _float_or_none(sigma_min, "--sigma-min"), _float_or_none(sigma_max, "--sigma-max")
     # Validate the whole configuration before any work: the time steps carry every range check.
-    samplers.time_steps(f, num_steps, discretization, lo, hi, rho=rho)
+    num_steps = len(samplers.time_steps(f, num_steps, discretization, lo, hi, rho=rho)) - 1  # explicit levels set N
     if run_dir is None:
         from . import data
         from .ideal import IdealDenoiser

@@ -10,6 +10,7 @@ are returned at t = 0 in float64 with the shape of `latents`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Callable, Optional, Union
@@ -91,6 +92,7 @@ def sample(
 
     t_steps = time_steps(f, num_steps, discretization, sigma_min, sigma_max, rho=rho)
     ode = ProbabilityFlow(f, denoiser)
+    ode.precompute(t_steps)
     x = latents.to(F64) * (f.sigma(t_steps[0]) * f.scale(t_steps[0])).to(latents.device)
 
     bar = None
@@ -117,9 +119,15 @@ def sample(
     return x
 
 
-def _check_options(entry: SolverInfo, options: dict) -> None:
+@functools.lru_cache(maxsize=None)
+def _accepted_options(entry: SolverInfo) -> tuple:
     parameters = inspect.signature(entry.fn).parameters
-    accepted = [name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY and name not in ("randn_like", "callback", "second_order")]
+    structural = ("randn_like", "callback", "second_order", "order")  # fixed by the registered variant
+    return tuple(name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY and name not in structural)
+
+
+def _check_options(entry: SolverInfo, options: dict) -> None:
+    accepted = _accepted_options(entry)
     for key in options:
         if key not in accepted:
             raise ConfigError(f"solver {entry.name!r} takes no option {key!r}; its options: {', '.join(accepted) or 'none'}")

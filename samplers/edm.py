@@ -47,8 +47,9 @@ def edm_solver(
         raise ConfigError(f"alpha = {alpha!r} is invalid; Heun's alpha must lie in (0, 1]")
     f = ode.formulation
     num_steps = len(t_steps) - 1
+    times = t_steps.tolist()
     x_next = x
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+    for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
         x_cur = x_next
 
         # Increase noise temporarily (Algorithm 2, lines 4-6).
@@ -59,24 +60,26 @@ def edm_solver(
             noise = randn_like(x_cur)  # drawn on every step, so a shared stream stays aligned
             if gamma > 0:
                 # (Outside the window t_hat = t_i exactly: a sigma -> t round trip would add ~1e-8 noise.)
-                t_hat = f.sigma_inv(f.round_sigma(sigma_cur + gamma * sigma_cur))
-                noise_std = (f.sigma(t_hat) ** 2 - sigma_cur**2).clip(min=0).sqrt() * f.scale(t_hat) * s_noise
-                x_hat = f.scale(t_hat) / f.scale(t_cur) * x_cur + noise_std * noise
+                t_hat_tensor = f.sigma_inv(f.round_sigma(sigma_cur + gamma * sigma_cur))
+                noise_std = (f.sigma(t_hat_tensor) ** 2 - sigma_cur**2).clip(min=0).sqrt() * f.scale(t_hat_tensor) * s_noise
+                x_hat = f.scale(t_hat_tensor) / f.scale(t_cur) * x_cur + noise_std * noise
+                t_hat = float(t_hat_tensor)
 
         # Euler step (Algorithm 1, lines 4-5).
         h = t_next - t_hat
         d_cur, denoised = ode.derivative(x_hat, t_hat)
         if not second_order or i == num_steps - 1:
-            x_next = x_hat + h * d_cur
+            x_next = x_hat.add(d_cur, alpha=h)
         else:
             # Second-order correction at t_hat + alpha h (Algorithm 1, lines 6-8; alpha = 1 is Heun).
             t_prime = t_hat + alpha * h
-            x_prime = x_hat + alpha * h * d_cur
+            x_prime = x_hat.add(d_cur, alpha=alpha * h)
             d_prime, _ = ode.derivative(x_prime, t_prime)
-            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
+            slope = d_cur.mul(1 - 1 / (2 * alpha)).add_(d_prime, alpha=1 / (2 * alpha))
+            x_next = x_hat.add(slope, alpha=h)
 
         if callback is not None:
-            callback(i, t_cur, f.sigma(t_cur), x_next, denoised)
+            callback(i, t_steps[i], f.sigma(t_steps[i]), x_next, denoised)
     return x_next
 
 

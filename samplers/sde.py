@@ -52,21 +52,22 @@ def euler_maruyama(
         raise ConfigError(f"beta = {beta!r} is invalid; it must be a finite number >= 0")
     f = ode.formulation
     num_steps = len(t_steps) - 1
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+    times = t_steps.tolist()
+    for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
         h = t_next - t_cur
         d, denoised = ode.derivative(x, t_cur)
-        if i == num_steps - 1:
-            x_next = x + h * d
-        else:
-            sigma, s = f.sigma(t_cur), f.scale(t_cur)
-            strength = beta * f.sigma_deriv(t_cur) / sigma if beta_schedule == "score-sde" else torch.as_tensor(beta, dtype=sigma.dtype)
+        x_next = x.add(d, alpha=h)
+        if i < num_steps - 1:  # the last step is a plain Euler step of the ODE into t = 0
+            sigma, s, _, _ = ode.scalars(t_cur)
+            t64 = torch.tensor(t_cur, dtype=torch.float64)
+            strength = beta * float(f.sigma_deriv(t64)) / sigma if beta_schedule == "score-sde" else beta
             # The Langevin part is an Ornstein-Uhlenbeck relaxation towards s D at rate beta, integrated
             # exactly over |h|: to first order this is Euler-Maruyama's h beta (x - s D) and noise
             # s sigma sqrt(2 beta |h|), and it stays stable where beta |h| is large (flow near t = 1).
-            decay = torch.expm1(-strength * h.abs())  # e^{-beta|h|} - 1
-            noise_std = s * sigma * (-torch.expm1(-2 * strength * h.abs())).sqrt() * s_noise
-            x_next = x + h * d - decay * (s * denoised - x) + noise_std * randn_like(x)
+            decay = -math.expm1(-strength * abs(h))  # 1 - e^{-beta|h|}
+            noise_std = s * sigma * math.sqrt(-math.expm1(-2 * strength * abs(h))) * s_noise
+            x_next = x_next.add_(s * denoised - x, alpha=decay).add_(randn_like(x), alpha=noise_std)
         if callback is not None:
-            callback(i, t_cur, f.sigma(t_cur), x_next, denoised)
+            callback(i, t_steps[i], f.sigma(t_steps[i]), x_next, denoised)
         x = x_next
     return x
