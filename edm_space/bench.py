@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .metrics import sliced_wasserstein2
 from .targets import Target
 
 Tensor = torch.Tensor
@@ -262,26 +263,6 @@ def rms_error(x: Tensor, reference: Tensor) -> float:
     return float((x.to(F64) - reference.to(F64)).pow(2).mean().sqrt())
 
 
-def sliced_w2(x: Tensor, y: Tensor, num_projections: int = 256, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance between two equally large point sets.
-
-    SW2(x, y)^2 = E_theta W2^2(theta.x, theta.y) over directions theta uniform on the
-    sphere; in 1-D the optimal coupling of two n-point sets matches them in sorted
-    order, so W2^2 = mean_i (sort(theta.x)_i - sort(theta.y)_i)^2. The expectation is
-    a mean over `num_projections` directions drawn with a fixed seed.
-    """
-    a = x.to(F64).reshape(x.shape[0], -1)
-    b = y.to(F64).reshape(y.shape[0], -1)
-    if a.shape != b.shape:
-        raise ConfigError(f"sliced_w2 needs point sets of equal shape; got {list(a.shape)} and {list(b.shape)}")
-    g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(a.shape[1], num_projections, generator=g, dtype=F64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    pa, _ = torch.sort(a @ theta, dim=0)
-    pb, _ = torch.sort(b @ theta, dim=0)
-    return float((pa - pb).pow(2).mean().sqrt())
-
-
 # --------------------------------------------------------------------------- one run
 
 
@@ -359,7 +340,7 @@ class Bench:
         record["finite"] = finite
         if finite:
             record["rms"] = rms_error(x, ref.x)
-            record["sw2"] = sliced_w2(x, ref.x, self.settings.projections)
+            record["sw2"] = sliced_wasserstein2(x, ref.x, self.settings.projections)
             per_sample = (x - ref.x).reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt()
             record["median"] = float(per_sample.median())
             record["max_abs"] = float((x - ref.x).abs().max())
