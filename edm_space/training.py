@@ -292,7 +292,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
     torch.manual_seed(config.seed)  # weight initialisation
     net = build_network(config, tuple(x_data.shape[1:]), num_classes)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
 
     start_step = 0
     found = latest_checkpoint(run_dir) if resume else None
@@ -312,6 +312,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
 
             write_atomic(os.path.join(run_dir, "config.json"), (json.dumps(config.to_json(), indent=2) + "\n").encode())
 
+    ema_params, net_params = list(ema.parameters()), [p.detach() for p in net.parameters()]
     model = net
     if world > 1:
         model = nn.parallel.DistributedDataParallel(net)
@@ -366,15 +367,15 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
             if not torch.isfinite(global_loss):
                 where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
                 raise TrainingDiverged(f"training loss became {float(global_loss)} at step {step}{where}")
-            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip, foreach=True)
             if not torch.isfinite(grad_norm):
                 where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
                 raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {step}{where}")
             optimizer.step()
             with torch.no_grad():
                 beta = ema_beta(config, images_seen)
-                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                    p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+                # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
+                torch._foreach_lerp_(ema_params, net_params, 1.0 - beta)
 
             # Logging: mean loss and loss per sigma bucket since the last entry (this process's slice).
             with torch.no_grad():
