@@ -308,7 +308,7 @@ def train_command(preset, data_name, data_size, net, net_options, preset_options
 @cli.command("demo")
 @click.option("--out", "out_dir", default="edm-space-demo", show_default=True, help="Folder for the runs, results.md/.json and demo.png.")
 @click.option("--data", "data_name", default="moons", show_default=True, help="Toy data set.")
-@click.option("--steps", type=int, default=1200, show_default=True, help="Training steps per preset.")
+@click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per preset.")
 @click.option("--n", "num_samples", type=int, default=2000, show_default=True, help="Samples per configuration.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and sampling.")
 def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, seed: int) -> None:
