@@ -1,0 +1,241 @@
+"""Helpers shared by the benchmark scripts (speed.py, training_quality.py).
+
+Nothing here is part of the library: machine description, a sliced
+Wasserstein-2 distance, the logistic-regression "is it a digit" test, peak
+memory, sampling a trained run, and writing results atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+
+if ROOT not in sys.path:  # `python benchmarks/x.py` from a checkout without an editable install
+    sys.path.insert(0, ROOT)
+
+
+# ---------------------------------------------------------------------------
+# Machine and environment.
+
+
+def set_threads(threads: Optional[int]) -> int:
+    """torch.set_num_threads(threads) when given; returns the number torch now uses."""
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit(f"--threads {threads} is invalid; it must be >= 1")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def machine_info() -> Dict[str, Any]:
+    """What the numbers were measured on."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        affinity = None
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "numpy": np.__version__,
+        "load_average_1_5_15min_at_start": load,
+        "git_commit": commit,
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (getrusage ru_maxrss), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+# ---------------------------------------------------------------------------
+# Sliced Wasserstein-2.
+
+
+def projections(dim: int, num: int = 512, seed: int = 0) -> np.ndarray:
+    """`num` fixed random unit directions in R^dim (rows), from a seeded generator."""
+    rng = np.random.default_rng(seed)
+    theta = rng.standard_normal((num, dim))
+    return theta / np.linalg.norm(theta, axis=1, keepdims=True)
+
+
+def sliced_w2(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor", num_projections: int = 512, seed: int = 0) -> float:
+    """Sliced Wasserstein-2 distance between two equally sized point sets.
+
+    Both sets are projected on the same fixed random unit directions; along each
+    direction the 1-D W2 between two empirical measures of n points each is the
+    RMS difference of the sorted projections. The result is
+    sqrt(mean over directions of W2^2).
+    """
+    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64).reshape(len(b), -1)
+    if a.shape != b.shape:
+        raise ValueError(f"sliced_w2 needs equally sized sets of equal dimension, got {a.shape} and {b.shape}")
+    theta = projections(a.shape[1], num_projections, seed)
+    pa = np.sort(a @ theta.T, axis=0)
+    pb = np.sort(b @ theta.T, axis=0)
+    return float(math.sqrt(np.mean((pa - pb) ** 2)))
+
+
+# ---------------------------------------------------------------------------
+# "Recognisable digits": a logistic-regression classifier fitted on the real images.
+
+
+def fit_digit_classifier(x: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> Dict[str, Any]:
+    """Logistic regression (scikit-learn, default C = 1, lbfgs) on flattened images in training units ([-1, 1]).
+
+    Returns {"model", "holdout_accuracy", "holdout_mean_top_prob", "controls"}:
+    the holdout numbers come from a second fit on 80 % of the data scored on the
+    other 20 %, so the reader can see what real, unseen digits score (the ceiling
+    of the test). "controls" are the mean top-class probabilities the returned
+    model gives to non-digits: clipped N(0, 1) pixels, and the pixel average of
+    two different random real digits. The returned model is fitted on all of the data.
+
+    C = 1 (scikit-learn's default) is also, on the 8x8 digits, the C with the best
+    5-fold cross-validated log-loss among 0.001 .. 10, i.e. its probabilities are
+    the calibrated ones rather than a choice that flatters the samples.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    flat = x.reshape(len(x), -1).numpy().astype(np.float64)
+    y = labels.numpy()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(flat))
+    cut = int(0.8 * len(flat))
+    train_idx, test_idx = order[:cut], order[cut:]
+    probe = LogisticRegression(max_iter=5000).fit(flat[train_idx], y[train_idx])
+    test_prob = probe.predict_proba(flat[test_idx])
+    model = LogisticRegression(max_iter=5000).fit(flat, y)
+    noise = np.clip(rng.standard_normal((1000, flat.shape[1])), -1.0, 1.0)
+    first, second = rng.integers(0, len(flat), 2000).reshape(2, -1)
+    keep = y[first] != y[second]
+    blend = 0.5 * (flat[first[keep]] + flat[second[keep]])
+    return {
+        "model": model,
+        "holdout_accuracy": float((probe.classes_[test_prob.argmax(1)] == y[test_idx]).mean()),
+        "holdout_mean_top_prob": float(test_prob.max(1).mean()),
+        "controls": {
+            "clipped_gaussian_noise": float(model.predict_proba(noise).max(1).mean()),
+            "blend_of_two_different_digits": float(model.predict_proba(blend).max(1).mean()),
+        },
+    }
+
+
+def classify_samples(model, samples: "np.ndarray | torch.Tensor") -> Dict[str, Any]:
+    """Mean top-class probability and the fraction of samples given to each class."""
+    s = np.asarray(samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, dtype=np.float64)
+    s = np.clip(s.reshape(len(s), -1), -1.0, 1.0)
+    prob = model.predict_proba(s)
+    top = prob.max(1)
+    classes = model.classes_[prob.argmax(1)]
+    fractions = {int(c): float((classes == c).mean()) for c in model.classes_}
+    return {
+        "mean_top_prob": float(top.mean()),
+        "median_top_prob": float(np.median(top)),
+        "fraction_top_prob_above_0.5": float((top > 0.5).mean()),
+        "class_fractions": fractions,
+        "min_class_fraction": float(min(fractions.values())),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Sampling a trained run.
+
+
+def sample_run(run_dir: str, n: int, solver: str = "heun", num_steps: int = 18, batch: int = 500, first_seed: int = 0, ema: bool = True):
+    """n samples (seeds first_seed .. first_seed + n - 1) of a run's newest checkpoint, as `edm-space sample --ckpt` draws them.
+
+    Returns (samples float64 tensor, nfe, step of the checkpoint).
+    """
+    import samplers
+    from edm_space.seeding import SeededNoise
+    from edm_space.training import load_trained
+
+    denoiser, config, item_shape, _, step = load_trained(run_dir, ema=ema)
+    formulation = denoiser.formulation
+    out, nfe = [], 0
+    seeds = list(range(first_seed, first_seed + n))
+    for lo in range(0, n, batch):
+        chunk = seeds[lo : lo + batch]
+        noise = SeededNoise(chunk)
+        latents = noise.randn([len(chunk), *item_shape], dtype=torch.float64)
+        info: Dict[str, Any] = {}
+        with torch.no_grad():
+            x = samplers.sample(denoiser, latents, formulation=formulation, solver=solver, num_steps=num_steps, randn_like=noise.randn_like, info=info)
+        out.append(x)
+        nfe = info["nfe"]
+    return torch.cat(out), nfe, step
+
+
+# ---------------------------------------------------------------------------
+# Output.
+
+
+def write_results(stem: str, payload: Dict[str, Any], markdown: str, folder: Optional[str] = None) -> List[str]:
+    """Write FOLDER/stem.json and FOLDER/stem.md atomically (FOLDER: benchmarks/results); returns the paths."""
+    from edm_space.files import write_atomic
+
+    folder = RESULTS if folder is None else folder
+    os.makedirs(folder, exist_ok=True)
+    json_path = os.path.join(folder, stem + ".json")
+    md_path = os.path.join(folder, stem + ".md")
+    write_atomic(json_path, (json.dumps(payload, indent=2, default=_jsonable) + "\n").encode())
+    write_atomic(md_path, markdown.rstrip("\n").encode() + b"\n")
+    return [json_path, md_path]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return np.asarray(value).tolist()
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_markdown(info: Dict[str, Any]) -> str:
+    keys = ("platform", "cpu_model", "cpu_count", "cpus_usable", "python", "torch", "torch_threads", "load_average_1_5_15min_at_start", "git_commit")
+    return "\n".join(f"- {k}: {info.get(k)}" for k in keys)

@@ -1,0 +1,502 @@
+"""Training and sampling speed: the library's loop against hand-written PyTorch, measured side by side.
+
+    python benchmarks/speed.py            # writes benchmarks/results/speed.{json,md}
+    python benchmarks/speed.py --quick    # seconds; writes to a temporary folder unless --results-dir
+
+Training. For each case (the MLP on moons at batch 256, the U-Net on 8x8 digits
+at batch 64, both with the network options training_quality.py uses) one round
+runs, in alternating order,
+
+- ours:    edm_space.training.train(TrainConfig(...)) in a fresh run directory:
+           EDM loss through Formulation.loss, Adam, warm-up, grad clipping, EMA,
+           per-sigma loss logging, a final checkpoint;
+- minimal: a hand-written loop with the same network, initialisation, batch,
+           data and EDM loss (same preconditioning, sigma_data from the data),
+           Adam with the same settings; no clipping, EMA, logging or checkpoints;
+- matched: the minimal loop plus what the library's loop does to the weights:
+           lr warm-up, grad-norm clipping and an EMA with the same half-life and
+           ramp-up, written with torch._foreach_lerp_.
+
+Every loop is run twice back to back, for S and for L > S steps, each call
+with its own set-up (data, network, optimizer; for train() also the run
+directory, config.json, log lines and the final checkpoint). The difference
+L - S is the steady-state cost of L - S training steps; set-up, warm-up and the
+checkpoint cancel. Both the process's CPU time (time.process_time; one torch
+thread, so it is the work done, and it is barely disturbed by other processes
+on a shared machine) and the wall time are recorded. Rounds alternate the order
+of the loops; per round the ratios ours / minimal and ours / matched are
+taken, and the median over rounds is reported with its range. The target is
+ours / minimal >= 0.9 (images per CPU-second; the wall-clock ratio is shown
+beside it). End-to-end throughput (the L-step call, set-up included) is shown too.
+
+Sampling. samplers.sample(Denoiser(net, edm), heun, 18 steps = 35 NFE) against a
+hand-written EDM Heun loop (EDM Algorithm 1, float64 state, float32 network) on
+the same latents; samples/s, best of the rounds.
+
+Breakdown ("ladder"). The minimal loop with train()'s pieces added one at a
+time (library batch draws and Formulation.loss; grad clipping; the EMA as
+training.py writes it; the finite-loss check and per-sigma logging), then the
+same with the two suggested patches (EMA as one torch._foreach_lerp_; Adam with
+fused=True), so that a shortfall can be traced to lines of training.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402  (puts the repository root on sys.path)
+import torch  # noqa: E402
+
+CASES = {
+    "mlp-moons": {"data": "moons", "net": "mlp", "quality_config": "toy", "batch": 256, "short_steps": 20, "long_steps": 220, "sample_n": 4096},
+    "unet-digits": {"data": "digits", "net": "unet", "quality_config": "digits", "batch": 64, "short_steps": 4, "long_steps": 34, "sample_n": 256},
+}
+QUICK = {
+    "mlp-moons": {"short_steps": 3, "long_steps": 15, "sample_n": 256, "net_options": {"width": 64, "depth": 2}},
+    "unet-digits": {"short_steps": 2, "long_steps": 6, "sample_n": 16, "net_options": {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1}},
+}
+
+
+def case_settings(name: str, quick: bool) -> Dict[str, Any]:
+    from training_quality import CONFIGS
+
+    case = dict(CASES[name])
+    quality = CONFIGS[case["quality_config"]]["train"]
+    case["net_options"] = dict(quality["net_options"])
+    case["train"] = {k: quality[k] for k in ("lr", "warmup_images", "grad_clip", "ema_halflife_images", "ema_rampup_ratio")}
+    if quick:
+        case.update(QUICK[name])
+    return case
+
+
+# ---------------------------------------------------------------------------
+# The three training loops.
+
+
+def _clock() -> Tuple[float, float]:
+    """(wall seconds, CPU seconds of this process)."""
+    return time.perf_counter(), time.process_time()
+
+
+def run_ours(case: Dict[str, Any], steps: int) -> Dict[str, float]:
+    """One call of edm_space.training.train for `steps` steps in a fresh run directory: wall and CPU seconds of the call."""
+    from edm_space.training import TrainConfig, train
+
+    run_dir = tempfile.mkdtemp(prefix="edm-space-speed-")
+    try:
+        config = TrainConfig(
+            preset="edm", data=case["data"], net=case["net"], net_options=case["net_options"], batch=case["batch"], steps=steps,
+            log_every=50, checkpoint_every=steps, out=run_dir, seed=0, **case["train"],
+        )
+        wall, cpu = _clock()
+        train(config, progress=False)
+        wall_end, cpu_end = _clock()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"wall": wall_end - wall, "cpu": cpu_end - cpu}
+
+
+def run_hand(case: Dict[str, Any], steps: int, matched: bool) -> Dict[str, float]:
+    """A minimal EDM training loop, written out (set-up included, as in train()); `matched` adds warm-up, clipping and EMA."""
+    from edm_space import networks
+    from edm_space.data import load
+
+    wall, cpu = _clock()
+    x = load(case["data"])
+    sd = float(x.double().std())  # sigma_data, as train() estimates it
+    torch.manual_seed(0)
+    net = networks.build(case["net"], tuple(x.shape[1:]), **case["net_options"])
+    optimizer = torch.optim.Adam(net.parameters(), lr=case["train"]["lr"], betas=(0.9, 0.999), eps=1e-8)
+    params = list(net.parameters())
+    if matched:
+        ema = copy.deepcopy(net).eval().requires_grad_(False)
+        ema_params = list(ema.parameters())
+    generator = torch.Generator().manual_seed(0)
+    batch, shape = case["batch"], (-1,) + (1,) * (x.ndim - 1)
+    for step in range(steps):
+        index = torch.randint(len(x), (batch,), generator=generator)
+        x0 = x[index]
+        sigma = (torch.randn(batch, generator=generator) * 1.2 - 1.2).exp()  # ln sigma ~ N(-1.2, 1.2^2)
+        noise = torch.randn(x0.shape, generator=generator)
+        s = sigma.reshape(shape)
+        x_hat = x0 + s * noise
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
+        output = net(c_in * x_hat, sigma.log() / 4)
+        loss = ((output - (x0 - c_skip * x_hat) / c_out) ** 2).mean()  # lambda c_out^2 = 1 for edm
+        if matched:
+            images = (step + 1) * batch
+            warm = case["train"]["warmup_images"]
+            optimizer.param_groups[0]["lr"] = case["train"]["lr"] * (min(images / warm, 1.0) if warm else 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if matched:
+            torch.nn.utils.clip_grad_norm_(params, case["train"]["grad_clip"])
+        optimizer.step()
+        if matched:
+            halflife = case["train"]["ema_halflife_images"]
+            if case["train"]["ema_rampup_ratio"] is not None:
+                halflife = min(halflife, images * case["train"]["ema_rampup_ratio"])
+            beta = 0.5 ** (batch / max(halflife, 1e-8))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+    float(loss.detach())
+    wall_end, cpu_end = _clock()
+    return {"wall": wall_end - wall, "cpu": cpu_end - cpu}
+
+
+LOOPS = ("ours", "minimal", "matched")
+
+
+def run_loop(loop: str, case: Dict[str, Any], steps: int) -> Dict[str, float]:
+    return run_ours(case, steps) if loop == "ours" else run_hand(case, steps, matched=loop == "matched")
+
+
+def bench_training(name: str, case: Dict[str, Any], rounds: int) -> Dict[str, Any]:
+    """Per round and loop: a short and a long run back to back; their difference is the steady-state cost of the extra steps."""
+    short, long = case["short_steps"], case["long_steps"]
+    images = (long - short) * case["batch"]
+    # Warm-up: first-use costs (imports, Adam's first construction, the allocator) stay out of the rounds.
+    for loop in LOOPS:
+        run_loop(loop, case, 2)
+    per_round: List[Dict[str, Any]] = []
+    for r in range(rounds):
+        order = list(LOOPS) if r % 2 == 0 else list(LOOPS)[::-1]  # alternate who goes first
+        cpu, wall, e2e = {}, {}, {}
+        for loop in order:
+            a = run_loop(loop, case, short)
+            b = run_loop(loop, case, long)
+            cpu[loop] = images / max(b["cpu"] - a["cpu"], 1e-9)
+            wall[loop] = images / max(b["wall"] - a["wall"], 1e-9)
+            e2e[loop] = long * case["batch"] / b["wall"]
+        per_round.append({"order": order, "images_per_cpu_s": cpu, "images_per_s": wall, "end_to_end_images_per_s": e2e})
+        print(f"  [{name}] round {r + 1}/{rounds}: " + ", ".join(f"{k} {cpu[k]:.0f}" for k in LOOPS)
+              + f" images per CPU-second; ours/minimal {cpu['ours'] / cpu['minimal']:.3f} (wall {wall['ours'] / wall['minimal']:.3f}), "
+              f"ours/matched {cpu['ours'] / cpu['matched']:.3f} (wall {wall['ours'] / wall['matched']:.3f})", flush=True)
+
+    def summary(key: str, a: str, b: str) -> Dict[str, Any]:
+        ratios = [r[key][a] / r[key][b] for r in per_round]
+        return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_round": ratios}
+
+    return {
+        "short_steps": short,
+        "long_steps": long,
+        "rounds": per_round,
+        "median_images_per_cpu_s": {k: statistics.median(r["images_per_cpu_s"][k] for r in per_round) for k in LOOPS},
+        "median_images_per_s": {k: statistics.median(r["images_per_s"][k] for r in per_round) for k in LOOPS},
+        "ratio_ours_over_minimal": summary("images_per_cpu_s", "ours", "minimal"),
+        "ratio_ours_over_matched": summary("images_per_cpu_s", "ours", "matched"),
+        "wall_ratio_ours_over_minimal": summary("images_per_s", "ours", "minimal"),
+        "wall_ratio_ours_over_matched": summary("images_per_s", "ours", "matched"),
+        "end_to_end_ratio_ours_over_minimal": summary("end_to_end_images_per_s", "ours", "minimal"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Sampling.
+
+
+def hand_heun(net: torch.nn.Module, latents: torch.Tensor, sd: float, num_steps: int = 18) -> torch.Tensor:
+    """EDM Algorithm 1 (deterministic Heun, rho = 7, sigma in [0.002, 80]) with the edm preconditioning, written out."""
+    sigma_min, sigma_max, rho = 0.002, 80.0, 7.0
+    i = torch.arange(num_steps, dtype=torch.float64)
+    t = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / math.sqrt(sigma**2 + sd**2)
+        c_in = 1 / math.sqrt(sigma**2 + sd**2)
+        c_noise = torch.full((x.shape[0],), math.log(sigma) / 4, dtype=torch.float32)
+        return c_skip * x + c_out * net((c_in * x).float(), c_noise).double()
+
+    x = latents.double() * t[0]
+    for k in range(num_steps):
+        t_cur, t_next = float(t[k]), float(t[k + 1])
+        d = (x - denoise(x, t_cur)) / t_cur
+        x_next = x + (t_next - t_cur) * d
+        if k < num_steps - 1:
+            d2 = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x + (t_next - t_cur) * (0.5 * d + 0.5 * d2)
+        x = x_next
+    return x
+
+
+def bench_sampling(name: str, case: Dict[str, Any], rounds: int) -> Dict[str, Any]:
+    import presets
+    import samplers
+    from edm_space import networks
+    from edm_space.data import load, estimate_sigma_data
+    from edm_space.denoiser import Denoiser
+
+    x = load(case["data"])
+    sd = round(estimate_sigma_data(x), 6)
+    torch.manual_seed(0)
+    net = networks.build(case["net"], tuple(x.shape[1:]), **case["net_options"]).eval().requires_grad_(False)
+    # The output layer starts at zero; give it weights so that F is not identically 0 (the cost is the same).
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.01)
+    formulation = presets.get("edm", sigma_data=sd)
+    denoiser = Denoiser(net, formulation)
+    n = case["sample_n"]
+    latents = torch.randn((n, *x.shape[1:]), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    wall: Dict[str, List[float]] = {"ours": [], "hand": []}
+    cpu: Dict[str, List[float]] = {"ours": [], "hand": []}
+    nfe = None
+    with torch.no_grad():
+        for r in range(rounds + 1):  # round 0 is warm-up
+            for which in (["ours", "hand"] if r % 2 == 0 else ["hand", "ours"]):
+                start_wall, start_cpu = _clock()
+                if which == "ours":
+                    info: Dict[str, Any] = {}
+                    out_ours = samplers.sample(denoiser, latents, formulation=formulation, solver="heun", num_steps=18, info=info)
+                    nfe = info["nfe"]
+                else:
+                    out_hand = hand_heun(net, latents, sd)
+                end_wall, end_cpu = _clock()
+                if r:
+                    wall[which].append(end_wall - start_wall)
+                    cpu[which].append(end_cpu - start_cpu)
+    difference = float((out_ours - out_hand).abs().max())
+    best = {k: min(v) for k, v in wall.items()}
+    ratios = [h / o for o, h in zip(cpu["ours"], cpu["hand"])]
+    print(f"  [{name}] sampling: ours {n / best['ours']:.0f} samples/s, hand-written Heun {n / best['hand']:.0f} samples/s ({nfe} NFE)", flush=True)
+    return {
+        "n": n,
+        "solver": "heun",
+        "num_steps": 18,
+        "nfe": nfe,
+        "samples_per_s_ours": n / best["ours"],
+        "samples_per_s_hand": n / best["hand"],
+        "samples_per_cpu_s_ours": n / min(cpu["ours"]),
+        "ms_per_nfe_ours": 1000 * best["ours"] / nfe,
+        "ratio_ours_over_hand_median": statistics.median(ratios),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "max_abs_difference_ours_vs_hand": difference,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Breakdown of the loop's extras.
+
+
+LADDER = (
+    "minimal loop",
+    "+ library batch draws (step_generator, p_train) and Formulation.loss",
+    "+ grad-norm clipping",
+    "+ EMA as training.py writes it (per tensor: p_ema.copy_(p_net.detach().lerp(p_ema, beta)))",
+    "+ finite-loss check and per-sigma loss logging (= the body of train()'s step)",
+    "as the previous, EMA as one torch._foreach_lerp_ (suggested patch 1)",
+    "as the previous, Adam(fused=True) (suggested patch 2)",
+)
+
+
+def ladder_loop(case: Dict[str, Any], level: int, steps: int, x: torch.Tensor, formulation, config) -> float:
+    """CPU seconds of `steps` steps of a loop that has the first `level` pieces of train()'s step (see LADDER)."""
+    from edm_space import networks
+    from edm_space.training import ema_beta, sigma_bucket, step_generator
+
+    torch.manual_seed(0)
+    net = networks.build(case["net"], tuple(x.shape[1:]), **case["net_options"])
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    params, ema_params = list(net.parameters()), list(ema.parameters())
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if level >= 6 else {}))
+    generator = torch.Generator().manual_seed(0)
+    batch, sd, shape = config.batch, formulation.preconditioning.sigma_data, (-1,) + (1,) * (x.ndim - 1)
+    bucket_sum = torch.zeros(9, dtype=torch.float64)
+    bucket_count = torch.zeros(9, dtype=torch.float64)
+    start = time.process_time()
+    for step in range(steps):
+        if level >= 1:
+            draw = step_generator(config.seed, step)
+            index = torch.randint(len(x), (batch,), generator=draw)
+            sigma = formulation.sample_training_sigma(batch, draw)
+            noise = torch.randn((batch, *x.shape[1:]), generator=draw)
+            per_example = formulation.loss(net, x[index], sigma=sigma, noise=noise)
+            loss = per_example.mean()
+        else:
+            index = torch.randint(len(x), (batch,), generator=generator)
+            x0 = x[index]
+            sigma = (torch.randn(batch, generator=generator) * 1.2 - 1.2).exp()
+            s = sigma.reshape(shape)
+            x_hat = x0 + s * torch.randn(x0.shape, generator=generator)
+            output = net(x_hat / (s**2 + sd**2).sqrt(), sigma.log() / 4)
+            loss = ((output - (x0 - sd**2 / (s**2 + sd**2) * x_hat) / (s * sd / (s**2 + sd**2).sqrt())) ** 2).mean()
+        images = (step + 1) * batch
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(images / config.warmup_images, 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if level >= 4:
+            global_loss = loss.detach().clone()
+            bool(torch.isfinite(global_loss))
+        if level >= 2:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        if level >= 3:
+            with torch.no_grad():
+                beta = ema_beta(config, images)
+                if level >= 5:
+                    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+                else:
+                    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+        if level >= 4:
+            with torch.no_grad():
+                which = sigma_bucket(sigma)
+                bucket_sum.index_add_(0, which, per_example.detach().to(torch.float64))
+                bucket_count.index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
+            float(global_loss)
+    return time.process_time() - start
+
+
+def bench_ladder(name: str, case: Dict[str, Any], rounds: int) -> Dict[str, Any]:
+    """Where train()'s extra time per step goes: add its pieces to the minimal loop one at a time (CPU ms per step)."""
+    import presets
+    from edm_space.data import estimate_sigma_data, load
+    from edm_space.training import TrainConfig
+
+    x = load(case["data"])
+    formulation = presets.get("edm", sigma_data=round(estimate_sigma_data(x), 6))
+    config = TrainConfig(batch=case["batch"], seed=0, **case["train"])
+    levels = range(len(LADDER))
+    try:
+        ladder_loop(case, 6, 1, x, formulation, config)
+    except (RuntimeError, TypeError):  # no fused Adam for this device / torch
+        levels = range(len(LADDER) - 1)
+    for level in levels:
+        ladder_loop(case, level, 2, x, formulation, config)
+    short, long = case["short_steps"], case["long_steps"]
+    ms: Dict[int, List[float]] = {level: [] for level in levels}
+    for r in range(rounds):
+        for level in (list(levels) if r % 2 == 0 else list(levels)[::-1]):
+            a = ladder_loop(case, level, short, x, formulation, config)
+            b = ladder_loop(case, level, long, x, formulation, config)
+            ms[level].append(1000 * (b - a) / (long - short))
+    base = statistics.median(ms[0])
+    rows = []
+    for level in levels:
+        median = statistics.median(ms[level])
+        ratios = [m0 / m for m0, m in zip(ms[0], ms[level])]
+        rows.append({"level": level, "what": LADDER[level], "cpu_ms_per_step": median, "extra_ms": median - base,
+                     "ratio_minimal_over_this": statistics.median(ratios), "per_round_ms": ms[level]})
+    print(f"  [{name}] ladder: " + ", ".join(f"{r['level']}: {r['cpu_ms_per_step']:.2f} ms ({r['ratio_minimal_over_this']:.3f})" for r in rows), flush=True)
+    return {"rounds": rounds, "steps": [short, long], "levels": rows}
+
+
+# ---------------------------------------------------------------------------
+
+
+def markdown(payload: Dict[str, Any]) -> str:
+    lines = ["# Speed: our training loop and sampler against hand-written PyTorch", ""]
+    if payload["quick"]:
+        lines += ["(--quick smoke run: tiny networks and few steps; the ratios are not meaningful)", ""]
+    lines += [f"Command: `python benchmarks/speed.py{' --quick' if payload['quick'] else ''}` "
+              f"({payload['rounds']} interleaved rounds, torch threads {payload['machine']['torch_threads']}).", ""]
+    lines += ["## Training throughput (steady state; median over rounds, range in brackets)", ""]
+    rows = []
+    for name, res in payload["training"].items():
+        case = payload["cases"][name]
+        r, m = res["ratio_ours_over_minimal"], res["ratio_ours_over_matched"]
+        w, wm = res["wall_ratio_ours_over_minimal"], res["wall_ratio_ours_over_matched"]
+        cpu, wall = res["median_images_per_cpu_s"], res["median_images_per_s"]
+        rows.append([
+            name, case["batch"], f"`{case['net_options']}`",
+            " / ".join(f"{cpu[k]:.0f}" for k in LOOPS), " / ".join(f"{wall[k]:.0f}" for k in LOOPS),
+            f"**{r['median']:.3f}** ({r['min']:.3f}-{r['max']:.3f})", f"{w['median']:.3f} ({w['min']:.3f}-{w['max']:.3f})",
+            f"{m['median']:.3f} ({m['min']:.3f}-{m['max']:.3f})", f"{wm['median']:.3f} ({wm['min']:.3f}-{wm['max']:.3f})",
+            f"{res['end_to_end_ratio_ours_over_minimal']['median']:.3f}",
+            "yes" if r["median"] >= 0.9 else "**no**",
+        ])
+    lines.append(common.markdown_table(
+        ["case", "batch", "net options", "images per CPU-s: ours / minimal / matched", "images per wall-s: ours / minimal / matched",
+         "ours/minimal (CPU)", "ours/minimal (wall)", "ours/matched (CPU)", "ours/matched (wall)", "end-to-end ours/minimal (wall)",
+         "ours/minimal >= 0.9"], rows))
+    lines += ["", "`minimal`: Adam on the EDM loss, nothing else. `matched`: plus lr warm-up, grad-norm clipping and an EMA written with "
+              "torch._foreach_lerp_, i.e. the same work on the weights as train(). Steady state = the difference of an "
+              "L-step and an S-step call. End-to-end = the L-step call with its set-up (train(): run directory, config, final checkpoint).", ""]
+    lines += ["## Sampling throughput (heun, 18 steps, 35 NFE, untrained weights: the cost does not depend on them)", ""]
+    rows = []
+    for name, res in payload["sampling"].items():
+        rows.append([name, res["n"], res["nfe"], f"{res['samples_per_s_ours']:.0f}", f"{res['ms_per_nfe_ours']:.1f}",
+                     f"{res['samples_per_s_hand']:.0f}", f"{res['ratio_ours_over_hand_median']:.3f}", f"{res['max_abs_difference_ours_vs_hand']:.1e}"])
+    lines.append(common.markdown_table(["case", "batch of samples", "NFE", "samples/s (samplers.sample)", "ms per NFE", "samples/s (hand Heun)", "ours/hand (CPU)", "max abs diff"], rows))
+    if payload.get("breakdown"):
+        lines += ["", "## Where train()'s extra time goes (CPU ms per step, median over rounds)", "",
+                  "The minimal loop with train()'s pieces added one at a time (a replica of the step body of "
+                  "edm_space/training.py, built from its own functions); the last two rows apply the suggested patches.", ""]
+        rows = []
+        for name, res in payload["breakdown"].items():
+            for row in res["levels"]:
+                rows.append([name, row["level"], row["what"], f"{row['cpu_ms_per_step']:.2f}", f"{row['extra_ms']:+.2f}", f"{row['ratio_minimal_over_this']:.3f}"])
+        lines.append(common.markdown_table(["case", "level", "loop", "CPU ms / step", "vs minimal", "minimal / this (throughput ratio)"], rows))
+    lines += ["", "## Machine", "", common.machine_markdown(payload["machine"])]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run; writes to a temporary folder unless --results-dir")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds [default: 7, or 1 with --quick]")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads [default: 1; see the README of the results]")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the ladder breakdown of train()'s step")
+    parser.add_argument("--results-dir", default=None, help="where speed.json / speed.md go [default: benchmarks/results]")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when ours/minimal < 0.9 for a case")
+    args = parser.parse_args(argv)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 7)
+    if rounds < 1:
+        parser.error(f"--rounds {rounds} is invalid; it must be >= 1")
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in names if c not in CASES]
+    if bad or not names:
+        parser.error(f"--cases {args.cases!r} is invalid; choose from {', '.join(CASES)}")
+    common.set_threads(args.threads)
+    machine = common.machine_info()
+    results_dir = args.results_dir or (tempfile.mkdtemp(prefix="edm-space-speed-") if args.quick else common.RESULTS)
+    cases = {name: case_settings(name, args.quick) for name in names}
+    payload: Dict[str, Any] = {"quick": args.quick, "rounds": rounds, "machine": machine, "training": {}, "sampling": {}, "breakdown": {},
+                               "cases": {k: {kk: vv for kk, vv in v.items()} for k, v in cases.items()}}
+    started = time.perf_counter()
+    for name, case in cases.items():
+        print(f"[{name}] training: ours vs minimal vs matched, {rounds} rounds of {case['long_steps']} - {case['short_steps']} steps", flush=True)
+        payload["training"][name] = bench_training(name, case, rounds)
+        payload["sampling"][name] = bench_sampling(name, case, max(1, min(rounds, 3)))
+        if not args.no_breakdown:
+            payload["breakdown"][name] = bench_ladder(name, case, max(1, min(rounds, 5)))
+    payload["seconds"] = time.perf_counter() - started
+
+    print()
+    print("images per CPU-second (steady state, median over rounds); samples/s at 35 NFE")
+    print(f"{'case':<12} {'ours':>8} {'minimal':>8} {'matched':>8} {'ours/min':>9} {'ours/match':>10} {'samples/s':>10}")
+    ok = True
+    for name in names:
+        t, s = payload["training"][name], payload["sampling"][name]
+        ratio = t["ratio_ours_over_minimal"]["median"]
+        ok = ok and ratio >= 0.9
+        print(f"{name:<12} {t['median_images_per_cpu_s']['ours']:>8.0f} {t['median_images_per_cpu_s']['minimal']:>8.0f} {t['median_images_per_cpu_s']['matched']:>8.0f} "
+              f"{ratio:>9.3f} {t['ratio_ours_over_matched']['median']:>10.3f} {s['samples_per_s_ours']:>10.0f}")
+    for name, res in payload["breakdown"].items():
+        print(f"{name} ladder (CPU ms/step): " + ", ".join(f"{r['level']}: {r['cpu_ms_per_step']:.2f}" for r in res["levels"]))
+    paths = common.write_results("speed", payload, markdown(payload), results_dir)
+    print(f"wrote {', '.join(paths)}")
+    return 1 if (args.strict and not ok) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
