@@ -369,8 +369,10 @@ def bench_group() -> None:
 
 def _add_bench_commands() -> None:
     from .bench import solvers_command
+    from .bench_formulations import formulations_command
 
     bench_group.add_command(solvers_command)
+    bench_group.add_command(formulations_command)
 
 
 _add_bench_commands()
