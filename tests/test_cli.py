@@ -20,7 +20,7 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("command", [[], ["presets"], ["sample"], ["train"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["presets"], ["sample"], ["train"], ["demo"], ["bench"], ["bench", "solvers"], ["bench", "formulations"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, command + ["--help"])
     assert result.exit_code == 0
