@@ -505,7 +505,7 @@ def orderings(settings: Settings, runs: Sequence[Dict[str, Any]]) -> List[Dict[s
         if "edm" not in present or other not in present:
             continue
         for sampler in ("own", "common"):
-            for metric in settings.quality_metrics:
+            for metric in settings.quality_metrics + ("far",):
                 if sampler == "own":
                     a = _by_seed(rows, metric, section="own", model="edm")
                     b = _by_seed(rows, metric, section="own", model=other)
@@ -577,6 +577,36 @@ def run_benchmark(settings: Settings, out_dir: str, work_dir: Optional[str] = No
         "data_rows": data,
     }
     write_results(results, out_dir, plot=plot, log=log)
+    return results
+
+
+def settings_from_json(payload: Dict[str, Any]) -> Settings:
+    """The Settings stored in a results file."""
+    known = {f.name: f for f in dataclasses.fields(Settings)}
+    values = {}
+    for key, value in payload.items():
+        if key in known:
+            values[key] = tuple(value) if isinstance(value, list) and key != "net_options" else value
+    return Settings(**values)
+
+
+def rebuild_report(json_path: str, out_dir: Optional[str] = None, plot: bool = True,
+                   log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Recompute the summary and orderings of a results file from its runs and rewrite its JSON, Markdown and plots.
+
+    Nothing is trained or sampled; the wall time and machine of the original run are kept.
+    """
+    try:
+        with open(json_path) as file:
+            results = json.load(file)
+        settings = settings_from_json(results["settings"])
+        runs, data = results["runs"], results["data_rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{json_path!r} is not a formulations results file ({type(error).__name__}: {error})") from None
+    results["summary"] = aggregate_runs(runs, data)
+    results["orderings"] = orderings(settings, runs)
+    results["runs_compute_s"] = round(sum(r["timing"]["total_s"] for r in runs), 1)
+    write_results(results, out_dir or os.path.dirname(os.path.abspath(json_path)), plot=plot, log=log)
     return results
 
 
@@ -711,7 +741,7 @@ def format_markdown(results: Dict[str, Any], images: Sequence[str] = ()) -> str:
         "",
         f"Every preset trains the same network (`{s['net']}` {json.dumps(s['net_options'])}) with Adam (lr {s['lr']}, "
         f"warm-up {s['warmup_images']} images, gradient clip {s['grad_clip']}, EMA half-life {s['ema_halflife_images']:g} images), "
-        f"batch {s['batch']}, {s['stages'][-1]} steps = {s['stages'][-1] * s['batch']:,} training images, seeds {seeds}. "
+        f"batch {s['batch']}, {s['stages'][-1]} steps = {s['stages'][-1] * s['batch']:,} training images, seeds {', '.join(map(str, seeds))}. "
         f"Mean ± standard deviation over the {len(seeds)} seed(s); each seed has its own training seed, latents, "
         f"reference set and likelihood points. {s['num_samples']} samples per row.",
         "",
@@ -856,7 +886,7 @@ def format_markdown(results: Dict[str, Any], images: Sequence[str] = ()) -> str:
         "- The common sampler and the sweep use edm time steps on every formulation's own ODE, with sigma in [0.002, 80] "
         "clipped to what the formulation supports.",
         "- Stochastic samplers (ddpm's ancestral) draw from a generator seeded per seed, so reruns reproduce.",
-        f"- Run time per run (mean over presets; seconds): "
+        "- Run time per run (mean over presets; seconds): "
         + ", ".join(f"{p} {_pm(v)}" for p, v in summary["run_seconds"].items()) + ".",
     ]
     for path in images:
@@ -1008,11 +1038,12 @@ def _formulations_command():
     @click.option("--presets", "preset_list", default=None, help=f"Comma-separated presets [default: {','.join(PRESETS)}].")
     @click.option("--seeds", default=None, help="Seeds, e.g. 0-2 or 0,1,2 [default: 0-2; 0 with --quick].")
     @click.option("--threads", type=int, default=1, show_default=True, help="torch threads (1 is fastest on a shared machine).")
-    @click.option("--out-dir", default=os.path.join("benchmarks", "results"), show_default=True, help="Where formulations_*.{json,md,png} go.")
+    @click.option("--out-dir", default=None, help="Where formulations_*.{json,md,png} go [default: benchmarks/results; with --quick TMPDIR/edm-space-formulations-quick, so a smoke run never overwrites real results].")
     @click.option("--work-dir", default=None, help="Where runs are trained and kept for reuse [default: TMPDIR/edm-space-bench-formulations].")
     @click.option("--fresh", is_flag=True, help="Retrain every run instead of reusing finished ones.")
     @click.option("--no-plot", is_flag=True, help="Skip the PNG plots.")
-    def formulations_command(data, quick, preset_list, seeds, threads, out_dir, work_dir, fresh, no_plot):
+    @click.option("--report-only", is_flag=True, help="Rewrite the Markdown, plots and summary of existing formulations_DATA.json files under --out-dir from their runs; train nothing.")
+    def formulations_command(data, quick, preset_list, seeds, threads, out_dir, work_dir, fresh, no_plot, report_only):
         """Train every preset with the same network and budget; sample with own and common samplers; score.
 
         Writes formulations_DATA.json, .md and _nfe/_training/_lossfloor.png under --out-dir.
@@ -1021,6 +1052,15 @@ def _formulations_command():
 
         datasets = ["toy"] if quick and data == "all" else list(DATA_CHOICES) if data == "all" else [data]
         seed_list = parse_seeds(seeds) if seeds is not None else None
+        if out_dir is None:
+            out_dir = os.path.join(tempfile.gettempdir(), "edm-space-formulations-quick") if quick else os.path.join("benchmarks", "results")
+        if report_only:
+            for name in datasets:
+                path = os.path.join(out_dir, f"{stem(name)}.json")
+                if not os.path.isfile(path):
+                    raise ConfigError(f"--report-only: {path!r} does not exist; run the benchmark first")
+                rebuild_report(path, out_dir, plot=not no_plot, log=click.echo)
+            return
         for name in datasets:
             settings = make_settings(name, quick=quick, presets=_parse_list(preset_list), seeds=seed_list, threads=threads)
             run_benchmark(settings, out_dir, work_dir=work_dir, plot=not no_plot, reuse=not fresh, log=click.echo)

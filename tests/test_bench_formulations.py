@@ -218,3 +218,20 @@ def test_image_scores_match_the_library_image_quality():
     assert ours["fd"] == pytest.approx(library["frechet_distance"], rel=1e-9)
     for key in ("confidence", "min_class_fraction", "max_class_fraction"):
         assert ours[key] == pytest.approx(library[key], rel=1e-9)
+
+
+def test_report_only_rebuilds_the_same_summary(quick, tmp_path):
+    import shutil
+
+    shutil.copy(os.path.join(quick["out"], "formulations_toy.json"), tmp_path / "formulations_toy.json")
+    done = CliRunner().invoke(bf.formulations_command, ["--report-only", "--data", "toy", "--no-plot", "--out-dir", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    with open(tmp_path / "formulations_toy.json") as file:
+        rebuilt = json.load(file)
+    assert rebuilt["wall_s"] == quick["results"]["wall_s"]  # the original run's time is kept
+    assert rebuilt["summary"]["rows"] == json.loads(json.dumps(bf._clean(quick["results"]["summary"]["rows"])))
+    assert [c["holds"] for c in rebuilt["orderings"]] == [c["holds"] for c in quick["results"]["orderings"]]
+    tables = lambda text: text[text.index("## Equal training budget") : text.index("## Notes")]  # noqa: E731
+    assert tables((tmp_path / "formulations_toy.md").read_text()) == tables(open(os.path.join(quick["out"], "formulations_toy.md")).read())
+    missing = CliRunner().invoke(bf.formulations_command, ["--report-only", "--data", "digits", "--out-dir", str(tmp_path)])
+    assert missing.exit_code != 0 and "does not exist" in str(missing.exception)
