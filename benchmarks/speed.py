@@ -14,8 +14,9 @@ runs, in alternating order,
            data and EDM loss (same preconditioning, sigma_data from the data),
            Adam with the same settings; no clipping, EMA, logging or checkpoints;
 - matched: the minimal loop plus what the library's loop does to the weights:
-           lr warm-up, grad-norm clipping and an EMA with the same half-life and
-           ramp-up, written with torch._foreach_lerp_.
+           its optimizer (edm_space.training.make_optimizer), lr warm-up,
+           grad-norm clipping and an EMA with the same half-life and ramp-up,
+           written with torch._foreach_lerp_.
 
 Every loop is run twice back to back, for S and for L > S steps, each call
 with its own set-up (data, network, optimizer; for train() also the run
@@ -34,10 +35,9 @@ hand-written EDM Heun loop (EDM Algorithm 1, float64 state, float32 network) on
 the same latents; samples/s, best of the rounds.
 
 Breakdown ("ladder"). The minimal loop with train()'s pieces added one at a
-time (library batch draws and Formulation.loss; grad clipping; the EMA as
-training.py writes it; the finite-loss check and per-sigma logging), then the
-same with the two suggested patches (EMA as one torch._foreach_lerp_; Adam with
-fused=True), so that a shortfall can be traced to lines of training.py.
+time (library batch draws and Formulation.loss; grad clipping; the EMA; the
+finite-loss check and per-sigma logging; Adam with fused=True), so that a
+shortfall can be traced to lines of training.py.
 """
 
 from __future__ import annotations
@@ -117,7 +117,12 @@ def run_hand(case: Dict[str, Any], steps: int, matched: bool) -> Dict[str, float
     sd = float(x.double().std())  # sigma_data, as train() estimates it
     torch.manual_seed(0)
     net = networks.build(case["net"], tuple(x.shape[1:]), **case["net_options"])
-    optimizer = torch.optim.Adam(net.parameters(), lr=case["train"]["lr"], betas=(0.9, 0.999), eps=1e-8)
+    if matched:
+        from edm_space.training import make_optimizer
+
+        optimizer = make_optimizer(net, case["train"]["lr"])
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=case["train"]["lr"], betas=(0.9, 0.999), eps=1e-8)
     params = list(net.parameters())
     if matched:
         ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -143,7 +148,7 @@ def run_hand(case: Dict[str, Any], steps: int, matched: bool) -> Dict[str, float
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if matched:
-            torch.nn.utils.clip_grad_norm_(params, case["train"]["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(params, case["train"]["grad_clip"], foreach=True)
         optimizer.step()
         if matched:
             halflife = case["train"]["ema_halflife_images"]
@@ -298,11 +303,10 @@ def bench_sampling(name: str, case: Dict[str, Any], rounds: int) -> Dict[str, An
 LADDER = (
     "minimal loop",
     "+ library batch draws (step_generator, p_train) and Formulation.loss",
-    "+ grad-norm clipping",
-    "+ EMA as training.py writes it (per tensor: p_ema.copy_(p_net.detach().lerp(p_ema, beta)))",
-    "+ finite-loss check and per-sigma loss logging (= the body of train()'s step)",
-    "as the previous, EMA as one torch._foreach_lerp_ (suggested patch 1)",
-    "as the previous, Adam(fused=True) (suggested patch 2)",
+    "+ grad-norm clipping (foreach, as train())",
+    "+ EMA as one torch._foreach_lerp_ (as train())",
+    "+ finite-loss check and per-sigma loss logging",
+    "as the previous, Adam(fused=True) (= the body of train()'s step)",
 )
 
 
@@ -315,7 +319,7 @@ def ladder_loop(case: Dict[str, Any], level: int, steps: int, x: torch.Tensor, f
     net = networks.build(case["net"], tuple(x.shape[1:]), **case["net_options"])
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     params, ema_params = list(net.parameters()), list(ema.parameters())
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if level >= 6 else {}))
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if level >= 5 else {}))
     generator = torch.Generator().manual_seed(0)
     batch, sd, shape = config.batch, formulation.preconditioning.sigma_data, (-1,) + (1,) * (x.ndim - 1)
     bucket_sum = torch.zeros(9, dtype=torch.float64)
@@ -346,16 +350,11 @@ def ladder_loop(case: Dict[str, Any], level: int, steps: int, x: torch.Tensor, f
             global_loss = loss.detach().clone()
             bool(torch.isfinite(global_loss))
         if level >= 2:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
         optimizer.step()
         if level >= 3:
             with torch.no_grad():
-                beta = ema_beta(config, images)
-                if level >= 5:
-                    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
-                else:
-                    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+                torch._foreach_lerp_(ema_params, params, 1.0 - ema_beta(config, images))
         if level >= 4:
             with torch.no_grad():
                 which = sigma_bucket(sigma)
@@ -376,7 +375,7 @@ def bench_ladder(name: str, case: Dict[str, Any], rounds: int) -> Dict[str, Any]
     config = TrainConfig(batch=case["batch"], seed=0, **case["train"])
     levels = range(len(LADDER))
     try:
-        ladder_loop(case, 6, 1, x, formulation, config)
+        ladder_loop(case, len(LADDER) - 1, 1, x, formulation, config)
     except (RuntimeError, TypeError):  # no fused Adam for this device / torch
         levels = range(len(LADDER) - 1)
     for level in levels:
@@ -439,7 +438,7 @@ def markdown(payload: Dict[str, Any]) -> str:
     if payload.get("breakdown"):
         lines += ["", "## Where train()'s extra time goes (CPU ms per step, median over rounds)", "",
                   "The minimal loop with train()'s pieces added one at a time (a replica of the step body of "
-                  "edm_space/training.py, built from its own functions); the last two rows apply the suggested patches.", ""]
+                  "edm_space/training.py, built from its own functions); the last row is train()'s step.", ""]
         rows = []
         for name, res in payload["breakdown"].items():
             for row in res["levels"]:

@@ -259,6 +259,18 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"warmup_images = {config.warmup_images!r} is invalid; it must be >= 0")
 
 
+def make_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam with one fused kernel over all weights where the device has it, else the multi-tensor (foreach) path.
+
+    Same update rule either way; the fused step saves about a tenth of a small MLP's step time on CPU
+    (benchmarks/speed.py).
+    """
+    try:
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+
+
 def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Dict[str, Any]:
     """Train (or resume) the run in config.out; returns a summary dict. Safe under torchrun."""
     check_config(config)
@@ -292,7 +304,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
     torch.manual_seed(config.seed)  # weight initialisation
     net = build_network(config, tuple(x_data.shape[1:]), num_classes)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    optimizer = make_optimizer(net, config.lr)
 
     start_step = 0
     found = latest_checkpoint(run_dir) if resume else None
