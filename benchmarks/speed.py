@@ -426,7 +426,7 @@ def markdown(payload: Dict[str, Any]) -> str:
         ["case", "batch", "net options", "images per CPU-s: ours / minimal / matched", "images per wall-s: ours / minimal / matched",
          "ours/minimal (CPU)", "ours/minimal (wall)", "ours/matched (CPU)", "ours/matched (wall)", "end-to-end ours/minimal (wall)",
          "ours/minimal >= 0.9"], rows))
-    lines += ["", "`minimal`: Adam on the EDM loss, nothing else. `matched`: plus lr warm-up, grad-norm clipping and an EMA written with "
+    lines += ["", "`minimal`: Adam on the EDM loss, nothing else. `matched`: plus train()'s optimizer (fused Adam where available), lr warm-up, grad-norm clipping and an EMA written with "
               "torch._foreach_lerp_, i.e. the same work on the weights as train(). Steady state = the difference of an "
               "L-step and an S-step call. End-to-end = the L-step call with its set-up (train(): run directory, config, final checkpoint).", ""]
     lines += ["## Sampling throughput (heun, 18 steps, 35 NFE, untrained weights: the cost does not depend on them)", ""]
