@@ -20,25 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 
 def main(argv=None) -> None:
-    import click
+    from edm_space.cli import main as cli_main
 
-    from edm_space.bench_formulations import formulations_command
-
-    try:
-        formulations_command.main(args=argv, prog_name="formulations.py", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.exceptions.ClickException as error:
-        click.echo(f"error: {' '.join(error.format_message().split())}", err=True)
-        sys.exit(2)
-    except ValueError as error:  # ConfigError: bad input, one line
-        if os.environ.get("EDM_SPACE_DEBUG"):
-            raise
-        click.echo(f"error: {' '.join(str(error).split())}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    cli_main(["bench", "formulations", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
