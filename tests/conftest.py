@@ -7,7 +7,9 @@ it calls the code under test.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import numpy as np
 import pytest
@@ -85,3 +87,25 @@ def ddpm_sigma_table() -> np.ndarray:
 @pytest.fixture(scope="session")
 def iddpm_u() -> np.ndarray:
     return iddpm_u_np()
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch on one thread (tiny ops on a shared 2-core machine are slower with two), then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def snapshot(run_dir: str) -> dict:
+    """Every file of a run directory, relative path -> bytes."""
+    files = {}
+    for root, _, names in os.walk(run_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as file:
+                files[os.path.relpath(path, run_dir)] = file.read()
+    return files

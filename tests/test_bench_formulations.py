@@ -15,14 +15,13 @@ from click.testing import CliRunner
 
 from edm_space import bench_formulations as bf
 from edm_space.errors import ConfigError
+from conftest import one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,15 @@ import torch
 import samplers
 from edm_space import bench, targets
 from edm_space.errors import ConfigError
+from conftest import one_torch_thread
 
 F64 = torch.float64
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    # The benchmark runs torch on one thread (tiny ops on a shared 2-core machine are much
-    # slower with two); the reference solves called directly here do the same.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def latents(n, dim, seed=0):

@@ -11,6 +11,7 @@ from edm_space import networks
 from edm_space.denoiser import Denoiser
 from edm_space.errors import ConfigError
 from edm_space.networks.embedding import NoiseEmbedding
+from conftest import one_torch_thread
 
 F64 = torch.float64
 MLP_OPTIONS = {"width": 32, "depth": 2}
@@ -19,10 +20,8 @@ UNET_OPTIONS = {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1}
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def build(name, item_shape, **options):

@@ -14,6 +14,7 @@ import presets
 import samplers
 from edm_space.cli import main
 from edm_space.training import TrainConfig, list_checkpoints, load_trained, train
+from conftest import one_torch_thread, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -25,10 +26,8 @@ TINY_ARGS = ["--net-option", "width=32", "--net-option", "depth=2", "--batch", "
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _train(out, **settings):
@@ -69,15 +68,6 @@ def edm_copy(edm_run, tmp_path):
     """A private copy of the edm run that a test may damage."""
     return shutil.copytree(edm_run, tmp_path / "run")
 
-
-def snapshot(run_dir):
-    files = {}
-    for root, _, names in os.walk(run_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as file:
-                files[os.path.relpath(path, run_dir)] = file.read()
-    return files
 
 
 def one_line_error(argv, capsys):

@@ -28,16 +28,15 @@ from edm_space.training import (
     read_log,
     train,
 )
+from conftest import one_torch_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def tiny(out, **overrides) -> TrainConfig:
@@ -77,16 +76,6 @@ def assert_same_training_state(a, b):
         assert_identical(a[part], b[part], part)
     assert a["step"] == b["step"]
 
-
-def snapshot(run_dir):
-    """Every file of a run directory, relative path -> bytes."""
-    files = {}
-    for root, _, names in os.walk(run_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as file:
-                files[os.path.relpath(path, run_dir)] = file.read()
-    return files
 
 
 def subprocess_env():
