@@ -35,7 +35,7 @@ def k_diffusion_sampling() -> types.ModuleType:
         return sys.modules["k_diffusion.sampling"]
     spec = importlib.util.find_spec("k_diffusion")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed")
+        pytest.skip("k-diffusion is not installed (pip install --no-deps -r tests/requirements-reference.txt)")
     for needed in ("scipy", "torchdiffeq", "torchsde", "tqdm"):  # imported by k_diffusion.sampling itself
         pytest.importorskip(needed)
 

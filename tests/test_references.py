@@ -18,8 +18,9 @@ random draws, and compares the samples:
 Where the reference computes in float64 we compare to ~1e-10 relative; where it
 computes in float32 (diffusers' betas and alphas_cumprod) we compare once with
 its own float32 tables at float32 accuracy, and once with those tables replaced
-by float64 ones at ~1e-10. Each test skips when its package is not installed
-(.ci/run installs them, pinned, with --no-deps).
+by float64 ones at ~1e-10. The README's test command installs the packages, pinned,
+with --no-deps (tests/requirements-reference.txt); a test whose package is missing
+skips with that hint on a developer's machine and fails under CI=true (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def test_k_diffusion_churn_matches(K, monkeypatch, solver, reference, window):
 def test_k_diffusion_draws_even_without_churn_we_do_not(K, monkeypatch):
     """A convention difference that changes no sample: k-diffusion's sample_euler / sample_heun call
     torch.randn_like on every step even when s_churn = 0 (and throw the draw away); ours draws nothing
-    with churn = 0 (DESIGN.md, "Random draws"). Only the state of a shared generator afterwards differs."""
+    with churn = 0 (docs/design.md, "Random draws"). Only the state of a shared generator afterwards differs."""
     sigmas = edm_sigmas()
     mine, theirs = NoiseStream(3), NoiseStream(3)
     ours, _ = _ours("edm", "euler", sigmas, randn_like=mine.randn_like)
@@ -294,7 +295,7 @@ def test_k_diffusion_x_hat_solvers_on_other_formulations(K, name, solver, refere
     ],
 )
 def test_k_diffusion_on_flow_from_pure_noise(K, solver, reference, options, tolerance):
-    """Flow's own uniform-t steps start at t = 1 - 1e-9 (sigma = 1e9, DESIGN.md), and so does k-diffusion here.
+    """Flow's own uniform-t steps start at t = 1 - 1e-9 (sigma = 1e9, docs/design.md), and so does k-diffusion here.
 
     dpm++ scales the state by sigma_next / sigma, with no cancellation, and agrees to round-off. Euler / DDIM
     compute x_hat + (x_hat - D) (sigma_next - sigma) / sigma with |x_hat| ~ 1e9 on the first step: the
