@@ -1,12 +1,15 @@
-"""Helpers shared by the benchmark scripts (speed.py, training_quality.py).
+"""Helpers shared by the benchmark scripts (solvers.py, formulations.py, speed.py, training_quality.py).
 
-Nothing here is part of the library: machine description, a sliced
-Wasserstein-2 distance, the logistic-regression "is it a digit" test, peak
-memory, sampling a trained run, and writing results atomically.
+Nothing here is part of the library: the machine description, results written as
+JSON and Markdown, Markdown tables, figures saved as PNG, one-line errors on the
+command line, the logistic-regression "is it a digit" test, peak memory, and
+sampling a trained run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -14,9 +17,11 @@ import platform
 import resource
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+import scipy
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +30,13 @@ RESULTS = os.path.join(HERE, "results")
 
 if ROOT not in sys.path:  # `python benchmarks/x.py` from a checkout without an editable install
     sys.path.insert(0, ROOT)
+
+import samplers  # noqa: E402
+from edm_space.errors import ConfigError  # noqa: E402
+from edm_space.files import write_atomic  # noqa: E402
+from edm_space.optional import require  # noqa: E402
+from edm_space.seeding import SeededNoise  # noqa: E402
+from edm_space.training import load_trained  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -41,7 +53,7 @@ def set_threads(threads: Optional[int]) -> int:
 
 
 def machine_info() -> Dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on (call it after setting the torch threads)."""
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -56,7 +68,7 @@ def machine_info() -> Dict[str, Any]:
     except OSError:
         pass
     try:
-        load = [round(v, 2) for v in os.getloadavg()]
+        load = [round(v, 2) for v in os.getloadavg()]  # 1, 5 and 15 minutes
     except OSError:
         load = None
     try:
@@ -74,7 +86,9 @@ def machine_info() -> Dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "numpy": np.__version__,
-        "load_average_1_5_15min_at_start": load,
+        "scipy": scipy.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average_at_start": load,
         "git_commit": commit,
     }
 
@@ -84,35 +98,6 @@ def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-# ---------------------------------------------------------------------------
-# Sliced Wasserstein-2.
-
-
-def projections(dim: int, num: int = 512, seed: int = 0) -> np.ndarray:
-    """`num` fixed random unit directions in R^dim (rows), from a seeded generator."""
-    rng = np.random.default_rng(seed)
-    theta = rng.standard_normal((num, dim))
-    return theta / np.linalg.norm(theta, axis=1, keepdims=True)
-
-
-def sliced_w2(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor", num_projections: int = 512, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance between two equally sized point sets.
-
-    Both sets are projected on the same fixed random unit directions; along each
-    direction the 1-D W2 between two empirical measures of n points each is the
-    RMS difference of the sorted projections. The result is
-    sqrt(mean over directions of W2^2).
-    """
-    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64).reshape(len(b), -1)
-    if a.shape != b.shape:
-        raise ValueError(f"sliced_w2 needs equally sized sets of equal dimension, got {a.shape} and {b.shape}")
-    theta = projections(a.shape[1], num_projections, seed)
-    pa = np.sort(a @ theta.T, axis=0)
-    pb = np.sort(b @ theta.T, axis=0)
-    return float(math.sqrt(np.mean((pa - pb) ** 2)))
 
 
 # ---------------------------------------------------------------------------
@@ -133,7 +118,7 @@ def fit_digit_classifier(x: torch.Tensor, labels: torch.Tensor, seed: int = 0) -
     5-fold cross-validated log-loss among 0.001 .. 10, i.e. its probabilities are
     the calibrated ones rather than a choice that flatters the samples.
     """
-    from sklearn.linear_model import LogisticRegression
+    LogisticRegression = require("sklearn.linear_model", "the digit classifier").LogisticRegression
 
     flat = x.reshape(len(x), -1).numpy().astype(np.float64)
     y = labels.numpy()
@@ -185,10 +170,6 @@ def sample_run(run_dir: str, n: int, solver: str = "heun", num_steps: int = 18, 
 
     Returns (samples float64 tensor, nfe, step of the checkpoint).
     """
-    import samplers
-    from edm_space.seeding import SeededNoise
-    from edm_space.training import load_trained
-
     denoiser, config, item_shape, _, step = load_trained(run_dir, ema=ema)
     formulation = denoiser.formulation
     out, nfe = [], 0
@@ -209,33 +190,100 @@ def sample_run(run_dir: str, n: int, solver: str = "heun", num_steps: int = 18, 
 # Output.
 
 
-def write_results(stem: str, payload: Dict[str, Any], markdown: str, folder: Optional[str] = None) -> List[str]:
-    """Write FOLDER/stem.json and FOLDER/stem.md atomically (FOLDER: benchmarks/results); returns the paths."""
-    from edm_space.files import write_atomic
-
-    folder = RESULTS if folder is None else folder
-    os.makedirs(folder, exist_ok=True)
-    json_path = os.path.join(folder, stem + ".json")
-    md_path = os.path.join(folder, stem + ".md")
-    write_atomic(json_path, (json.dumps(payload, indent=2, default=_jsonable) + "\n").encode())
-    write_atomic(md_path, markdown.rstrip("\n").encode() + b"\n")
-    return [json_path, md_path]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+def jsonable(value: Any) -> Any:
+    """`value` as standard JSON data: NaN and infinities become None (JSON has no token for them),
+    NumPy scalars Python numbers, arrays and tensors nested lists, tuples lists; other objects their str."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        return np.asarray(value).tolist()
+        return jsonable(np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value).tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)
 
 
+def write_json(path: str, payload: Any, indent: int = 2) -> str:
+    """`payload` as standard JSON (see `jsonable`), written atomically."""
+    write_atomic(path, (json.dumps(jsonable(payload), indent=indent, allow_nan=False) + "\n").encode())
+    return path
+
+
+def write_markdown(path: str, text: str) -> str:
+    """Markdown text ending in exactly one newline, written atomically."""
+    write_atomic(path, text.rstrip("\n").encode() + b"\n")
+    return path
+
+
+def write_results(stem: str, payload: Dict[str, Any], markdown: str, folder: Optional[str] = None, indent: int = 2) -> List[str]:
+    """Write FOLDER/stem.json and FOLDER/stem.md atomically (FOLDER: benchmarks/results); returns the paths."""
+    folder = RESULTS if folder is None else folder
+    os.makedirs(folder, exist_ok=True)
+    json_path = write_json(os.path.join(folder, stem + ".json"), payload, indent)
+    md_path = write_markdown(os.path.join(folder, stem + ".md"), markdown)
+    return [json_path, md_path]
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table: a header row, the separator, one line per row (cells as str)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def machine_markdown(info: Dict[str, Any]) -> str:
-    keys = ("platform", "cpu_model", "cpu_count", "cpus_usable", "python", "torch", "torch_threads", "load_average_1_5_15min_at_start", "git_commit")
+    """The machine description as a Markdown list."""
+    keys = ("platform", "cpu_model", "cpu_count", "cpus_usable", "python", "torch", "torch_threads", "load_average_at_start", "git_commit")
     return "\n".join(f"- {k}: {info.get(k)}" for k in keys)
+
+
+# ---------------------------------------------------------------------------
+# Figures.
+
+
+def pyplot(needed_for: str):
+    """matplotlib.pyplot on the file-only Agg backend, or a one-line ConfigError naming the extra."""
+    require("matplotlib", needed_for).use("Agg")
+    return require("matplotlib.pyplot", needed_for)
+
+
+def have_matplotlib() -> bool:
+    """Whether the optional plotting package is installed."""
+    try:
+        require("matplotlib", "the figures")
+    except ConfigError:
+        return False
+    return True
+
+
+def save_png(fig, path: str, dpi: Optional[float] = None) -> str:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **({} if dpi is None else {"dpi": dpi}))
+    pyplot("the figures").close(fig)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Bad user input (ConfigError) ends the script with one line `error: ...` on stderr and exit status 2.
+
+    Set EDM_SPACE_DEBUG=1 to see the traceback instead.
+    """
+    try:
+        yield
+    except ConfigError as error:
+        if os.environ.get("EDM_SPACE_DEBUG"):
+            raise
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        raise SystemExit(2) from None

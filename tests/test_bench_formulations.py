@@ -1,4 +1,4 @@
-"""The formulation benchmark (edm_space.bench_formulations, `edm-space bench formulations`).
+"""The formulation benchmark (benchmarks/formulations.py).
 
 The quick mode must run end to end and write finite results, with the cross-sampling
 rows; the aggregation over seeds and the paired ordering test are checked on
@@ -8,14 +8,18 @@ constructed input whose answers are known.
 import json
 import math
 import os
+import shutil
+import sys
 
 import pytest
-import torch
-from click.testing import CliRunner
 
-from edm_space import bench_formulations as bf
-from edm_space.errors import ConfigError
-from conftest import one_torch_thread
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import common  # noqa: E402  (benchmarks/common.py)
+import formulations as bf  # noqa: E402  (benchmarks/formulations.py)
+import samplers  # noqa: E402
+from conftest import one_torch_thread  # noqa: E402
+from edm_space.errors import ConfigError  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,7 +42,6 @@ def test_quick_mode_writes_json_markdown_and_plots(quick):
     out = quick["out"]
     for name in ("formulations_toy.json", "formulations_toy.md"):
         assert os.path.isfile(os.path.join(out, name))
-    pytest.importorskip("matplotlib")
     for suffix in ("nfe", "training", "lossfloor"):
         with open(os.path.join(out, f"formulations_toy_{suffix}.png"), "rb") as file:
             assert file.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -59,7 +62,7 @@ def test_quick_mode_metrics_are_finite(quick):
     for row in summary["rows"]:
         for metric in ("sw2", "sw2_boot", "mmd2", "far"):
             assert math.isfinite(row[metric]["mean"]), (row, metric)
-        assert row[metric]["n"] == len(settings.seeds)
+            assert row[metric]["n"] == len(settings.seeds), (row, metric)
     for preset in settings.presets:
         assert math.isfinite(summary["likelihood"][preset]["nll"]["mean"])
         buckets = summary["loss_floor"][preset]
@@ -96,20 +99,28 @@ def test_finished_runs_are_reused_with_identical_numbers(quick, tmp_path):
     assert again["summary"]["rows"] == quick["results"]["summary"]["rows"]
 
 
-def test_command_line_quick_and_bad_input(quick, tmp_path):
-    runner = CliRunner()
-    done = runner.invoke(bf.formulations_command, ["--quick", "--no-plot", "--out-dir", str(tmp_path), "--work-dir", quick["work"]])
-    assert done.exit_code == 0, done.output
+def run_main(args, capsys):
+    """benchmarks/formulations.py ARGS in this process: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        bf.main(args)
+    return done.value.code, capsys.readouterr().err
+
+
+def test_command_line_quick_and_bad_input(quick, tmp_path, capsys):
+    assert bf.main(["--quick", "--no-plot", "--out-dir", str(tmp_path), "--work-dir", quick["work"]]) == 0
     assert os.path.isfile(tmp_path / "formulations_toy.md") and not os.path.exists(tmp_path / "formulations_digits.md")
-    bad = runner.invoke(bf.formulations_command, ["--quick", "--presets", "edm,nope", "--out-dir", str(tmp_path / "bad")])
-    assert bad.exit_code != 0
-    assert isinstance(bad.exception, ConfigError) and "nope" in str(bad.exception)
+    code, err = run_main(["--quick", "--presets", "edm,nope", "--out-dir", str(tmp_path / "bad")], capsys)
+    assert code == 2 and err.startswith("error: unknown preset 'nope'") and err.count("\n") == 1
+    code, err = run_main(["--quick", "--seeds", "x", "--out-dir", str(tmp_path / "bad")], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "bad")
+    code, _ = run_main(["--help"], capsys)
+    assert code == 0
 
 
 def test_settings():
     with pytest.raises(ConfigError, match="unknown preset"):
-        bf.make_settings("toy", presets=["edm", "bogus"])
+        bf.make_settings("toy", preset_names=["edm", "bogus"])
     with pytest.raises(ConfigError, match="unknown data"):
         bf.make_settings("cifar")
     full = bf.make_settings("digits")
@@ -118,10 +129,9 @@ def test_settings():
     own = bf.own_sampler("ddpm", full)
     assert own == {"solver": "ancestral", "discretization": "ddpm", "steps": 100, "default_steps": 1000, "capped": True}
     assert bf.own_sampler("vp", bf.make_settings("toy"))["steps"] == 256
-    assert bf.steps_for("heun", 35) == 18 and bf.steps_for("euler", 35) == 35
     # the fingerprint ignores the preset and seed lists but not the training budget
     a = bf.make_settings("toy")
-    assert a.fingerprint("edm", 0) == bf.make_settings("toy", presets=["edm"], seeds=[0, 5]).fingerprint("edm", 0)
+    assert a.fingerprint("edm", 0) == bf.make_settings("toy", preset_names=["edm"], seeds=[0, 5]).fingerprint("edm", 0)
     assert a.fingerprint("edm", 0) != bf.make_settings("toy", quick=True).fingerprint("edm", 0)
     assert a.fingerprint("edm", 0) != a.fingerprint("edm", 1)
 
@@ -131,7 +141,7 @@ def test_settings():
 
 def _row(seed, model="edm", section="sweep", solver="heun", steps=18, **metrics):
     return {"section": section, "model": model, "ode": model, "solver": solver, "discretization": "edm",
-            "steps": steps, "nfe": 2 * steps - 1 if solver == "heun" else steps, "images": 100, "seed": seed, **metrics}
+            "steps": steps, "nfe": samplers.get(solver).nfe(steps), "images": 100, "seed": seed, **metrics}
 
 
 def test_mean_std_aggregation_on_constructed_input():
@@ -180,7 +190,7 @@ def test_paired_comparison_verdicts():
 
 
 def test_orderings_from_constructed_runs():
-    settings = bf.make_settings("toy", presets=["edm", "vp", "ve"], seeds=[0, 1, 2])
+    settings = bf.make_settings("toy", preset_names=["edm", "vp", "ve"], seeds=[0, 1, 2])
     settings.nfe_grid = (35,)
     runs = []
     for seed in range(3):
@@ -200,37 +210,15 @@ def test_orderings_from_constructed_runs():
         assert verdict[(f"heun < euler ({model})", None, 35, "mmd2")] == "not resolved"  # equal: the interval is [0, 0]
 
 
-def test_image_scores_match_the_library_image_quality():
-    # The benchmark computes the real digits' features once; the scores must equal image_quality's.
-    from edm_space.classifier import SmallConvNet, image_quality
-
-    torch.manual_seed(0)
-    classifier = SmallConvNet(1, 10).eval().requires_grad_(False)
-    real = torch.rand(300, 1, 8, 8) * 2 - 1
-    samples = (torch.rand(100, 1, 8, 8, dtype=torch.float64) * 2.4 - 1.2)  # some pixels outside [-1, 1]: clamped by both
-    evaluation = bf.Evaluation.__new__(bf.Evaluation)
-    evaluation.classifier = classifier
-    with torch.no_grad():
-        evaluation.real_features = classifier.features(real)
-    ours = evaluation.image_scores(samples)
-    library = image_quality(samples, real, classifier)
-    assert ours["fd"] == pytest.approx(library["frechet_distance"], rel=1e-9)
-    for key in ("confidence", "min_class_fraction", "max_class_fraction"):
-        assert ours[key] == pytest.approx(library[key], rel=1e-9)
-
-
-def test_report_only_rebuilds_the_same_summary(quick, tmp_path):
-    import shutil
-
+def test_report_only_rebuilds_the_same_summary(quick, tmp_path, capsys):
     shutil.copy(os.path.join(quick["out"], "formulations_toy.json"), tmp_path / "formulations_toy.json")
-    done = CliRunner().invoke(bf.formulations_command, ["--report-only", "--data", "toy", "--no-plot", "--out-dir", str(tmp_path)])
-    assert done.exit_code == 0, done.output
+    assert bf.main(["--report-only", "--data", "toy", "--no-plot", "--out-dir", str(tmp_path)]) == 0
     with open(tmp_path / "formulations_toy.json") as file:
         rebuilt = json.load(file)
     assert rebuilt["wall_s"] == quick["results"]["wall_s"]  # the original run's time is kept
-    assert rebuilt["summary"]["rows"] == json.loads(json.dumps(bf._clean(quick["results"]["summary"]["rows"])))
+    assert rebuilt["summary"]["rows"] == json.loads(json.dumps(common.jsonable(quick["results"]["summary"]["rows"])))
     assert [c["holds"] for c in rebuilt["orderings"]] == [c["holds"] for c in quick["results"]["orderings"]]
     tables = lambda text: text[text.index("## Equal training budget") : text.index("## Notes")]  # noqa: E731
     assert tables((tmp_path / "formulations_toy.md").read_text()) == tables(open(os.path.join(quick["out"], "formulations_toy.md")).read())
-    missing = CliRunner().invoke(bf.formulations_command, ["--report-only", "--data", "digits", "--out-dir", str(tmp_path)])
-    assert missing.exit_code != 0 and "does not exist" in str(missing.exception)
+    code, err = run_main(["--report-only", "--data", "digits", "--out-dir", str(tmp_path)], capsys)
+    assert code == 2 and "does not exist" in err
