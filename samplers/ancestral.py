@@ -64,9 +64,9 @@ def ancestral_solver(
 
 
 
-ddim = register("ddim", order=1, nfe_per_step="1", stochastic=False, paper="Song et al. 2021a (DDIM), eq. 12; eta > 0 is stochastic")(
-    variant(ancestral_solver, eta=0.0, doc="DDIM with eta (default 0: deterministic, Euler in sigma with s = 1).")
+ddim = register("ddim", order=1, stochastic=False, paper="Song et al. 2021a (DDIM), eq. 12; eta > 0 is stochastic")(
+    variant(ancestral_solver, defaults={"eta": 0.0}, doc="DDIM with eta (default 0: deterministic, Euler in sigma with s = 1).")
 )
-ancestral = register("ancestral", order=1, nfe_per_step="1", stochastic=True, paper="Ho et al. 2020 (DDPM), Alg. 2; k-diffusion's Euler ancestral form")(
-    variant(ancestral_solver, eta=1.0, doc="Ancestral sampling (default eta = 1: DDPM's posterior step with variance beta-tilde).")
+ancestral = register("ancestral", order=1, stochastic=True, paper="Ho et al. 2020 (DDPM), Alg. 2; k-diffusion's Euler ancestral form")(
+    variant(ancestral_solver, defaults={"eta": 1.0}, doc="Ancestral sampling (default eta = 1: DDPM's posterior step with variance beta-tilde).")
 )

@@ -8,6 +8,34 @@ discretization works with any formulation.
 When sigma_min / sigma_max are not given they default to the discretization's
 own range (as in EDM's ablation sampler); either way they are clipped to the
 sigma range the formulation supports.
+
+Two names are aliases: `time-uniform` is `vp` (DPM-Solver's time-uniform steps,
+Lu et al. 2022: t uniform between 1 and epsilon_s = 1e-3 under a VP
+schedule, which is EDM Table 1's VP discretization), and `logsnr` is `log-sigma`
+(logSNR = ln(alpha^2 / sigma_vp^2) = -2 ln sigma, so uniform logSNR, uniform
+lambda = -ln sigma and uniform ln sigma are the same levels). `time-quadratic`
+is DPM-Solver's time-quadratic steps: uniform in sqrt(t) instead of t.
+
+The last step. Every discretization ends at t_N = 0; how a sampler gets from
+sigma_min = sigma(t_{N-1}) to 0 is `final_step` (see FINAL_STEPS):
+"solver" lets the solver take that step itself, "denoise" integrates to
+sigma_min and ends with x = D(x; sigma_min), one more denoiser call. How the
+reference codebases end:
+
+- EDM (Karras et al. 2022, Alg. 1-2) appends t_N = 0 and takes an Euler step
+  into it (its second-order correction skipped); on EDM's ODE that Euler step
+  from sigma_min to 0 is exactly x = D(x; sigma_min).
+- k-diffusion appends sigma = 0 (get_sigmas_karras and friends); its Euler,
+  Heun and DPM-Solver++ samplers end with an Euler / first-order step into it,
+  which again returns D(x; sigma_min).
+- diffusers has `final_sigmas_type`: "zero" steps into sigma = 0 (its
+  multistep schedulers drop to first order there with `lower_order_final`,
+  returning the data prediction), "sigma_min" ends at the last training sigma
+  and returns the still slightly noisy x; DDIM's `set_alpha_to_one` ends at
+  alpha-bar = 1. Its DEIS scheduler never steps into sigma = 0.
+- DPM-Solver (Lu et al. 2022) integrates from T to epsilon and returns x at
+  epsilon; `denoise_to_zero=True` adds one data-prediction call at the end,
+  which is final_step="denoise" here.
 """
 
 from __future__ import annotations
@@ -19,6 +47,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from edm_space.errors import ConfigError, unknown
+from edm_space.files import read_json
 from edm_space.parameterization import F64, DiscreteSigma, Formulation, VPSigma, iddpm_levels
 
 Tensor = torch.Tensor
@@ -38,6 +67,7 @@ def _vp_default(t: float) -> float:
 OWN_RANGE: Dict[str, Tuple[float, float]] = {
     "edm": (0.002, 80.0),
     "vp": (_vp_default(EPSILON_S), _vp_default(1.0)),
+    "time-quadratic": (_vp_default(EPSILON_S), _vp_default(1.0)),
     "ve": (0.02, 100.0),
     "iddpm": (0.002, 81.0),
 }
@@ -55,13 +85,32 @@ def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 
     return (sigma_max ** (1 / rho) + _fraction(num_steps) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-def vp_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> Tensor:
-    """EDM Table 1, VP: t linear from 1 to epsilon_s under a VP schedule fitted to [sigma_min, sigma_max]."""
+def fitted_vp_schedule(sigma_min: float, sigma_max: float) -> VPSigma:
+    """The VP schedule with sigma(epsilon_s) = sigma_min and sigma(1) = sigma_max (EDM's ablation sampler)."""
     # ln(sigma^2 + 1) = beta_d t^2 / 2 + beta_min t at t = epsilon_s and t = 1, solved for beta_d, beta_min.
     beta_d = 2 * (math.log(sigma_min**2 + 1) / EPSILON_S - math.log(sigma_max**2 + 1)) / (EPSILON_S - 1)
     beta_min = math.log(sigma_max**2 + 1) - 0.5 * beta_d
-    t = 1 + _fraction(num_steps) * (EPSILON_S - 1)
-    return VPSigma(beta_d, beta_min).sigma(t)
+    return VPSigma(beta_d, beta_min)
+
+
+def vp_time_power_sigmas(num_steps: int, sigma_min: float, sigma_max: float, power: float) -> Tensor:
+    """t^(1/power) linear from 1 to epsilon_s^(1/power) under the VP schedule fitted to [sigma_min, sigma_max].
+
+    power = 1 is EDM Table 1's VP discretization and DPM-Solver's time-uniform steps; power = 2 is
+    DPM-Solver's time-quadratic steps (Lu et al. 2022; zju-pi/diff-sampler's time_uniform exponent).
+    """
+    u = 1 + _fraction(num_steps) * (EPSILON_S ** (1 / power) - 1)
+    return fitted_vp_schedule(sigma_min, sigma_max).sigma(u if power == 1 else u**power)
+
+
+def vp_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """EDM Table 1, VP: t linear from 1 to epsilon_s under a VP schedule fitted to [sigma_min, sigma_max]."""
+    return vp_time_power_sigmas(num_steps, sigma_min, sigma_max, 1)
+
+
+def time_quadratic_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """DPM-Solver's time-quadratic steps: sqrt(t) linear from 1 to sqrt(epsilon_s) under the fitted VP schedule."""
+    return vp_time_power_sigmas(num_steps, sigma_min, sigma_max, 2)
 
 
 def ve_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> Tensor:
@@ -110,42 +159,42 @@ _LEVELS: Dict[str, SigmaLevels] = {
     "ve": ve_sigmas,
     "iddpm": iddpm_sigmas,
     "log-sigma": log_sigmas,
+    "time-quadratic": time_quadratic_sigmas,
 }
-_NAMES = ("edm", "vp", "ve", "iddpm", "ddpm", "uniform-t", "log-sigma")
+_NAMES = ("edm", "vp", "ve", "iddpm", "ddpm", "uniform-t", "log-sigma", "time-quadratic")
+# Other names of the same levels (see the module docstring).
+ALIASES: Dict[str, str] = {"time-uniform": "vp", "logsnr": "log-sigma"}
 
-
-_CUSTOM: Dict[str, Tensor] = {}
+# How a sampler ends (see the module docstring): the solver's own step into t = 0, or a jump x = D(x; sigma_min).
+FINAL_STEPS = ("solver", "denoise")
 
 
 def names() -> list:
-    """The discretization names: the built-in ones and those added by `register_levels`."""
-    return list(_NAMES) + list(_CUSTOM)
+    """The discretization names (explicit levels, a tensor or a FILE.json, work everywhere a name does)."""
+    return list(_NAMES) + list(ALIASES)
 
 
-def register_levels(name: str, sigma_levels) -> None:
-    """Add a named discretization given by explicit, strictly decreasing sigma levels (e.g. optimized steps).
-
-    It is usable everywhere a discretization name is; its length, not num_steps, sets N.
-    """
-    if name in _NAMES:
-        raise ConfigError(f"{name!r} is a built-in discretization; choose another name")
-    _CUSTOM[name] = _check_levels(sigma_levels)
+def check_final_step(final_step: str) -> str:
+    """`final_step` if it is one of FINAL_STEPS, else a ConfigError naming the valid ones."""
+    if final_step not in FINAL_STEPS:
+        raise unknown("final_step", final_step, FINAL_STEPS)
+    return final_step
 
 
 def load_levels(path: str) -> Tensor:
-    """Sigma levels from a JSON file holding {"sigmas": [...]} (as the solver benchmark writes them)."""
-    import json
-
+    """Sigma levels from a JSON file holding {"sigmas": [...]} (as samplers.optimize.save_levels writes them)."""
+    payload = read_json(path, "sigma levels file")
+    if not isinstance(payload.get("sigmas"), list):
+        raise ConfigError(f"cannot read sigma levels from {path!r}: expected JSON with a 'sigmas' list")
     try:
-        with open(path) as file:
-            payload = json.load(file)
         return _check_levels(payload["sigmas"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"cannot read sigma levels from {path!r}: expected JSON with a 'sigmas' list ({type(error).__name__})") from None
+    except ConfigError as error:
+        raise ConfigError(f"sigma levels in {path!r}: {error}") from None
 
 
 def default_range(formulation: Formulation, discretization: str) -> Tuple[float, float]:
     """The discretization's own sigma range for this formulation, before clipping."""
+    discretization = ALIASES.get(discretization, discretization)
     if discretization in OWN_RANGE:
         return OWN_RANGE[discretization]
     lo, hi = formulation.sigma_min, formulation.sigma_max
@@ -195,11 +244,10 @@ def time_steps(
     """
     if isinstance(discretization, (torch.Tensor, list, tuple)):
         return _explicit_levels(formulation, discretization)
-    if isinstance(discretization, str) and discretization in _CUSTOM:
-        return _explicit_levels(formulation, _CUSTOM[discretization])
     if isinstance(discretization, str) and discretization.endswith(".json"):
         return _explicit_levels(formulation, load_levels(discretization))
     name = formulation.default_discretization if discretization is None else discretization
+    name = ALIASES.get(name, name)
     if name not in _NAMES:
         raise unknown("discretization", name, names() + ["FILE.json"])
     if not isinstance(num_steps, int) or num_steps < 1:
@@ -242,11 +290,20 @@ def _ddpm_steps(f: Formulation, num_steps: int, sigma_min: Optional[float], sigm
 
 
 def _check_levels(levels) -> Tensor:
-    sigma = torch.as_tensor(levels, dtype=F64).flatten()
-    if len(sigma) and sigma[-1] == 0:
+    try:
+        sigma = torch.as_tensor(levels, dtype=F64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"explicit sigma levels must be a list of numbers; got {levels!r}") from None
+    if len(sigma) == 0:
+        raise ConfigError("explicit sigma levels are empty; give at least one positive level")
+    if bool(torch.isnan(sigma).any()) or not bool(torch.isfinite(sigma[1:]).all()):  # +inf only as the first level (flow's t = 1)
+        raise ConfigError(f"explicit sigma levels hold NaN, or inf after the first level; got {levels!r}")
+    if sigma[-1] == 0:
         sigma = sigma[:-1]
-    if len(sigma) < 1 or not bool((sigma > 0).all()) or not bool((sigma[1:] < sigma[:-1]).all()):
-        raise ConfigError(f"explicit sigma levels must be positive and strictly decreasing (a final 0 allowed); got {levels!r}")
+    if len(sigma) < 1 or not bool((sigma > 0).all()):
+        raise ConfigError(f"explicit sigma levels must be positive (a final 0 allowed); got {levels!r}")
+    if not bool((sigma[1:] < sigma[:-1]).all()):
+        raise ConfigError(f"explicit sigma levels must be strictly decreasing (a final 0 allowed); got {levels!r}")
     return sigma
 
 

@@ -74,15 +74,15 @@ def _multistep(
 
 
 
-dpmpp_2m = register("dpm++2m", order=2, nfe_per_step="1", stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), Alg. 2")(
+dpmpp_2m = register("dpm++2m", order=2, stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), Alg. 2")(
     variant(_multistep, order=2, doc="DPM-Solver++(2M): second-order multistep in log-sigma, first order on the first and last steps.")
 )
-dpmpp_3m = register("dpm++3m", order=3, nfe_per_step="1", stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), multistep order 3")(
+dpmpp_3m = register("dpm++3m", order=3, stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), multistep order 3")(
     variant(_multistep, order=3, doc="DPM-Solver++(3M): third-order multistep in log-sigma, warm-started with orders 1 and 2.")
 )
 
 
-@register("dpm++2s", order=2, nfe_per_step="2 (1 on the last step)", stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), Alg. 1 (2S, r = 1/2)")
+@register("dpm++2s", order=2, evaluations_per_step=2, evaluations_last_step=1, stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), Alg. 1 (2S, r = 1/2)")
 def dpmpp_2s(
     ode: ProbabilityFlow,
     x: Tensor,

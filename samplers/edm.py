@@ -68,7 +68,7 @@ def edm_solver(
         # Euler step (Algorithm 1, lines 4-5).
         h = t_next - t_hat
         d_cur, denoised = ode.derivative(x_hat, t_hat)
-        if not second_order or i == num_steps - 1:
+        if not second_order or t_next == 0:  # into t = 0 (or with final_step="denoise", not at all) the step is Euler
             x_next = x_hat.add(d_cur, alpha=h)
         else:
             # Second-order correction at t_hat + alpha h (Algorithm 1, lines 6-8; alpha = 1 is Heun).
@@ -84,9 +84,9 @@ def edm_solver(
 
 
 
-euler = register("euler", order=1, nfe_per_step="1", stochastic=False, paper="Karras et al. 2022, Alg. 1 (first order); Alg. 2 with churn")(
+euler = register("euler", order=1, stochastic=False, paper="Karras et al. 2022, Alg. 1 (first order); Alg. 2 with churn")(
     variant(edm_solver, second_order=False, doc="Euler's method on the probability-flow ODE; stochastic with churn > 0 (EDM Alg. 2 without the correction).")
 )
-heun = register("heun", order=2, nfe_per_step="2 (1 on the last step)", stochastic=False, paper="Karras et al. 2022, Alg. 1; Alg. 2 with churn")(
+heun = register("heun", order=2, evaluations_per_step=2, evaluations_last_step=1, stochastic=False, paper="Karras et al. 2022, Alg. 1; Alg. 2 with churn")(
     variant(edm_solver, second_order=True, doc="Heun's second-order method (alpha = 1; alpha = 0.5 is the midpoint rule), EDM Algorithm 1; Algorithm 2 with churn.")
 )

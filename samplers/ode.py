@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -19,12 +19,18 @@ class ProbabilityFlow:
     Solvers see the network only through `denoise`, which counts evaluations in `nfe`.
     The scalars sigma(t), s(t) and the drift coefficients are computed once per time
     and kept, so that a step costs little beyond the denoiser itself.
+
+    With `first_denoised` (the data mean), the first call of `denoise` returns it
+    instead of calling the network and is not counted: the analytical first step
+    (Zhou et al. 2024, AMED, "AFS"), exact in the limit sigma -> inf, where the
+    posterior mean E[x_0 | x_0 + sigma n = x_hat] tends to E[x_0].
     """
 
-    def __init__(self, formulation: Formulation, denoiser: Denoiser):
+    def __init__(self, formulation: Formulation, denoiser: Denoiser, first_denoised: Optional[Tensor] = None):
         self.formulation = formulation
         self.denoiser = denoiser
         self.nfe = 0
+        self._first_denoised = first_denoised
         self._scalars: Dict[float, Tuple[float, float, float, float]] = {}
 
     def scalars(self, t: Time) -> Tuple[float, float, float, float]:
@@ -48,12 +54,15 @@ class ProbabilityFlow:
         self._scalars.update({key: (sigma, s, a_i, b_i) for key, sigma, s, a_i, b_i in rows})
 
     def denoise(self, x: Tensor, t: Time) -> Tensor:
-        """D(x / s(t); sigma(t)) for the scaled state x at time t, in float64."""
+        """D(x / s(t); sigma(t)) for the scaled state x at time t, in the state's dtype (float64 by default)."""
+        if self._first_denoised is not None:
+            mean, self._first_denoised = self._first_denoised, None
+            return mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
         sigma, s, _, _ = self.scalars(t)
         x_hat = x if s == 1.0 else x / s
         denoised = self.denoiser(x_hat, torch.full((x.shape[0],), sigma, dtype=F64, device=x.device))
         self.nfe += 1
-        return denoised if denoised.dtype == F64 else denoised.to(F64)
+        return denoised if denoised.dtype == x.dtype else denoised.to(x.dtype)  # in the state's dtype
 
     def derivative(self, x: Tensor, t: Time) -> Tuple[Tensor, Tensor]:
         """(dx/dt, D) at state x and time t."""

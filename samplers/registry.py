@@ -1,6 +1,6 @@
 """The solver registry: a solver is one function with the common signature, registered by name.
 
-    @register("euler", order=1, nfe_per_step="1", stochastic=False, paper="...")
+    @register("euler", order=1, stochastic=False, paper="...")
     def euler(ode, x, t_steps, *, randn_like, callback, **options) -> Tensor
 
 `ode` is a `ProbabilityFlow` (formulation + denoiser), `x` the float64 state at
@@ -12,32 +12,104 @@ per step with the state after the step and the first denoised estimate of it.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
-from edm_space.errors import unknown
+from edm_space.errors import ConfigError, unknown
+
+# Arguments every solver receives from `samplers.sample`; never user options.
+COMMON_ARGUMENTS = ("randn_like", "callback")
 
 
 @dataclass(frozen=True)
 class SolverInfo:
-    """A registered solver and the facts the README's solver table shows."""
+    """A registered solver and its facts: order, denoiser evaluations per step, kind, paper.
+
+    A run of N steps costs nfe(N) = (N - 1) * evaluations_per_step + evaluations_last_step
+    denoiser evaluations (second-order single-step solvers take a first-order last step into sigma = 0).
+    """
 
     name: str
     fn: Callable
     order: int
-    nfe_per_step: str
     stochastic: bool
     paper: str
+    evaluations_per_step: int = 1
+    evaluations_last_step: int = 1
+
+    def nfe(self, num_steps: int) -> int:
+        """Denoiser evaluations of `num_steps` steps."""
+        if num_steps < 1:
+            raise ConfigError(f"num_steps = {num_steps!r} is invalid; it must be >= 1")
+        return (num_steps - 1) * self.evaluations_per_step + self.evaluations_last_step
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The most steps whose cost is at most `nfe` evaluations (at least one step)."""
+        if nfe < self.evaluations_last_step:
+            return 1
+        return 1 + (nfe - self.evaluations_last_step) // self.evaluations_per_step
+
+    @property
+    def nfe_per_step(self) -> str:
+        """The per-step cost as the README's solver table writes it."""
+        text = str(self.evaluations_per_step)
+        if self.evaluations_last_step != self.evaluations_per_step:
+            text += f" ({self.evaluations_last_step} on the last step)"
+        return text
+
+    @property
+    def fixed_options(self) -> Dict[str, object]:
+        """Keyword arguments the registered variant fixes (e.g. second_order=True for heun)."""
+        return dict(getattr(self.fn, "fixed", {}))
+
+    @property
+    def options(self) -> Tuple[str, ...]:
+        """The keyword options a user may set: the solver's keyword-only arguments, less the fixed and common ones."""
+        return _user_options(self.fn)
+
+    def check_options(self, options: Dict[str, object]) -> None:
+        """Refuse an option the solver does not take (naming the ones it does) or a value not of its default's kind."""
+        defaults = {name: p.default for name, p in inspect.signature(self.fn).parameters.items()}
+        for key, value in options.items():
+            if key not in self.options:
+                raise ConfigError(f"solver {self.name!r} takes no option {key!r}; its options: {', '.join(self.options) or 'none'}")
+            default = defaults[key]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ConfigError(f"solver {self.name!r}: {key} = {value!r} is invalid; it must be true or false")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and not (number and value == value):
+                raise ConfigError(f"solver {self.name!r}: {key} = {value!r} is invalid; it must be a number")
+            if isinstance(default, str) and not isinstance(value, str):
+                raise ConfigError(f"solver {self.name!r}: {key} = {value!r} is invalid; it must be a name")
+
+
+@functools.lru_cache(maxsize=None)
+def _user_options(fn: Callable) -> Tuple[str, ...]:
+    fixed = set(getattr(fn, "fixed", {}))
+    parameters = inspect.signature(fn).parameters
+    return tuple(
+        name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY and name not in fixed and name not in COMMON_ARGUMENTS
+    )
 
 
 SOLVERS: Dict[str, SolverInfo] = {}
 
 
-def register(name: str, *, order: int, nfe_per_step: str, stochastic: bool, paper: str) -> Callable:
-    """Register a solver function under `name`."""
+def register(
+    name: str,
+    *,
+    order: int,
+    stochastic: bool,
+    paper: str,
+    evaluations_per_step: int = 1,
+    evaluations_last_step: Optional[int] = None,
+) -> Callable:
+    """Register a solver function under `name` (evaluations_last_step defaults to evaluations_per_step)."""
+    last = evaluations_per_step if evaluations_last_step is None else evaluations_last_step
 
     def wrap(fn: Callable) -> Callable:
-        SOLVERS[name] = SolverInfo(name, fn, order, nfe_per_step, stochastic, paper)
+        SOLVERS[name] = SolverInfo(name, fn, order, stochastic, paper, evaluations_per_step, last)
         return fn
 
     return wrap
@@ -55,8 +127,10 @@ def names() -> List[str]:
     return list(SOLVERS)
 
 
-def variant(fn: Callable, doc: str, **fixed) -> Callable:
-    """`fn` with some keyword arguments fixed, documented as its own solver (e.g. euler = edm_solver, second_order=False)."""
-    partial = functools.partial(fn, **fixed)
+def variant(fn: Callable, doc: str, defaults: Optional[Dict[str, object]] = None, **fixed) -> Callable:
+    """`fn` as its own solver: `fixed` keyword arguments are part of its identity (e.g. euler = edm_solver with
+    second_order=False) and not user options; `defaults` change the default of a user option (ddim: eta = 0)."""
+    partial = functools.partial(fn, **fixed, **(defaults or {}))
     partial.__doc__ = doc
+    partial.fixed = dict(fixed)
     return partial

@@ -29,7 +29,7 @@ Tensor = torch.Tensor
 BETA_SCHEDULES = ("score-sde", "constant")
 
 
-@register("euler-maruyama", order=1, nfe_per_step="1", stochastic=True, paper="Karras et al. 2022, eq. 6; Song et al. 2021 (score SDE)")
+@register("euler-maruyama", order=1, stochastic=True, paper="Karras et al. 2022, eq. 6; Song et al. 2021 (score SDE)")
 def euler_maruyama(
     ode: ProbabilityFlow,
     x: Tensor,
@@ -57,7 +57,7 @@ def euler_maruyama(
         h = t_next - t_cur
         d, denoised = ode.derivative(x, t_cur)
         x_next = x.add(d, alpha=h)
-        if i < num_steps - 1:  # the last step is a plain Euler step of the ODE into t = 0
+        if t_next > 0:  # the step into t = 0 is a plain Euler step of the ODE
             sigma, s, _, _ = ode.scalars(t_cur)
             t64 = torch.tensor(t_cur, dtype=torch.float64)
             strength = beta * float(f.sigma_deriv(t64)) / sigma if beta_schedule == "score-sde" else beta

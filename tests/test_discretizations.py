@@ -1,4 +1,4 @@
-"""samplers.discretizations.time_steps against the formulas of EDM Table 1 / DESIGN.md.
+"""samplers.discretizations.time_steps against the formulas of EDM Table 1 / docs/design.md.
 
 Each discretization's sigma levels are written out here in numpy (float64) and
 compared with sigma(t_i) of what time_steps returns, on the discretization's own
@@ -15,12 +15,12 @@ import torch
 
 import presets
 import samplers
-from conftest import finite_set_denoiser, iddpm_u_np
+from conftest import finite_set_denoiser, gaussian_denoiser, iddpm_u_np
 from samplers.discretizations import time_steps
 
 F64 = torch.float64
 ALL_PRESETS = presets.names()
-ALL_NAMES = ["edm", "vp", "ve", "iddpm", "ddpm", "uniform-t", "log-sigma"]
+ALL_NAMES = ["edm", "vp", "ve", "iddpm", "ddpm", "uniform-t", "log-sigma", "time-quadratic", "time-uniform", "logsnr"]
 EPS_S = 1e-3
 
 
@@ -35,6 +35,7 @@ OWN = {
     "ve": (0.02, 100.0),
     "iddpm": (0.002, 81.0),
 }
+OWN["time-uniform"] = OWN["time-quadratic"] = OWN["vp"]  # DPM-Solver's steps between t = 1 and 1e-3 of vp
 
 
 def frac(N):
@@ -45,14 +46,19 @@ def ref_edm(N, lo, hi, rho=7.0):
     return (hi ** (1 / rho) + frac(N) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
 
 
-def ref_vp(N, lo, hi):
+def ref_vp(N, lo, hi, power=1):
     # fit beta_d, beta_min so that sigma(eps_s) = lo and sigma(1) = hi:
     #   beta_d t^2/2 + beta_min t = ln(1 + sigma^2) at t = eps_s and t = 1
     A = np.array([[EPS_S**2 / 2, EPS_S], [0.5, 1.0]])
     b = np.array([np.log1p(lo**2), np.log1p(hi**2)])
     beta_d, beta_min = np.linalg.solve(A, b)
-    t = 1 + frac(N) * (EPS_S - 1)
+    # DPM-Solver's time steps: t^(1/power) uniform from 1 to eps_s^(1/power) (power 1: time-uniform, 2: time-quadratic)
+    t = (1 + frac(N) * (EPS_S ** (1 / power) - 1)) ** power
     return vp_sigma_np(t, beta_d, beta_min)
+
+
+def ref_time_quadratic(N, lo, hi):
+    return ref_vp(N, lo, hi, power=2)
 
 
 def ref_ve(N, lo, hi):
@@ -71,12 +77,12 @@ def ref_log_sigma(N, lo, hi):
     return np.exp(np.log(hi) + frac(N) * (np.log(lo) - np.log(hi)))
 
 
-REF = {"edm": ref_edm, "vp": ref_vp, "ve": ref_ve, "iddpm": ref_iddpm, "log-sigma": ref_log_sigma}
+REF = {"edm": ref_edm, "vp": ref_vp, "ve": ref_ve, "iddpm": ref_iddpm, "log-sigma": ref_log_sigma, "time-quadratic": ref_time_quadratic}
 
 
 def expected_range(f, name):
     lo, hi = OWN.get(name, (f.sigma_min, f.sigma_max))
-    if name == "log-sigma" and not (lo > 0 and math.isfinite(hi)):
+    if name in ("log-sigma", "logsnr") and not (lo > 0 and math.isfinite(hi)):
         lo, hi = OWN["edm"]
     return max(lo, f.support[0]), min(hi, f.support[1])
 
@@ -191,6 +197,43 @@ def test_log_sigma_uniform(preset):
     np.testing.assert_allclose(np.diff(ls), np.full(N - 1, (math.log(lo) - math.log(hi)) / (N - 1)), rtol=1e-9)
 
 
+@pytest.mark.parametrize("N", (2, 10, 256))
+def test_time_quadratic_on_vp(N):
+    """DPM-Solver's time-quadratic steps: sqrt(t) uniform from 1 to sqrt(1e-3); on vp's own range the fitted
+    schedule is vp's (beta_d = 19.9, beta_min = 0.1), so t itself is known in closed form."""
+    f = presets.get("vp")
+    t = time_steps(f, N, "time-quadratic")
+    np.testing.assert_allclose(t[:-1].numpy(), (1 + frac(N) * (math.sqrt(EPS_S) - 1)) ** 2, rtol=1e-9)
+    check_levels(f, t, vp_sigma_np((1 + frac(N) * (math.sqrt(EPS_S) - 1)) ** 2))
+    assert t[-1] == 0
+    if N > 2:  # denser than time-uniform near t = eps_s: its last gap in t is smaller
+        t_uniform = time_steps(f, N, "time-uniform")
+        assert float(t[-3] - t[-2]) < float(t_uniform[-3] - t_uniform[-2])
+
+
+@pytest.mark.parametrize("preset", ("edm", "ve", "flow"))
+def test_time_quadratic_fitted_betas(preset):
+    f = presets.get(preset)
+    lo, hi = expected_range(f, "time-quadratic")
+    check_levels(f, time_steps(f, 12, "time-quadratic"), ref_time_quadratic(12, lo, hi))
+    check_levels(f, time_steps(f, 12, "time-quadratic", sigma_min=0.05, sigma_max=30.0), ref_time_quadratic(12, 0.05, 30.0))
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_time_uniform_and_logsnr_are_aliases(preset):
+    """time-uniform (DPM-Solver) is EDM's vp discretization; logsnr is log-sigma: logSNR = ln(alpha^2 / sigma_vp^2)
+    = -2 ln sigma with alpha = 1/sqrt(1 + sigma^2), sigma_vp = alpha sigma."""
+    f = presets.get(preset)
+    assert torch.equal(time_steps(f, 9, "time-uniform"), time_steps(f, 9, "vp"))
+    assert torch.equal(time_steps(f, 9, "logsnr"), time_steps(f, 9, "log-sigma"))
+    assert torch.equal(time_steps(f, 9, "logsnr", sigma_min=0.01, sigma_max=20.0), time_steps(f, 9, "log-sigma", sigma_min=0.01, sigma_max=20.0))
+    if preset == "edm":  # continuous sigma: logSNR itself is evenly spaced
+        sigma = f.sigma(time_steps(f, 9, "logsnr")[:-1]).numpy()
+        alpha = 1 / np.sqrt(1 + sigma**2)
+        log_snr = np.log(alpha**2 / (alpha * sigma) ** 2)
+        np.testing.assert_allclose(np.diff(log_snr), np.full(8, 2 * math.log(80.0 / 0.002) / 8), rtol=1e-10)
+
+
 @pytest.mark.parametrize("name", ("flow", "sd3"))
 @pytest.mark.parametrize("N", (1, 4, 50))
 def test_uniform_t_flow(name, N):
@@ -231,7 +274,7 @@ def test_shape_order_and_final_zero(name, preset):
         assert bool(torch.isfinite(f.sigma(t)).all())
 
 
-@pytest.mark.parametrize("name", ["edm", "vp", "ve", "iddpm", "log-sigma"])
+@pytest.mark.parametrize("name", ["edm", "vp", "ve", "iddpm", "log-sigma", "time-quadratic", "time-uniform", "logsnr"])
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_levels_inside_the_clipped_default_range(name, preset):
     f = presets.get(preset)
@@ -327,3 +370,47 @@ def test_sample_with_unknown_solver():
         assert name in msg
     for name in ("euler", "heun", "ddim", "ancestral"):
         assert name in samplers.names()
+
+
+# --------------------------------------------------------------------------- the final step
+
+
+GAUSS_MU = torch.tensor([0.3, -0.2], dtype=F64)
+GAUSS = gaussian_denoiser(GAUSS_MU, 0.6)
+Z = torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+
+def test_final_denoise_step_is_d_at_sigma_min():
+    """final_step="denoise": the solver stops at sigma_min = sigma(t_{N-1}) and the sample is D(x / s; sigma_min)."""
+    f = presets.get("vp")
+    calls, info = [], {}
+    x = samplers.sample(
+        GAUSS, Z, formulation=f, solver="euler", num_steps=7, final_step="denoise", info=info,
+        callback=lambda step, t, sigma, x, denoised: calls.append((step, float(t), x.clone(), denoised.clone())),
+    )
+    t = info["t_steps"]
+    assert [c[0] for c in calls] == list(range(7)) and calls[-1][1] == float(t[-2]) and info["nfe"] == 7
+    sigma_min = float(f.sigma(t[-2]))
+    x_hat = calls[-2][2] / float(f.scale(t[-2]))  # the state at sigma_min, unscaled
+    expected = GAUSS_MU + 0.36 / (0.36 + sigma_min**2) * (x_hat - GAUSS_MU)
+    assert torch.allclose(x, expected, rtol=1e-12, atol=1e-14) and torch.equal(calls[-1][3], x)
+    # Euler's own last step in vp's t is not that jump.
+    plain = samplers.sample(GAUSS, Z, formulation=f, solver="euler", num_steps=7)
+    assert (plain - x).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("solver,preset", [("euler", "edm"), ("dpm++2m", "vp"), ("dpm++2m", "flow"), ("dpm++3m", "vp"), ("ddim", "vp")])
+def test_final_denoise_is_what_edm_and_k_diffusion_do(solver, preset):
+    """On EDM's ODE, Euler from sigma_min to 0 is x + (0 - sigma)(x - D)/sigma = D; DPM-Solver++ and DDIM return D
+    on the step into sigma = 0 in any formulation: for them both final steps give the same sample."""
+    kwargs = dict(formulation=preset, solver=solver, num_steps=8, discretization="edm")
+    solver_end = samplers.sample(GAUSS, Z, **kwargs)
+    denoise_end = samplers.sample(GAUSS, Z, final_step="denoise", **kwargs)
+    assert torch.allclose(solver_end, denoise_end, rtol=0, atol=1e-12)
+
+
+def test_unknown_final_step():
+    with pytest.raises(ValueError) as err:
+        samplers.sample(GAUSS, Z, solver="euler", num_steps=3, final_step="noise")
+    msg = _one_line(err)
+    assert "noise" in msg and "solver" in msg and "denoise" in msg

@@ -448,7 +448,7 @@ def test_register_a_new_solver():
 
     name = "test-midpoint"
     assert name not in samplers.names()
-    samplers.register(name, order=2, nfe_per_step="2", stochastic=False, paper="Runge 1895")(midpoint)
+    samplers.register(name, order=2, evaluations_per_step=2, evaluations_last_step=1, stochastic=False, paper="Runge 1895")(midpoint)
     try:
         assert name in samplers.names()
         D = Gaussian(MU_2D, C_2D)
@@ -457,7 +457,7 @@ def test_register_a_new_solver():
         for n in SMALL:
             info: dict = {}
             x = samplers.sample(D, z, formulation="vp", solver=name, num_steps=n, discretization="edm", info=info)
-            assert info["nfe"] == 2 * n - 1 and info["solver"] == name
+            assert info["nfe"] == 2 * n - 1 == samplers.get(name).nfe(n) and info["solver"] == name
             errors.append((x - reference_end(D, "vp", z, info["t_steps"], "euler-t")).abs().max().item())
         assert abs(fitted_order(errors, SMALL) - 2) < 0.25, errors
         with pytest.raises(ValueError, match="eta"):
