@@ -1,4 +1,4 @@
-"""Raw networks F (mlp, unet), the noise embedding, and the Denoiser D = c_skip x + c_out F(c_in x, c_noise)."""
+"""Raw networks F (mlp, unet, dit), their label contract, the noise embedding, and the Denoiser D = c_skip x + c_out F(c_in x, c_noise)."""
 
 import math
 
@@ -16,6 +16,8 @@ from conftest import one_torch_thread
 F64 = torch.float64
 MLP_OPTIONS = {"width": 32, "depth": 2}
 UNET_OPTIONS = {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1}
+DIT_OPTIONS = {"depth": 2, "width": 32, "heads": 2}
+SMALL_OPTIONS = {"mlp": MLP_OPTIONS, "unet": UNET_OPTIONS, "dit": DIT_OPTIONS}
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +28,7 @@ def one_thread():
 
 def build(name, item_shape, **options):
     torch.manual_seed(0)
-    defaults = MLP_OPTIONS if name == "mlp" else UNET_OPTIONS
-    return networks.build(name, item_shape, **{**defaults, **options})
+    return networks.build(name, item_shape, **{**SMALL_OPTIONS[name], **options})
 
 
 def perturb_output_layer(net, seed=1):
@@ -82,11 +83,59 @@ def test_label_conditioning_changes_the_output_once_the_label_layer_is_nonzero(n
     with torch.no_grad():
         out3, out7, out_none, out_zero = net(x, c_noise, three), net(x, c_noise, seven), net(x, c_noise), net(x, c_noise, zeros)
         assert (out3 - out7).abs().max() > 1e-3
-        # An all-zero label vector adds nothing (the label layer has no bias): same as no label.
-        torch.testing.assert_close(out_zero, out_none, rtol=0, atol=0)
-        # With the label layer at zero, labels cannot matter.
+        # labels=None is read as all-zero rows, the null label: exactly the same output.
+        assert torch.equal(out_zero, out_none)
+        # The null label embeds as the bias alone, a class as its column plus the bias.
+        assert (out_zero - out3).abs().max() > 1e-3
+        # With the label weights at zero, every class embeds as the null label and labels cannot matter.
         net.label.weight.zero_()
         torch.testing.assert_close(net(x, c_noise, three), net(x, c_noise, seven), rtol=0, atol=0)
+
+
+# Steps until a gradient reaches the conditioning: 1 behind a zero output layer (mlp, unet); 2 behind
+# adaLN-Zero, whose first step only moves the output layer (dit).
+STEPS_UNTIL_LABELS_ACT = {"mlp": 1, "unet": 1, "dit": 2}
+
+
+@pytest.mark.parametrize("name, item_shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
+def test_null_label_is_learned_and_differs_from_every_class_after_training_on_mixed_labels(name, item_shape):
+    classes = 4
+    net = build(name, item_shape, label_dim=classes)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, *item_shape, generator=generator)
+    target = torch.randn(8, *item_shape, generator=generator)
+    c_noise = torch.linspace(-1, 1, 8)
+    labels = nn.functional.one_hot(torch.arange(8) % classes, classes).float()
+    labels[::2] = 0  # half the batch carries the null label
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    null_at_init = net.label(None, 1).detach().clone()
+
+    def step():
+        loss = ((net(x, c_noise, labels) - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    probe = torch.randn(3, *item_shape, generator=generator)
+    probe_noise = torch.tensor([-0.5, 0.1, 0.8])
+    for _ in range(STEPS_UNTIL_LABELS_ACT[name]):
+        step()
+    with torch.no_grad():
+        null = net(probe, probe_noise, torch.zeros(3, classes))
+        assert torch.equal(net(probe, probe_noise), null)  # labels=None is the all-zero (null) row, exactly
+        for k in range(classes):
+            out = net(probe, probe_noise, nn.functional.one_hot(torch.full((3,), k), classes).float())
+            assert (out - null).abs().max() > 1e-3 * null.abs().max(), k
+    # The null embedding is a trained weight: once gradients reach the conditioning, it moves.
+    step()
+    assert (net.label(None, 1) - null_at_init).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name, item_shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
+def test_unconditional_networks_have_no_label_weights(name, item_shape):
+    net = build(name, item_shape)
+    assert net.label is None
+    assert not any(key.startswith("label.") for key in net.state_dict())
 
 
 @pytest.mark.parametrize(

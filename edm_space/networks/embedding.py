@@ -1,8 +1,9 @@
-"""Noise-level embeddings shared by the networks."""
+"""Noise-level and class-label embeddings shared by the networks."""
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -26,3 +27,21 @@ class NoiseEmbedding(nn.Module):
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         angles = c_noise.reshape(-1, 1).to(self.freqs.dtype) * self.freqs
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedding(nn.Linear):
+    """One-hot class labels [batch, label_dim] -> [batch, dim]: a linear layer WITH bias.
+
+    Class k embeds as W[:, k] + b. The null label, an all-zero row (or `labels=None`,
+    read as all-zero rows), embeds as b, a weight trained like any other: the learned
+    unconditional embedding that classifier-free guidance needs (Ho & Salimans 2022;
+    DiT's extra "null" class row, Peebles & Xie 2023).
+    """
+
+    def __init__(self, label_dim: int, dim: int):
+        super().__init__(label_dim, dim, bias=True)
+
+    def forward(self, labels: Optional[torch.Tensor], batch: int) -> torch.Tensor:  # type: ignore[override]
+        if labels is None:
+            labels = self.weight.new_zeros(batch, self.in_features)
+        return super().forward(labels.to(self.weight.dtype))

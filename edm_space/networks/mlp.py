@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .embedding import NoiseEmbedding
+from .embedding import LabelEmbedding, NoiseEmbedding
 
 
 class ResidualBlock(nn.Module):
@@ -35,7 +35,7 @@ class MLP(nn.Module):
         self.dim = math.prod(self.item_shape)
         self.label_dim = label_dim
         self.embed = NoiseEmbedding(emb_dim)
-        self.label = nn.Linear(label_dim, emb_dim, bias=False) if label_dim else None
+        self.label = LabelEmbedding(label_dim, emb_dim) if label_dim else None
         self.inp = nn.Linear(self.dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, emb_dim) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
@@ -45,8 +45,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         emb = self.embed(c_noise)
-        if self.label is not None and labels is not None:
-            emb = emb + self.label(labels.to(emb.dtype))
+        if self.label is not None:  # labels=None is the null label: the learned bias alone
+            emb = emb + self.label(labels, emb.shape[0])
         h = self.inp(x.reshape(x.shape[0], self.dim))
         for block in self.blocks:
             h = block(h, emb)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .embedding import NoiseEmbedding
+from .embedding import LabelEmbedding, NoiseEmbedding
 
 
 def _groups(channels: int) -> int:
@@ -68,7 +68,7 @@ class UNet(nn.Module):
     def __init__(
         self,
         item_shape: Sequence[int],
-        channels: int = 64,
+        channels: int = 32,
         channel_mult: Sequence[int] = (1, 2),
         blocks_per_level: int = 2,
         emb_dim: Optional[int] = None,
@@ -84,7 +84,7 @@ class UNet(nn.Module):
         emb_dim = emb_dim or 4 * channels
         self.label_dim = label_dim
         self.embed = NoiseEmbedding(emb_dim)
-        self.label = nn.Linear(label_dim, emb_dim, bias=False) if label_dim else None
+        self.label = LabelEmbedding(label_dim, emb_dim) if label_dim else None
         self.inp = nn.Conv2d(in_ch, channels, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -115,8 +115,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         emb = self.embed(c_noise)
-        if self.label is not None and labels is not None:
-            emb = emb + self.label(labels.to(emb.dtype))
+        if self.label is not None:  # labels=None is the null label: the learned bias alone
+            emb = emb + self.label(labels, emb.shape[0])
         h = self.inp(x)
         skips = [h]
         for layer in self.down:
