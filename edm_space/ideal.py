@@ -21,19 +21,28 @@ Two data distributions have a closed-form posterior mean:
   the responsibility-weighted Wiener filters of the components
   (`GaussianMixtureDenoiser`).
 
+Both also have an exact class-conditional form. Built with class labels, the
+finite set averages only over the points of the query's class, and the mixture
+uses per-class component weights p(k | c); the null label gives the
+unconditional D. The classifier-free-guided exact denoiser is then the closed
+form D_uncond + w (D_cond - D_uncond) (see ``edm_space.guidance``).
+
 Both follow the project's denoiser contract: ``denoiser(x_hat, sigma)`` with
 ``x_hat`` of shape ``[batch, *item_shape]`` and ``sigma`` a float64 tensor of
 shape ``[batch]`` (a Python float or a 0-d / one-element tensor is broadcast).
 All arithmetic is float64; the result has the dtype of ``x_hat`` (float64 for
 non-floating input). The limits are handled exactly: ``sigma = inf`` gives the
 data mean, ``sigma = 0`` gives the nearest data point (finite set) or ``x_hat``
-itself (mixture).
+itself (mixture). The conditional call is ``denoiser(x_hat, sigma, labels)``
+with ``labels`` as in the network contract, a float one-hot ``[batch,
+num_classes]`` whose all-zero rows are the null label, or integer class
+indices ``[batch]`` with -1 as the null label.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,6 +53,8 @@ from edm_space.errors import ConfigError
 __all__ = ["IdealDenoiser", "GaussianMixtureDenoiser"]
 
 SigmaLike = Union[float, int, Tensor]
+#: Per-row labels: float one-hot [batch, num_classes] (all-zero row = null) or class indices [batch] (-1 = null).
+LabelsLike = Optional[Tensor]
 
 _F64 = torch.float64
 _F64_MAX = torch.finfo(torch.float64).max
@@ -114,6 +125,68 @@ def _sigma_vector(sigma: SigmaLike, batch: int, device: torch.device) -> Tensor:
     return s
 
 
+def _check_count(n: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"n must be a non-negative int, got {n!r}")
+
+
+def _data_labels(labels: object, n: int, num_classes: Optional[int]) -> Tuple[Tensor, int]:
+    """The class of each data point as a LongTensor [n] and the number of classes."""
+    labels = _as_real_tensor(labels, "labels")
+    if labels.is_floating_point() or labels.dtype == torch.bool or tuple(labels.shape) != (n,):
+        raise ConfigError(
+            f"labels must be integer class indices of shape [{n}] (one per data point), "
+            f"got dtype {labels.dtype} and shape {_shape_str(labels.shape)}"
+        )
+    labels = labels.detach().to(torch.long).cpu()
+    if (labels < 0).any():
+        raise ConfigError(f"labels must be >= 0, got {int(labels.min())}")
+    found = int(labels.max()) + 1
+    if num_classes is None:
+        num_classes = found
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < found:
+        raise ConfigError(f"num_classes must be an int >= {found} (the largest label + 1), got {num_classes!r}")
+    return labels, num_classes
+
+
+def _row_classes(labels: LabelsLike, batch: int, num_classes: int) -> Tensor:
+    """The class of each query row as a LongTensor [batch] on the CPU, -1 for the null label.
+
+    ``labels`` is None (every row null), integer class indices [batch] (-1 = null),
+    or a float one-hot [batch, num_classes] whose all-zero rows are null (the
+    network contract, so the same labels drive a network and an exact denoiser).
+    """
+    if labels is None:
+        return torch.full((batch,), -1, dtype=torch.long)
+    labels = _as_real_tensor(labels, "labels").detach().cpu()
+    allowed = f"class indices in -1..{num_classes - 1}" if num_classes else "null labels (no classes)"
+    if labels.is_floating_point():
+        if labels.dim() != 2 or labels.shape[0] != batch or (num_classes and labels.shape[1] != num_classes):
+            raise ConfigError(
+                f"one-hot labels have shape {_shape_str(labels.shape)}; expected [{batch}, "
+                f"{num_classes or 'num_classes'}] for a batch of {batch}"
+            )
+        hot = labels != 0
+        rows_ok = (hot.sum(dim=1) <= 1) & ((labels == 0) | (labels == 1)).all(dim=1)
+        if not rows_ok.all():
+            bad = int(torch.nonzero(~rows_ok)[0])
+            raise ConfigError(
+                f"labels row {bad} is {labels[bad].tolist()}; each row must be one-hot or all zero (null)"
+            )
+        classes = torch.where(hot.any(dim=1), labels.argmax(dim=1), torch.full((batch,), -1, dtype=torch.long))
+    elif labels.dtype != torch.bool and tuple(labels.shape) == (batch,):
+        classes = labels.to(torch.long)
+    else:
+        raise ConfigError(
+            f"labels must be one-hot floats [{batch}, num_classes] or class indices [{batch}], "
+            f"got dtype {labels.dtype} and shape {_shape_str(labels.shape)}"
+        )
+    bad = (classes < -1) | (classes >= num_classes)
+    if bad.any():
+        raise ConfigError(f"label {int(classes[bad][0])} is out of range; this denoiser takes {allowed}")
+    return classes
+
+
 # --------------------------------------------------------------------------- finite set
 
 
@@ -135,12 +208,27 @@ class IdealDenoiser:
     Queries, and data points when needed, are processed in chunks so that the
     largest temporary stays near ``chunk_bytes``.
 
+    With ``labels`` (the class of each data point) the denoiser is also the exact
+    class-conditional one: ``D(x; sigma, c) = E[x_0 | x, class c]`` is the same
+    softmax average taken over the points of class c only, and a null label
+    gives the unconditional D over all the data.
+
     Args:
         data: ``[n, *item_shape]`` real tensor with finite values, n >= 1.
         chunk_bytes: memory budget for the per-chunk temporaries.
+        labels: optional integer class indices ``[n]`` of the data points.
+        num_classes: the number of classes (default: the largest label + 1);
+            a class without points can be named but not queried.
     """
 
-    def __init__(self, data: Tensor, chunk_bytes: int = _DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        data: Tensor,
+        chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
+        *,
+        labels: Optional[Tensor] = None,
+        num_classes: Optional[int] = None,
+    ) -> None:
         data = _as_real_tensor(data, "data")
         if data.dim() < 1 or data.shape[0] == 0:
             raise ConfigError(
@@ -156,6 +244,19 @@ class IdealDenoiser:
         self._half_sq = 0.5 * (self._flat * self._flat).sum(dim=1)  # [n]
         self._mean_flat = self._flat.mean(dim=0)  # [d]
         self._cache: dict = {}
+        # class-conditional form: one unconditional denoiser per class, on that class's points
+        self.data_labels: Optional[Tensor] = None
+        self.num_classes = 0
+        self._per_class: List[Optional[IdealDenoiser]] = []
+        if labels is not None:
+            self.data_labels, self.num_classes = _data_labels(labels, self.n, num_classes)
+            on_device = self.data_labels.to(data.device)
+            self._per_class = [
+                IdealDenoiser(data[on_device == c], chunk_bytes) if (self.data_labels == c).any() else None
+                for c in range(self.num_classes)
+            ]
+        elif num_classes is not None:
+            raise ConfigError("num_classes needs labels (the class of each data point)")
 
     # -- basic properties -----------------------------------------------------
     @property
@@ -201,8 +302,35 @@ class IdealDenoiser:
         return bq, nc
 
     # -- evaluation -----------------------------------------------------------
-    def __call__(self, x_hat: Tensor, sigma: SigmaLike) -> Tensor:
-        """D(x_hat; sigma) for ``x_hat`` of shape ``[batch, *item_shape]``; same shape out."""
+    def __call__(self, x_hat: Tensor, sigma: SigmaLike, labels: LabelsLike = None) -> Tensor:
+        """D(x_hat; sigma[, labels]) for ``x_hat`` of shape ``[batch, *item_shape]``; same shape out.
+
+        Each row with a class label averages over that class's points only; rows
+        with the null label (or ``labels=None``) over all the data.
+        """
+        if labels is None:
+            return self._denoise(x_hat, sigma)
+        x_hat = _check_batch(x_hat, self.item_shape, "the data")
+        batch = x_hat.shape[0]
+        classes = _row_classes(labels, batch, self.num_classes)
+        sig = _sigma_vector(sigma, batch, x_hat.device)
+        out = torch.empty(batch, *self.item_shape, dtype=_output_dtype(x_hat), device=x_hat.device)
+        for c in classes.unique().tolist():
+            rows = torch.nonzero(classes == c).flatten().to(x_hat.device)
+            out[rows] = self._class_denoiser(c)._denoise(x_hat[rows], sig[rows])
+        return out
+
+    def _class_denoiser(self, c: int) -> "IdealDenoiser":
+        """The unconditional denoiser of class c's points (c = -1: of all the data)."""
+        if c < 0:
+            return self
+        found = self._per_class[c]
+        if found is None:
+            raise ConfigError(f"class {c} has no data points, so its conditional denoiser is undefined")
+        return found
+
+    def _denoise(self, x_hat: Tensor, sigma: SigmaLike) -> Tensor:
+        """The unconditional D(x_hat; sigma) over all of this denoiser's data."""
         x_hat = _check_batch(x_hat, self.item_shape, "the data")
         batch = x_hat.shape[0]
         device = x_hat.device
@@ -291,7 +419,8 @@ class IdealDenoiser:
         return best_idx
 
     def __repr__(self) -> str:
-        return f"IdealDenoiser(n={self.n}, item_shape={list(self.item_shape)})"
+        classes = f", num_classes={self.num_classes}" if self.num_classes else ""
+        return f"IdealDenoiser(n={self.n}, item_shape={list(self.item_shape)}{classes})"
 
 
 # --------------------------------------------------------------------------- Gaussian mixture
@@ -311,13 +440,21 @@ class GaussianMixtureDenoiser:
     inverses and determinants reduce to elementwise work in the eigenbasis
     (diagonal and isotropic covariances skip the rotation altogether).
 
+    Class-conditional form: with ``class_weights`` (a [C, K] matrix proportional to
+    the joint law P(class c, component k)), class c's data law is
+    sum_k p(k | c) N(mu_k, C_k), and D(x; sigma, c) is the formula above with
+    w_k replaced by the row p(k | c). The null label gives the marginal weights
+    w_k = sum_c P(c, k), so the unconditional law is the mixture of the classes.
+
     Args:
         means: ``[K, d]`` or ``[K, *item_shape]`` component means.
         covariances: ``[K, d, d]`` full (symmetric PSD), ``[K, d]`` (or
             ``[K, *item_shape]``) diagonal variances, or ``[K]`` isotropic variances.
             Zero variances are allowed (degenerate components, e.g. point masses).
         weights: ``[K]`` non-negative, not all zero; normalized internally.
-            ``None`` means equal weights.
+            ``None`` means equal weights (or, with ``class_weights``, their column sums).
+        class_weights: optional ``[C, K]`` non-negative joint weights P(c, k),
+            normalized internally, every row with a positive sum; excludes ``weights``.
         item_shape: shape of one item when ``means`` is ``[K, d]`` with d = prod(item_shape).
         chunk_bytes: memory budget for per-chunk temporaries (chunks over the batch).
     """
@@ -328,6 +465,7 @@ class GaussianMixtureDenoiser:
         covariances: Tensor,
         weights: Optional[Tensor] = None,
         *,
+        class_weights: Optional[Tensor] = None,
         item_shape: Optional[Sequence[int]] = None,
         chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
     ) -> None:
@@ -352,6 +490,11 @@ class GaussianMixtureDenoiser:
         self.item_shape: Tuple[int, ...] = item_shape
         self.chunk_bytes = _check_chunk_bytes(chunk_bytes)
         self.means_flat = means.reshape(K, d).contiguous()
+
+        # per-class weights: the null label's weights are the marginal sum_c P(c, k)
+        joint = None if class_weights is None else self._joint_weights(class_weights, weights, K)
+        if joint is not None:
+            weights = joint.sum(dim=0)
 
         # weights ---------------------------------------------------------------
         if weights is None:
@@ -416,6 +559,40 @@ class GaussianMixtureDenoiser:
             )
         self._mixture_mean = (w[:, None] * self.means_flat).sum(dim=0)
 
+        # classes: p(c) and p(k | c); row 0 of the tables is the null label, row c + 1 class c
+        self.num_classes = 0 if joint is None else int(joint.shape[0])
+        self.class_priors: Optional[Tensor] = None if joint is None else joint.sum(dim=1)
+        self.class_weights: Optional[Tensor] = None if joint is None else joint / joint.sum(dim=1, keepdim=True)
+        log_w, mean = self._log_w[None], self._mixture_mean[None]
+        if self.class_weights is not None:
+            cw = self.class_weights.to(self.means_flat.device)
+            class_means = (cw[:, :, None] * self.means_flat[None]).sum(dim=1)
+            log_w = torch.cat([log_w, torch.log(cw).to(log_w.device)])
+            mean = torch.cat([mean, class_means])
+        self._log_w_table, self._mean_table = log_w, mean
+
+    @staticmethod
+    def _joint_weights(class_weights: Tensor, weights: Optional[Tensor], K: int) -> Tensor:
+        """``class_weights`` checked and normalized to the joint law P(c, k), [C, K]."""
+        if weights is not None:
+            raise ConfigError(
+                "give weights or class_weights, not both: with class_weights the null label's "
+                "weights are its column sums"
+            )
+        joint = _as_real_tensor(class_weights, "class_weights").detach().to(_F64)
+        if joint.dim() != 2 or joint.shape[0] == 0 or joint.shape[1] != K:
+            raise ConfigError(
+                f"class_weights must have shape [num_classes, {K}] (one column per mean), "
+                f"got {_shape_str(joint.shape)}"
+            )
+        if not torch.isfinite(joint).all() or (joint < 0).any():
+            raise ConfigError("class_weights must be finite and >= 0")
+        empty = joint.sum(dim=1) <= 0
+        if empty.any():
+            row = int(torch.nonzero(empty)[0])
+            raise ConfigError(f"class_weights row {row} sums to 0; every class needs a positive weight")
+        return joint / joint.sum()
+
     # -- basic properties -------------------------------------------------------
     @property
     def num_components(self) -> int:
@@ -454,8 +631,17 @@ class GaussianMixtureDenoiser:
         per_row = 8 * self.num_components * self.dim * 5
         return max(1, min(max(batch, 1), self.chunk_bytes // per_row))
 
-    def _components(self, x: Tensor, var: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """For a chunk x [b, d] and sigma^2 [b]: (z, v, logits) in the eigenbasis.
+    def _row_tables(self, labels: LabelsLike, batch: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """Per-row (log weights [batch, K], mean at sigma = inf [batch, d]) for the rows' labels."""
+        if labels is None:
+            null = torch.zeros(1, dtype=torch.long)
+            log_w, mean = self._log_w_table[null].to(device), self._mean_table[null].to(device)
+            return log_w.expand(batch, -1), mean.expand(batch, -1)
+        rows = _row_classes(labels, batch, self.num_classes) + 1
+        return self._log_w_table[rows].to(device), self._mean_table[rows].to(device)
+
+    def _components(self, x: Tensor, var: Tensor, log_w: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """For a chunk x [b, d], sigma^2 [b] and log weights [b, K]: (z, v, logits) in the eigenbasis.
 
         z_k = U_k^T (x - mu_k) and v_k = lam_k + sigma^2, both [b, K, d];
         logits_k = log w_k + log N(x; mu_k, C_k + sigma^2 I), [b, K]: their softmax
@@ -465,7 +651,7 @@ class GaussianMixtureDenoiser:
         z = diff if self._U is None else torch.einsum("bkd,kde->bke", diff, self._U)
         v = self._lam[None] + var[:, None, None]
         log_norm = -0.5 * ((z * z / v).sum(-1) + torch.log(v).sum(-1) + self.dim * math.log(2 * math.pi))
-        return z, v, self._log_w[None] + log_norm
+        return z, v, log_w + log_norm
 
     def _back(self, coeffs: Tensor) -> Tensor:
         """sum_k U_k coeffs_k for coeffs [b, K, d] -> [b, d]."""
@@ -473,7 +659,7 @@ class GaussianMixtureDenoiser:
             return coeffs.sum(dim=1)
         return torch.einsum("bke,kde->bd", coeffs, self._U)
 
-    def _evaluate(self, x: Tensor, sig: Tensor, what: str) -> Tensor:
+    def _evaluate(self, x: Tensor, sig: Tensor, what: str, log_w: Tensor) -> Tensor:
         batch = x.shape[0]
         var = sig * sig
         if what == "log_density":
@@ -483,7 +669,7 @@ class GaussianMixtureDenoiser:
         step = self._rows_per_chunk(batch)
         for b0 in range(0, batch, step):
             xc, vc = x[b0 : b0 + step], var[b0 : b0 + step]
-            z, v, logits = self._components(xc, vc)
+            z, v, logits = self._components(xc, vc, log_w[b0 : b0 + step])
             if what == "log_density":
                 out[b0 : b0 + step] = torch.logsumexp(logits, dim=1)
                 continue
@@ -507,60 +693,83 @@ class GaussianMixtureDenoiser:
             )
 
     # -- public API -----------------------------------------------------------------
-    def __call__(self, x_hat: Tensor, sigma: SigmaLike) -> Tensor:
-        """D(x_hat; sigma) = E[x_0 | x_hat], shape ``[batch, *item_shape]``.
+    def __call__(self, x_hat: Tensor, sigma: SigmaLike, labels: LabelsLike = None) -> Tensor:
+        """D(x_hat; sigma[, labels]) = E[x_0 | x_hat(, class)], shape ``[batch, *item_shape]``.
 
-        sigma = 0 returns x_hat; sigma = inf returns the mixture mean.
+        sigma = 0 returns x_hat; sigma = inf returns the mean of the row's class
+        (of the whole mixture for the null label).
         """
         x_hat = _as_real_tensor(x_hat, "x_hat")
         out_dtype, out_device = _output_dtype(x_hat), x_hat.device
         x, batch = self._flatten(x_hat, "x_hat")
         sig = _sigma_vector(sigma, batch, x.device)
+        log_w, mean = self._row_tables(labels, batch, x.device)
         out = torch.empty_like(x)
         var = sig * sig
         at_inf = torch.isinf(var)
         at_zero = var == 0
-        out[at_inf] = self._mixture_mean.to(x.device)
+        out[at_inf] = mean[at_inf]
         out[at_zero] = x[at_zero]
         rows = torch.nonzero(~(at_inf | at_zero)).flatten()
         if rows.numel():
             xs = x[rows]
             if not torch.isfinite(xs).all():
                 raise ConfigError("x_hat contains non-finite values at a finite sigma")
-            out[rows] = self._evaluate(xs, sig[rows], "denoise")
+            out[rows] = self._evaluate(xs, sig[rows], "denoise", log_w[rows])
         return out.reshape(batch, *self.item_shape).to(device=out_device, dtype=out_dtype)
 
-    def score(self, x_hat: Tensor, sigma: SigmaLike) -> Tensor:
-        """grad_x log p_sigma(x) = (D(x; sigma) - x) / sigma^2, float64 ``[batch, *item_shape]``.
+    def score(self, x_hat: Tensor, sigma: SigmaLike, labels: LabelsLike = None) -> Tensor:
+        """grad_x log p_sigma(x[ | class]) = (D(x; sigma) - x) / sigma^2, float64 ``[batch, *item_shape]``.
 
         Computed directly as -sum_k r_k (C_k + sigma^2 I)^{-1} (x - mu_k), which has
         no cancellation at small sigma; 0 at sigma = inf.
         """
         x, batch = self._flatten(x_hat, "x_hat")
         sig = _sigma_vector(sigma, batch, x.device)
+        log_w, _ = self._row_tables(labels, batch, x.device)
         self._need_positive_variance(sig, "score")
         out = torch.zeros_like(x)
         rows = torch.nonzero(~torch.isinf(sig * sig)).flatten()
         if rows.numel():
-            out[rows] = self._evaluate(x[rows], sig[rows], "score")
+            out[rows] = self._evaluate(x[rows], sig[rows], "score", log_w[rows])
         return out.reshape(batch, *self.item_shape)
 
-    def log_density(self, x: Tensor, sigma: SigmaLike = 0.0) -> Tensor:
-        """log p_sigma(x) = log sum_k w_k N(x; mu_k, C_k + sigma^2 I), float64 ``[batch]``."""
+    def log_density(self, x: Tensor, sigma: SigmaLike = 0.0, labels: LabelsLike = None) -> Tensor:
+        """log p_sigma(x[ | class]) = log sum_k w_k N(x; mu_k, C_k + sigma^2 I), float64 ``[batch]``."""
         xf, batch = self._flatten(x, "x")
         sig = _sigma_vector(sigma, batch, xf.device)
+        log_w, _ = self._row_tables(labels, batch, xf.device)
         self._need_positive_variance(sig, "log_density")
         if torch.isinf(sig).any():
             raise ConfigError("log_density needs a finite sigma (the noised density vanishes at sigma = inf)")
-        return self._evaluate(xf, sig, "log_density")
+        return self._evaluate(xf, sig, "log_density", log_w)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """Draw n samples x_0 ~ sum_k w_k N(mu_k, C_k): float64 ``[n, *item_shape]``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigError(f"n must be a non-negative int, got {n!r}")
+        _check_count(n)
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator) if n else (
             torch.zeros(0, dtype=torch.long)
         )
+        return self._draw(comp, generator)
+
+    def sample_labeled(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+        """Draw n pairs (x_0, c) from the joint law: float64 ``[n, *item_shape]`` and long ``[n]``.
+
+        (c, k) ~ P(c, k), then x_0 ~ N(mu_k, C_k); so c ~ p(c) and x_0 | c follows class c's mixture.
+        """
+        _check_count(n)
+        if self.class_weights is None:
+            raise ConfigError("sample_labeled needs a class-conditional mixture (build it with class_weights)")
+        K = self.num_components
+        joint = (self.class_priors[:, None] * self.class_weights).reshape(-1)
+        pick = torch.multinomial(joint, n, replacement=True, generator=generator) if n else (
+            torch.zeros(0, dtype=torch.long)
+        )
+        return self._draw(pick % K, generator), pick // K
+
+    def _draw(self, comp: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        """One draw from N(mu_k, C_k) for each component index in ``comp``."""
+        n = int(comp.shape[0])
         eps = torch.randn(n, self.dim, dtype=_F64, generator=generator)
         coeff = torch.sqrt(self._lam[comp]) * eps
         if self._U is not None:  # rotate out of each component's eigenbasis
@@ -573,5 +782,5 @@ class GaussianMixtureDenoiser:
     def __repr__(self) -> str:
         return (
             f"GaussianMixtureDenoiser(K={self.num_components}, item_shape={list(self.item_shape)}, "
-            f"covariance={self.kind})"
+            f"covariance={self.kind}{f', num_classes={self.num_classes}' if self.num_classes else ''})"
         )

@@ -478,3 +478,141 @@ def test_gmm_bad_input():
         GaussianMixtureDenoiser(means, torch.ones(2, 4), torch.ones(2))
     with pytest.raises(ValueError, match="sigma = 0"):
         GaussianMixtureDenoiser(means, torch.zeros(2), torch.ones(2)).log_density(torch.zeros(1, 3))
+
+
+# --------------------------------------------------------------------------- class-conditional forms
+
+
+def _labelled_data(gen: torch.Generator, n: int = 60, d: int = 3, classes: int = 3):
+    """Points whose class shifts their mean, so that classes really differ."""
+    labels = torch.arange(n) % classes
+    data = torch.randn(n, d, generator=gen, dtype=F64) + 2.0 * labels[:, None].to(F64)
+    return data, labels
+
+
+def test_conditional_ideal_equals_ideal_on_the_class_points():
+    gen = torch.Generator().manual_seed(30)
+    data, labels = _labelled_data(gen)
+    den = IdealDenoiser(data, labels=labels)
+    assert den.num_classes == 3
+    sig = torch.tensor([1e-3, 0.1, 0.5, 1.0, 3.0, 30.0, float("inf"), 0.7, 0.2], dtype=F64)
+    x = torch.randn(9, 3, generator=gen, dtype=F64) * 2 + 2
+    rows = torch.tensor([0, 1, 2, 0, 1, 2, 1, -1, -1])  # -1: the null label
+    got = den(x, sig, rows)
+    for c in range(3):
+        sel = rows == c
+        alone = IdealDenoiser(data[labels == c])
+        torch.testing.assert_close(got[sel], alone(x[sel], sig[sel]), rtol=1e-12, atol=1e-12)
+        finite = sel & torch.isfinite(sig)
+        ref = brute_force_posterior_mean(data[labels == c].numpy(), x[finite].numpy(), sig[finite].numpy())
+        np.testing.assert_allclose(got[finite].numpy(), ref, rtol=1e-8, atol=1e-8)
+    # sigma = inf: the mean of the row's class
+    torch.testing.assert_close(got[6], data[labels == 1].mean(0), rtol=0, atol=1e-15)
+    # null rows average over all the data
+    ref_null = brute_force_posterior_mean(data.numpy(), x[7:].numpy(), sig[7:].numpy())
+    np.testing.assert_allclose(got[7:].numpy(), ref_null, rtol=1e-8, atol=1e-8)
+    # the network contract's one-hot rows (all-zero = null) give the same result
+    one_hot = torch.zeros(9, 3)
+    one_hot[rows >= 0, rows[rows >= 0]] = 1.0
+    assert torch.equal(den(x, sig, one_hot), got)
+
+
+def test_labels_leave_the_unconditional_ideal_bit_identical():
+    gen = torch.Generator().manual_seed(31)
+    data, labels = _labelled_data(gen)
+    x = torch.randn(12, 3, generator=gen, dtype=F64)
+    sig = torch.exp(torch.linspace(-4, 3, 12, dtype=F64))
+    plain = IdealDenoiser(data)(x, sig)
+    with_labels = IdealDenoiser(data, labels=labels)
+    assert torch.equal(with_labels(x, sig), plain)
+    assert torch.equal(with_labels(x, sig, torch.full((12,), -1)), plain)
+    assert torch.equal(with_labels(x, sig, torch.zeros(12, 3)), plain)
+
+
+def _conditional_mixture(gen: torch.Generator):
+    means, covs, full_covs, _ = random_mixture("full", 4, 2, gen)
+    joint = torch.tensor([[0.2, 0.1, 0.0, 0.05], [0.0, 0.15, 0.3, 0.2]], dtype=F64)
+    return means, covs, full_covs, joint
+
+
+def test_gmm_class_conditional_matches_tweedie_autograd():
+    gen = torch.Generator().manual_seed(32)
+    means, covs, full_covs, joint = _conditional_mixture(gen)
+    gm = GaussianMixtureDenoiser(means, covs, class_weights=joint)
+    assert gm.num_classes == 2
+    torch.testing.assert_close(gm.class_priors, joint.sum(1) / joint.sum(), rtol=1e-15, atol=0)
+    x = torch.randn(10, 2, generator=gen, dtype=F64) * 2
+    for s in (0.05, 0.5, 2.0):
+        sig = torch.full((10,), s, dtype=F64)
+        rows = torch.tensor([0, 1, -1, 0, 1, 1, 0, -1, 0, 1])
+        got_d, got_score, got_logp = gm(x, sig, rows), gm.score(x, sig, rows), gm.log_density(x, sig, rows)
+        # null rows: the marginal weights, the column sums of the joint law
+        for c, weights in ((0, joint[0]), (1, joint[1]), (-1, joint.sum(0))):
+            sel, used = rows == c, weights > 0  # torch's Categorical clamps a zero probability to eps
+            ref_d, ref_score, ref_logp = tweedie_reference(means[used], full_covs[used], weights[used], x[sel], s)
+            torch.testing.assert_close(got_d[sel], ref_d, rtol=1e-7, atol=1e-8)
+            torch.testing.assert_close(got_score[sel], ref_score, rtol=1e-7, atol=1e-7)
+            torch.testing.assert_close(got_logp[sel], ref_logp, rtol=1e-9, atol=1e-9)
+    # sigma = inf: the mean of the row's class; sigma = 0: x itself
+    inf = gm(x[:3], float("inf"), torch.tensor([0, 1, -1]))
+    for i, weights in enumerate((joint[0], joint[1], joint.sum(0))):
+        torch.testing.assert_close(inf[i], weights @ means / weights.sum(), rtol=1e-14, atol=1e-15)
+    assert torch.equal(gm(x, 0.0, torch.zeros(10, dtype=torch.long)), x)
+    # the unconditional mixture with the marginal weights is the same law (bit for bit)
+    marginal = GaussianMixtureDenoiser(means, covs, joint.sum(0) / joint.sum())
+    sig = torch.linspace(0.1, 3.0, 10, dtype=F64)
+    assert torch.equal(gm(x, sig), marginal(x, sig))
+    assert torch.equal(gm(x, sig, torch.zeros(10, 2)), marginal(x, sig))
+
+
+def test_gmm_sample_labeled_follows_the_joint_law():
+    gen = torch.Generator().manual_seed(33)
+    means, covs, full_covs, joint = _conditional_mixture(gen)
+    gm = GaussianMixtureDenoiser(means, covs, class_weights=joint)
+    n = 100_000
+    x, labels = gm.sample_labeled(n, generator=gen)
+    assert x.shape == (n, 2) and labels.dtype == torch.long
+    priors = joint.sum(1) / joint.sum()
+    for c in range(2):
+        sel = x[labels == c]
+        assert abs(sel.shape[0] / n - priors[c].item()) < 5 * (0.25 / n) ** 0.5
+        p = joint[c] / joint[c].sum()
+        mean = p @ means
+        cov = (p[:, None, None] * (full_covs + means[:, :, None] * means[:, None, :])).sum(0) - torch.outer(mean, mean)
+        scale = cov.diagonal().max().item()
+        torch.testing.assert_close(sel.mean(0), mean, rtol=0, atol=5 * (scale / sel.shape[0]) ** 0.5)
+        torch.testing.assert_close(torch.cov(sel.T), cov, rtol=0, atol=8 * scale * (2 / sel.shape[0]) ** 0.5)
+
+
+def test_conditional_bad_input():
+    data = torch.randn(6, 2, dtype=F64)
+    labels = torch.tensor([0, 0, 1, 1, 3, 3])  # class 2 has no points
+    den = IdealDenoiser(data, labels=labels)
+    x, s = torch.zeros(2, 2, dtype=F64), 1.0
+    with pytest.raises(ValueError, match="class 2 has no data points"):
+        den(x, s, torch.tensor([2, 0]))
+    with pytest.raises(ValueError, match=r"label 4 is out of range; this denoiser takes class indices in -1\.\.3"):
+        den(x, s, torch.tensor([4, 0]))
+    with pytest.raises(ValueError, match="one-hot or all zero"):
+        den(x, s, torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"one-hot labels have shape \[2, 3\]; expected \[2, 4\]"):
+        den(x, s, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="class indices"):
+        den(x, s, torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="no classes"):
+        IdealDenoiser(data)(x, s, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="one per data point"):
+        IdealDenoiser(data, labels=torch.tensor([0.0, 1, 0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=">= 0"):
+        IdealDenoiser(data, labels=torch.tensor([0, -1, 0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="num_classes must be an int >= 4"):
+        IdealDenoiser(data, labels=labels, num_classes=3)
+    means = torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(ValueError, match="not both"):
+        GaussianMixtureDenoiser(means, torch.ones(3), torch.ones(3), class_weights=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"class_weights must have shape \[num_classes, 3\]"):
+        GaussianMixtureDenoiser(means, torch.ones(3), class_weights=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="row 1 sums to 0"):
+        GaussianMixtureDenoiser(means, torch.ones(3), class_weights=torch.tensor([[1.0, 0, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="sample_labeled needs"):
+        GaussianMixtureDenoiser(means, torch.ones(3)).sample_labeled(3)
