@@ -1,0 +1,36 @@
+"""Autoencoders for latent diffusion: the first stage that maps images to a smaller latent space.
+
+    vae = autoencoders.build("kl", item_shape=(1, 28, 28), latent_channels=4, downsample=4)
+    vq = autoencoders.build("vq", item_shape=(1, 8, 8), num_codes=64, ema=True)
+
+Every autoencoder takes `item_shape` first and offers `encode`, `decode`, `latents(x)`,
+`loss(x, generator) -> dict` (backprop its "total") and the attribute `latent_shape`.
+A new kind is one module here with such a class, added to AUTOENCODERS.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+from torch import nn
+
+from ..errors import ConfigError, unknown
+from .kl import KLAutoencoder
+from .vq import VQAutoencoder
+
+AUTOENCODERS: Dict[str, type] = {"kl": KLAutoencoder, "vq": VQAutoencoder}
+
+
+def names() -> List[str]:
+    """Registered autoencoder kinds."""
+    return list(AUTOENCODERS)
+
+
+def build(kind: str, item_shape: Sequence[int], **options) -> nn.Module:
+    """Construct autoencoder `kind` for image items of shape `item_shape` = [C, H, W]."""
+    if kind not in AUTOENCODERS:
+        raise unknown("autoencoder", kind, names())
+    try:
+        return AUTOENCODERS[kind](tuple(item_shape), **options)
+    except TypeError as error:
+        raise ConfigError(f"autoencoder {kind!r}: {error}") from None

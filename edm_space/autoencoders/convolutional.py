@@ -1,0 +1,91 @@
+"""The convolutional encoder and decoder shared by the KL and VQ autoencoders.
+
+The encoder maps an image [C, H, W] to a feature map [out_channels, H/f, W/f]
+with f = `downsample` in {1, 2, 4}: each factor of 2 is one stride-2 4x4
+convolution (28x28 -> 14x14 -> 7x7; 8x8 -> 4x4 -> 2x2). The decoder mirrors it
+with stride-2 4x4 transposed convolutions. Between resampling steps sit residual
+blocks (group norm, SiLU, 3x3 convolution), as in the autoencoders of latent
+diffusion (Rombach et al. 2022, Appendix G) at a much smaller width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from ..networks.unet import _groups
+
+#: The spatial reduction factors an autoencoder supports.
+DOWNSAMPLE_FACTORS = (1, 2, 4)
+
+
+def latent_grid(item_shape: Sequence[int], downsample: int) -> Tuple[int, int]:
+    """The latent height and width of images `item_shape` = [C, H, W] reduced by `downsample`.
+
+    Raises:
+        ConfigError: items that are not images, a factor outside {1, 2, 4}, or an
+        image whose height or width the factor does not divide.
+    """
+    if len(item_shape) != 3:
+        raise ConfigError(f"the autoencoders need image items [C, H, W]; these items have shape {list(item_shape)}")
+    if downsample not in DOWNSAMPLE_FACTORS:
+        raise ConfigError(f"downsample {downsample!r} is not supported; valid: {', '.join(map(str, DOWNSAMPLE_FACTORS))}")
+    _, height, width = item_shape
+    if height % downsample or width % downsample:
+        raise ConfigError(f"downsample {downsample} does not divide the image size {height}x{width}")
+    return height // downsample, width // downsample
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(SiLU(GN(conv(SiLU(GN(x)))))), scaled by 1/sqrt(2) to keep the variance."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(channels), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(_groups(channels), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (x + h) / math.sqrt(2)
+
+
+class ConvEncoder(nn.Module):
+    """Image [in_channels, H, W] -> features [out_channels, H/downsample, W/downsample]."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int = 32, downsample: int = 2, blocks: int = 1):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        for _ in range(int(math.log2(downsample))):
+            layers += [ResidualBlock(channels) for _ in range(blocks)]
+            layers.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))
+        layers += [ResidualBlock(channels) for _ in range(blocks)]
+        layers += [nn.GroupNorm(_groups(channels), channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ConvDecoder(nn.Module):
+    """Latents [in_channels, h, w] -> image [out_channels, h * upsample, w * upsample]."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int = 32, upsample: int = 2, blocks: int = 1):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        layers += [ResidualBlock(channels) for _ in range(blocks)]
+        for _ in range(int(math.log2(upsample))):
+            layers.append(nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1))
+            layers += [ResidualBlock(channels) for _ in range(blocks)]
+        layers += [nn.GroupNorm(_groups(channels), channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z)
