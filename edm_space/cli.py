@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import math
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import click
 import numpy as np
 import torch
+import torch.distributed as dist
 
+import presets
+import samplers
+from samplers.optimize import endpoint_error, optimize_steps, save_levels
+from samplers.trajectory import TrajectoryRecorder
+
+from . import data, devices
+from .demo import format_results, run_demo
 from .errors import ConfigError
+from .guidance import GuidedDenoiser
+from .files import StagedOutputs, check_writable_file, save_npz_atomic
+from .ideal import IdealDenoiser
+from .reference import solve_reference
+from .plotting import image_grid_png, scatter_panels_png, trajectory_png
+from .rundir import disk_error
+from .seeding import SeededNoise, parse_seeds
+from .training import build_formulation, distributed_context, load_trained, resolve_config, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,8 +51,6 @@ def cli() -> None:
 @click.option("--markdown", is_flag=True, help="Print a Markdown table instead of aligned text.")
 def presets_command(markdown: bool) -> None:
     """Print the preset table: s(t), sigma(t), preconditioning, lambda, p_train, default sampler."""
-    import presets
-
     rows = [presets.get(name).describe() for name in presets.names()]
     click.echo(format_table(rows, markdown=markdown))
 
@@ -53,7 +69,31 @@ def format_table(rows: List[dict], markdown: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------------
-# sample
+# options shared by several commands
+
+
+def _parse_options(pairs: Sequence[str], what: str) -> dict:
+    """key=value pairs (values parsed as JSON when possible: 64, 0.1, [1,2], true) into a dict."""
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"{what} {pair!r} must look like key=value")
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise ConfigError(f"{what} {pair!r} has no key; write key=value")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _set_threads(threads: int) -> None:
+    """torch's CPU threads for this command (one is fastest for small networks on a busy machine)."""
+    if threads < 1:
+        raise ConfigError(f"--threads {threads} is invalid; it must be >= 1")
+    torch.set_num_threads(threads)
 
 
 def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
@@ -65,14 +105,48 @@ def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
         raise ConfigError(f"{name} = {value!r} is not a number") from None
 
 
+def _finite(value: float, name: str, low: float = -math.inf) -> float:
+    if not math.isfinite(value) or value < low:
+        raise ConfigError(f"{name} {value!r} is invalid; it must be a finite number >= {low:g}")
+    return value
+
+
+device_option = click.option(
+    "--device", default="auto", show_default=True,
+    help="auto (CUDA if available; under torchrun the GPU of LOCAL_RANK), cpu, cuda, cuda:N or mps.",
+)
+precision_option = click.option(
+    "--precision", type=click.Choice(list(devices.PRECISIONS)), default="fp32", show_default=True,
+    help="Autocast precision of the network (weights, EMA and sampler state keep theirs); fp16 needs a GPU.",
+)
+compile_option = click.option("--compile", "compile_network", is_flag=True, help="Run the network through torch.compile.")
+threads_option = click.option(
+    "--threads", type=int, default=1, show_default=True,
+    help="CPU threads for torch. One is fastest for small networks on a shared machine; raise it on an idle many-core CPU.",
+)
+
+
+# ---------------------------------------------------------------------------
+# sample
+
+MAX_SAMPLES = 10**7
+
+
 @cli.command("sample")
-@click.option("--ckpt", "run_dir", default=None, help="A training run directory: sample its trained model (default: the exact denoiser of --data).")
+@click.option("--ckpt", "run_dir", default=None, help="A training run directory, or one of its checkpoint files: sample its trained model (default: the exact denoiser of --data).")
+@click.option("--step", "checkpoint_step", type=int, default=None, help="With --ckpt RUN_DIR: the checkpoint of this step [default: the newest].")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="With --ckpt: use the EMA weights.")
 @click.option("--class", "class_label", type=int, default=None, help="With a class-conditional --ckpt: the class of every sample [default: seed mod classes].")
-@click.option("--preset", default=None, help="Formulation whose ODE is integrated (see `edm-space presets`) [default: the model's, or edm].")
+@click.option("--guidance", "guidance_weight", type=float, default=None, help="Guidance weight w: D_w = D_guide + w (D - D_guide); 1 is unguided. The guide is the null label (classifier-free) or --guide.")
+@click.option("--guidance-interval", default=None, help="SIGMA_LO,SIGMA_HI: guide only where SIGMA_LO < sigma <= SIGMA_HI [default: everywhere].")
+@click.option("--guide", "guide_dir", default=None, help="Autoguidance: a run directory (or checkpoint) of a weaker model of the same data that guides --ckpt.")
+@click.option("--guide-step", type=int, default=None, help="With --guide RUN_DIR: the checkpoint of this step [default: the newest].")
+@click.option("--preset", default=None, help="Formulation whose ODE is integrated (see `edm-space presets`) [default: the model's own, with its options; or edm].")
+@click.option("--preset-option", "preset_options", multiple=True, help="Preset constant key=value for the integrated ODE, repeatable (e.g. shift=3).")
 @click.option("--solver", default=None, help="Solver name [default: the preset's own].")
+@click.option("--solver-option", "solver_options", multiple=True, help="Solver option key=value, repeatable (e.g. eta=0.5 for ddim, alpha=0.5 for heun).")
 @click.option("--steps", "num_steps", type=int, default=None, help="Number of steps N [default: the preset's own].")
-@click.option("--discretization", default=None, help="Time steps: edm, vp, ve, iddpm, ddpm, uniform-t, log-sigma, or FILE.json with {\"sigmas\": [...]} [default: the preset's own].")
+@click.option("--discretization", default=None, help="Time steps: a name (see the README) or FILE.json with {\"sigmas\": [...]} [default: the preset's own].")
 @click.option("--sigma-min", default=None, help="Lowest noise level [default: the discretization's own].")
 @click.option("--sigma-max", default=None, help="Highest noise level [default: the discretization's own].")
 @click.option("--rho", type=float, default=7.0, show_default=True, help="Exponent of the edm discretization.")
@@ -81,147 +155,237 @@ def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
 @click.option("--s-tmax", type=float, default=math.inf, show_default=True, help="Churn only where sigma <= S_tmax.")
 @click.option("--s-noise", type=float, default=1.0, show_default=True, help="Churn noise inflation S_noise.")
 @click.option("--data", "data_name", default="moons", show_default=True, help="Without --ckpt: built-in data set whose exact denoiser is sampled.")
-@click.option("--data-size", type=int, default=5000, show_default=True, help="Without --ckpt: points of the data set the exact denoiser averages over.")
+@click.option("--data-size", type=int, default=None, help="Without --ckpt: items of the data set the exact denoiser averages over [default: 5,000 for toy sets, all of an image set].")
 @click.option("--n", "num_samples", type=int, default=None, help="Number of samples, seeds seed .. seed+n-1 [default: 1000, or 64 with --ckpt].")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--seeds", default=None, help="Explicit seeds, e.g. 0-63 or 1,5,7-9 (overrides --n/--seed).")
 @click.option("--batch", "batch_size", type=int, default=500, show_default=True, help="Samples integrated at once.")
-@click.option("--eta", type=float, default=None, help="ddim / ancestral: noise strength eta.")
-@click.option("--alpha", type=float, default=None, help="heun: position of the second evaluation (1 = Heun, 0.5 = midpoint).")
-@click.option("--beta", type=float, default=None, help="euler-maruyama: Langevin strength.")
-@click.option("--beta-schedule", default=None, help="euler-maruyama: score-sde (beta * sigma'/sigma) or constant.")
-@click.option("--trajectory", is_flag=True, help="Also write every step's state and denoised estimate (STEM_trajectory.npz) and a PNG strip of the denoised estimates.")
+@click.option("--final-step", type=click.Choice(["solver", "denoise"]), default="solver", show_default=True, help="solver: the solver steps into sigma = 0; denoise: it stops at sigma_min and one denoiser call ends the run.")
+@click.option("--analytic-first-step", is_flag=True, help="Replace the first evaluation, at sigma_max, by its limit: the mean of the model's training data (or of --data), saving one NFE.")
+@click.option("--trajectory", is_flag=True, help="Also write every step's state and denoised estimate (STEM_trajectory.npz) and a PNG strip of the denoised estimates, each frame labelled with its sigma.")
 @click.option("--out", "out_path", default="samples.npz", show_default=True, help="FILE.npz (arrays samples, seeds; a PNG beside it) or FILE.png.")
-def sample_command(
-    run_dir: Optional[str],
-    ema: bool,
-    class_label: Optional[int],
-    preset: Optional[str],
-    solver: Optional[str],
-    num_steps: Optional[int],
-    discretization: Optional[str],
-    sigma_min: Optional[str],
-    sigma_max: Optional[str],
-    rho: float,
-    churn: float,
-    s_tmin: float,
-    s_tmax: float,
-    s_noise: float,
-    data_name: str,
-    data_size: int,
-    num_samples: Optional[int],
-    seed: int,
-    seeds: Optional[str],
-    batch_size: int,
-    eta: Optional[float],
-    alpha: Optional[float],
-    beta: Optional[float],
-    beta_schedule: Optional[str],
-    trajectory: bool,
-    out_path: str,
-) -> None:
+@click.option("--sampler-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True, help="dtype of the sampler's state; float32 where float64 is slow (consumer GPUs).")
+@device_option
+@precision_option
+@compile_option
+@threads_option
+def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, guidance_interval, guide_dir, guide_step, preset, preset_options, solver, solver_options, num_steps,
+                   discretization, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax, s_noise, data_name, data_size,
+                   num_samples, seed, seeds, batch_size, final_step, analytic_first_step, trajectory, out_path, sampler_dtype, device, precision,
+                   compile_network, threads) -> None:
     """Sample a trained model (--ckpt RUN_DIR) or the exact denoiser of a built-in data set.
 
     Any preset's ODE, any solver and discretization work with any model: every
     model is a denoiser in sigma. Without --ckpt the denoiser is the posterior
     mean of the data set, so the result shows the solver's error alone.
     """
-    import presets
-    import samplers
-
-    from .seeding import SeededNoise, parse_seeds
-
+    _set_threads(threads)
+    rank, world = distributed_context()
+    device = devices.resolve_device(device) if run_dir is not None else torch.device("cpu")  # exact denoisers run on the CPU
+    devices.check_precision(precision, device)
     extension = os.path.splitext(out_path)[1].lower()
     if extension not in (".npz", ".png"):
         raise ConfigError(f"--out {out_path!r} must end in .npz or .png")
+    check_writable_file(out_path, "--out")
     if batch_size < 1:
         raise ConfigError(f"--batch {batch_size} is invalid; it must be >= 1")
+    _finite(churn, "--churn", 0.0)
+    _finite(s_noise, "--s-noise", 0.0)
+    for name, value in (("--s-tmin", s_tmin), ("--s-tmax", s_tmax), ("--rho", rho)):
+        if math.isnan(value):
+            raise ConfigError(f"{name} {value!r} is invalid; it must be a number")
     if seeds is not None:
-        seed_list = parse_seeds(seeds)
+        seed_list = parse_seeds(seeds, most=MAX_SAMPLES)
     else:
         num_samples = (64 if run_dir else 1000) if num_samples is None else num_samples
-        if num_samples < 1 or seed < 0:
-            raise ConfigError(f"--n {num_samples} and --seed {seed} are invalid; need n >= 1 and seed >= 0")
+        if not 1 <= num_samples <= MAX_SAMPLES or seed < 0:
+            raise ConfigError(f"--n {num_samples} and --seed {seed} are invalid; need 1 <= n <= {MAX_SAMPLES:,} and seed >= 0")
         seed_list = list(range(seed, seed + num_samples))
+    interval = _parse_interval(guidance_interval)
+    if guidance_weight is not None:
+        _finite(guidance_weight, "--guidance")
+    elif interval is not None or guide_dir is not None:
+        raise ConfigError("--guidance-interval and --guide need --guidance W")
+    extra_preset_options = _parse_options(preset_options, "--preset-option")
 
-    labels_for = None
+    num_classes, guide, source = 0, None, ""
     if run_dir is not None:
-        from .training import load_trained
-
-        denoiser, config, item_shape, num_classes, step = load_trained(run_dir, ema=ema)
-        preset = preset or config.preset
+        denoiser, config, item_shape, num_classes, step = load_trained(run_dir, ema=ema, step=checkpoint_step, device=str(device))
+        denoiser.network = devices.compiled(denoiser.network, compile_network)
+        denoiser.precision = precision
         source, reference = f"{run_dir} (step {step}, {'EMA' if ema else 'raw'} weights)", None
-        if num_classes:
-            if class_label is not None and not 0 <= class_label < num_classes:
-                raise ConfigError(f"--class {class_label} is invalid; the model knows classes 0..{num_classes - 1}")
-            labels_for = lambda chunk: torch.nn.functional.one_hot(  # noqa: E731
-                torch.tensor([class_label if class_label is not None else s % num_classes for s in chunk]), num_classes
-            ).float()
-    preset = preset or "edm"
-    f = presets.get(preset)
+        if preset is None or preset == config.preset:
+            # The model's own formulation, with the constants it was trained with.
+            preset = config.preset
+            own = build_formulation(config)
+            f = presets.get(preset, **{**config.preset_options, **_own_sigma_data(config), **extra_preset_options}) if extra_preset_options else own
+        else:
+            f = presets.get(preset, **extra_preset_options)
+        if guidance_weight is not None and guide_dir is None and config.conditional and not config.label_dropout:
+            raise ConfigError(f"--guidance without --guide needs the null label, which the model in {run_dir!r} never learned (trained with --label-dropout 0); give --guide RUN_DIR")
+        if guide_dir is not None:
+            guide, guide_config, guide_shape, guide_classes, guide_at = load_trained(guide_dir, ema=ema, step=guide_step, device=str(device))
+            guide.precision = precision
+            if guide_shape != item_shape or guide_classes != num_classes:
+                raise ConfigError(f"--guide {guide_dir!r} models items {list(guide_shape)} with {guide_classes} classes; --ckpt has {list(item_shape)} with {num_classes}")
+            source += f", guided by {guide_dir} (step {guide_at})"
+    else:
+        preset = preset or "edm"
+        f = presets.get(preset, **extra_preset_options)
+        if guide_dir is not None:
+            raise ConfigError("--guide needs --ckpt: autoguidance guides one trained model by another")
+    if run_dir is not None and class_label is not None and not num_classes:
+        raise ConfigError(f"--class {class_label}: the model in {run_dir!r} is not class-conditional (train it with --conditional)")
     solver = solver or f.default_solver
-    samplers.get(solver)
+    entry = samplers.get(solver)
+    options = _parse_options(solver_options, "--solver-option")
+    entry.check_options(options)
     num_steps = f.default_steps if num_steps is None else num_steps
     lo, hi = _float_or_none(sigma_min, "--sigma-min"), _float_or_none(sigma_max, "--sigma-max")
     # Validate the whole configuration before any work: the time steps carry every range check.
     num_steps = len(samplers.time_steps(f, num_steps, discretization, lo, hi, rho=rho)) - 1  # explicit levels set N
     if run_dir is None:
-        from . import data
-        from .ideal import IdealDenoiser
+        size = data_size if data_size is not None else (TOY_REFERENCE_SIZE if data_name in data.TOY_SETS else None)
+        reference, reference_labels = data.load(data_name, n=size, seed=seed, with_labels=True)
+        conditional = class_label is not None or guidance_weight is not None
+        if conditional and reference_labels is None:
+            raise ConfigError(f"--class and --guidance need class labels; data set {data_name!r} has none (try --data branches or digits)")
+        if conditional:
+            num_classes = int(reference_labels.max()) + 1
+            denoiser = IdealDenoiser(reference.to(torch.float64), labels=reference_labels, num_classes=num_classes)
+        else:
+            denoiser = IdealDenoiser(reference.to(torch.float64))
+        item_shape = tuple(reference.shape[1:])
+        source = f"the exact {'class-conditional ' if conditional else ''}denoiser of {data_name}"
+    if class_label is not None and not 0 <= class_label < max(num_classes, 1):
+        raise ConfigError(f"--class {class_label} is invalid; the model knows classes 0..{num_classes - 1}")
+    data_mean = None
+    if analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
+        training_data = reference if run_dir is None else data.load(config.data, n=config.data_size, seed=config.seed)
+        data_mean = training_data.to(torch.float64).mean(dim=0)
+    result_bytes = len(seed_list) * math.prod(item_shape) * 8
+    if result_bytes > MAX_RESULT_BYTES:
+        raise ConfigError(f"{len(seed_list):,} samples of shape {list(item_shape)} need {result_bytes / 2**30:.1f} GiB; at most {MAX_RESULT_BYTES / 2**30:.0f} GiB: sample fewer per command")
 
-        reference = data.load(data_name, n=data_size, seed=seed)
-        denoiser, item_shape = IdealDenoiser(reference.to(torch.float64)), tuple(reference.shape[1:])
-        source = f"the exact denoiser of {data_name}"
-
-    options = {key: value for key, value in (("eta", eta), ("alpha", alpha), ("beta", beta), ("beta_schedule", beta_schedule)) if value is not None}
     recorder = TrajectoryRecorder() if trajectory else None
-    chunks = [seed_list[i : i + batch_size] for i in range(0, len(seed_list), batch_size)]
-    results, nfe = [], 0
+    guided: List[GuidedDenoiser] = []
+    # Under torchrun each process takes a contiguous share of the seeds; per-seed noise makes the result
+    # independent of the split, and rank 0 gathers and writes it.
+    share = len(seed_list) // world + 1 if len(seed_list) % world else len(seed_list) // world
+    mine = seed_list[rank * share : (rank + 1) * share]
+    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    results, nfe = [torch.zeros((0, *item_shape), dtype=torch.float64)], 0
+    state_dtype = torch.float64 if sampler_dtype == "float64" else torch.float32
     for number, chunk in enumerate(chunks):
         noise = SeededNoise(chunk)
-        latents = noise.randn([len(chunk), *item_shape], dtype=torch.float64)
+        latents = noise.randn([len(chunk), *item_shape], dtype=torch.float64).to(device)
         model = denoiser
-        if labels_for is not None:
-            chunk_labels = labels_for(chunk)
-            model = lambda x_hat, sigma, d=denoiser, y=chunk_labels: d(x_hat, sigma, y)  # noqa: E731
+        if num_classes:
+            chunk_labels = torch.nn.functional.one_hot(
+                torch.tensor([class_label if class_label is not None else s % num_classes for s in chunk]), num_classes
+            ).to(device=device, dtype=torch.float64)
+            if guidance_weight is not None:
+                model = GuidedDenoiser(denoiser, guidance_weight, labels=chunk_labels, guide=guide, interval=interval)
+                guided.append(model)
+            else:
+                model = lambda x_hat, sigma, d=denoiser, y=chunk_labels: d(x_hat, sigma, y)  # noqa: E731
+        elif guide is not None:
+            model = GuidedDenoiser(denoiser, guidance_weight, guide=guide, interval=interval)
+            guided.append(model)
         info: dict = {}
         with torch.no_grad():
             x = samplers.sample(
                 model, latents, formulation=f, solver=solver, num_steps=num_steps, discretization=discretization,
                 sigma_min=lo, sigma_max=hi, churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
-                randn_like=noise.randn_like, rho=rho, info=info, progress=True,
-                callback=recorder if number == 0 else None, **options,
+                randn_like=noise.randn_like, rho=rho, info=info, progress=True, final_step=final_step,
+                analytic_first_step=analytic_first_step, data_mean=data_mean, state_dtype=state_dtype,
+                callback=recorder if number == 0 and rank == 0 else None, **options,
             )
-        results.append(x)
+        results.append(x.to("cpu", torch.float64))
         nfe = info["nfe"]
     samples = torch.cat(results).numpy()
+    if world > 1:
+        parts: List[np.ndarray] = [None] * world  # type: ignore[list-item]
+        dist.all_gather_object(parts, samples)
+        guided_cost = [(sum(g.forward_passes for g in guided), sum(g.rows for g in guided))]
+        all_costs: list = [None] * world
+        dist.all_gather_object(all_costs, guided_cost)
+        if rank != 0:
+            return
+        samples = np.concatenate(parts)
     if not np.isfinite(samples).all():
         raise ConfigError(f"sampling produced non-finite values ({preset}, {solver}, {num_steps} steps); try more steps")
-    written = _write_samples(out_path, samples, seed_list, reference)
-    if recorder is not None:
-        written += recorder.save(os.path.splitext(out_path)[0] + "_trajectory")
-    click.echo(f"{len(seed_list)} samples of {source} with {preset} + {solver}, {num_steps} steps, {nfe} denoiser evaluations -> {', '.join(written)}")
+    try:
+        with StagedOutputs() as stage:
+            written = _write_samples(stage, out_path, samples, seed_list, reference)
+            if recorder is not None:
+                written += _write_trajectory(stage, os.path.splitext(out_path)[0] + "_trajectory", recorder)
+    except OSError as error:
+        raise disk_error(error, f"--out {out_path!r}") from None
+    cost = f"{nfe} denoiser evaluations"
+    if guided:
+        passes, rows = sum(g.forward_passes for g in guided), sum(g.rows for g in guided)
+        if world > 1:
+            passes, rows = (sum(c[0][i] for c in all_costs) for i in (0, 1))
+        cost += f" of the guided denoiser (w = {guidance_weight:g}, {guided[0].kind}): {passes} network forward passes of {rows} rows in all"
+    processes = f" over {world} processes" if world > 1 else ""
+    click.echo(f"{len(seed_list)} samples of {source} with {f.name} + {solver}, {num_steps} steps, {cost}{processes} -> {', '.join(written)}")
 
 
-def _write_samples(out_path: str, samples: np.ndarray, seeds: List[int], reference) -> List[str]:
+def _parse_interval(text: Optional[str]):
+    """--guidance-interval LO,HI as a pair of floats with 0 <= LO < HI."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--guidance-interval {text!r} must be SIGMA_LO,SIGMA_HI, e.g. 0.28,5.4") from None
+    if not (0 <= lo < hi) or math.isnan(hi):
+        raise ConfigError(f"--guidance-interval {text!r} is invalid; it needs 0 <= SIGMA_LO < SIGMA_HI")
+    return lo, hi
+
+
+TOY_REFERENCE_SIZE = 5000  # points the exact denoiser of a toy set averages over by default
+MAX_RESULT_BYTES = 16 * 2**30
+
+
+def _own_sigma_data(config) -> dict:
+    """The data's sigma_data for a preset that takes one, as training used it."""
+    if config.sigma_data is not None and "sigma_data" in presets.parameters(config.preset) and "sigma_data" not in config.preset_options:
+        return {"sigma_data": config.sigma_data}
+    return {}
+
+
+def _write_samples(stage: StagedOutputs, out_path: str, samples: np.ndarray, seeds: List[int], reference) -> List[str]:
     """samples.npz (+ a PNG beside it) or a PNG alone: a scatter for 2-D points, a grid for images."""
-    from .files import save_npz_atomic
-    from .plotting import image_grid_png, scatter_panels_png
-
     extension = os.path.splitext(out_path)[1].lower()
     png_path = out_path if extension == ".png" else os.path.splitext(out_path)[0] + ".png"
     written = []
     if extension == ".npz":
-        save_npz_atomic(out_path, {"samples": samples, "seeds": np.asarray(seeds, dtype=np.int64)})
+        save_npz_atomic(stage.path(out_path), {"samples": samples, "seeds": np.asarray(seeds, dtype=np.int64)})
         written.append(out_path)
     if samples.ndim == 2 and samples.shape[1] == 2:
-        scatter_panels_png(png_path, [reference.numpy(), samples] if reference is not None else [samples])
+        panels, labels = ([reference.numpy(), samples], ["data", "samples"]) if reference is not None else ([samples], ["samples"])
+        scatter_panels_png(stage.path(png_path), panels, labels=labels)
         written.append(png_path)
     elif samples.ndim == 4 and samples.shape[1] in (1, 3):
-        image_grid_png(png_path, np.clip(samples, -1, 1))
+        image_grid_png(stage.path(png_path), np.clip(samples, -1, 1), caption=f"{len(samples)} samples")
         written.append(png_path)
     elif extension == ".png":
         raise ConfigError(f"samples of shape {list(samples.shape[1:])} have no picture; write --out FILE.npz")
+    return written
+
+
+def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecorder) -> List[str]:
+    """STEM.npz (t, sigma, x, denoised stacked over steps) and, for points or images, STEM.png."""
+    arrays = recorder.arrays()
+    save_npz_atomic(stage.path(stem + ".npz"), arrays)
+    written = [stem + ".npz"]
+    denoised = arrays["denoised"]
+    if (denoised.ndim == 3 and denoised.shape[2] == 2) or (denoised.ndim == 5 and denoised.shape[2] in (1, 3)):
+        trajectory_png(stage.path(stem + ".png"), arrays["sigma"], np.clip(denoised, -1, 1) if denoised.ndim == 5 else denoised)
+        written.append(stem + ".png")
     return written
 
 
@@ -229,80 +393,127 @@ def _write_samples(out_path: str, samples: np.ndarray, seeds: List[int], referen
 # train
 
 
-def _parse_options(pairs: List[str], what: str) -> dict:
-    """key=value pairs (values parsed as JSON when possible: 64, 0.1, [1,2], true) into a dict."""
-    options = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"{what} {pair!r} must look like key=value")
-        key, value = pair.split("=", 1)
-        try:
-            options[key.strip().replace("-", "_")] = json.loads(value)
-        except ValueError:
-            options[key.strip().replace("-", "_")] = value
-    return options
-
-
 @cli.command("train")
 @click.option("--preset", default="edm", show_default=True, help="Formulation to train under (see `edm-space presets`).")
-@click.option("--data", "data_name", default="moons", show_default=True, help="Built-in data set (moons, 8gaussians, checkerboard, swissroll, digits, mnist), FILE.npy/.npz or a PNG folder.")
+@click.option("--data", "data_name", default="moons", show_default=True, help="Built-in data set (moons, 8gaussians, checkerboard, swissroll, digits, mnist), FILE.npy/.npz (arrays x and labels or y) or a PNG folder.")
 @click.option("--data-size", type=int, default=None, help="Use a seeded subset of this many items [default: all / 10,000 for toy sets].")
-@click.option("--net", default=None, help="Network: mlp or unet [default: mlp for vectors, unet for images].")
+@click.option("--net", default=None, help="Network: mlp, unet, or your own package.module:Class [default: mlp for vectors, unet for images].")
 @click.option("--net-option", "net_options", multiple=True, help="Network argument key=value, repeatable (e.g. width=256, channels=32, channel_mult=[1,2]).")
 @click.option("--preset-option", "preset_options", multiple=True, help="Preset constant key=value, repeatable (e.g. sigma_data=0.5, shift=3).")
 @click.option("--steps", type=int, default=2000, show_default=True, help="Optimizer steps.")
-@click.option("--batch", type=int, default=256, show_default=True, help="Global batch size (split across processes under torchrun).")
+@click.option("--batch", type=int, default=None, help="Global batch size (split across processes under torchrun) [default: 256 for vectors, 64 for images].")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam learning rate after warm-up.")
 @click.option("--warmup", "warmup_images", type=int, default=20_000, show_default=True, help="Learning-rate warm-up, in images.")
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient-norm clipping.")
 @click.option("--ema-halflife", "ema_halflife_images", type=float, default=50_000, show_default=True, help="EMA half-life in images.")
 @click.option("--conditional", is_flag=True, help="Condition on the data set's class labels.")
+@click.option("--label-dropout", type=float, default=0.1, show_default=True, help="With --conditional: fraction of training rows given the null label, so that one network also learns the unconditional model (classifier-free guidance).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, data order and noise.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Steps between checkpoints.")
+@click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Checkpoints kept (older ones are deleted).")
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log.jsonl entries.")
 @click.option("--out", "out_dir", required=True, help="Run directory (config.json, checkpoints/, log.jsonl); an existing one is resumed.")
+@device_option
+@precision_option
+@compile_option
+@threads_option
 def train_command(preset, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
-                  ema_halflife_images, conditional, seed, checkpoint_every, log_every, out_dir) -> None:
+                  ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, device, precision,
+                  compile_network, threads) -> None:
     """Train a network under a preset's loss; resumes the run in --out if it exists.
 
-    Runs unchanged under `torchrun --nproc_per_node=K`: the result does not depend on K.
+    Runs unchanged under `torchrun --nproc_per_node=K`: the result depends on K only through
+    floating-point reduction order.
     """
-    import presets
-
-    from .training import TrainConfig, train
-
+    _set_threads(threads)
     given = dict(
-        preset=preset, data=data_name, net=net, net_options=_parse_options(list(net_options), "--net-option"),
-        preset_options=_parse_options(list(preset_options), "--preset-option"), data_size=data_size, steps=steps, batch=batch,
+        preset=preset, data=data_name, net=net, net_options=_parse_options(net_options, "--net-option"),
+        preset_options=_parse_options(preset_options, "--preset-option"), data_size=data_size, steps=steps, batch=batch,
         lr=lr, warmup_images=warmup_images, grad_clip=grad_clip, ema_halflife_images=ema_halflife_images, conditional=conditional,
-        seed=seed, checkpoint_every=checkpoint_every, log_every=log_every,
+        label_dropout=label_dropout, seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
     )
-    if os.path.isfile(os.path.join(out_dir, "config.json")):
-        # Resuming: what the command line does not say comes from the run's own config.
-        from .training import read_run_config
-
-        context = click.get_current_context()
-        sources = {"data": "data_name"}
-        stored = read_run_config(out_dir).to_json()
-        for key in given:
-            source = context.get_parameter_source(sources.get(key, key))
-            if source is not None and source.name != "COMMANDLINE":
-                given[key] = stored[key]
-        preset = given["preset"]
-    presets.get(given["preset"], **given["preset_options"])  # validate early
-    if given["net"] is None:
-        from .data import load
-
-        given["net"] = "unet" if load(given["data"], n=1).ndim == 4 else "mlp"
-    config = TrainConfig(out=out_dir, **given)
-    summary = train(config)
-    import torch.distributed as dist
-
+    context = click.get_current_context()
+    sources = {"data": "data_name"}
+    explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
+    config = resolve_config(out_dir, given, explicit)
+    if config.net is None or config.batch is None:
+        images = data.load(config.data, n=1).ndim == 4
+        config = dataclasses.replace(
+            config,
+            net=("unet" if images else "mlp") if config.net is None else config.net,
+            batch=(64 if images else 256) if config.batch is None else config.batch,
+        )
+    summary = train(config, echo=click.echo, device=device, precision=precision, compile=compile_network)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         click.echo(
             f"trained {config.preset} on {config.data} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
             f"checkpoint {summary['checkpoint']}. Sample it: edm-space sample --ckpt {out_dir} --out samples.png"
         )
+
+
+@cli.command("optimize-steps")
+@click.option("--ckpt", "run_dir", default=None, help="A training run directory or checkpoint file [default: the exact denoiser of --data].")
+@click.option("--step", "checkpoint_step", type=int, default=None, help="With --ckpt RUN_DIR: the checkpoint of this step [default: the newest].")
+@click.option("--data", "data_name", default="moons", show_default=True, help="Without --ckpt: built-in data set whose exact denoiser is the target.")
+@click.option("--data-size", type=int, default=None, help="Without --ckpt: items the exact denoiser averages over [default: 5,000 for toy sets, all of an image set].")
+@click.option("--preset", default=None, help="Formulation whose ODE the solver integrates [default: the model's own, or edm].")
+@click.option("--solver", required=True, help="A deterministic solver (see the README's solver table).")
+@click.option("--nfe", type=int, required=True, help="Denoiser evaluations per sample to fit the steps for.")
+@click.option("--sigma-min", type=float, default=0.002, show_default=True, help="Lowest level of the starting (EDM rho) steps.")
+@click.option("--sigma-max", type=float, default=80.0, show_default=True, help="The first level, kept fixed.")
+@click.option("--calibration", type=int, default=64, show_default=True, help="Latents the steps are fitted on (seeds seed ..).")
+@click.option("--held-out", type=int, default=256, show_default=True, help="Other latents the fitted steps are scored on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed of the calibration latents.")
+@click.option("--max-evaluations", type=int, default=1000, show_default=True, help="Sampling runs the fit may use.")
+@click.option("--out", "out_path", required=True, help="FILE.json for --discretization FILE.json.")
+@threads_option
+def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, preset, solver, nfe, sigma_min, sigma_max, calibration,
+                           held_out, seed, max_evaluations, out_path, threads) -> None:
+    """Fit the time steps of a solver and NFE budget to a trained model (or an exact target).
+
+    The steps minimize the error against the model's own probability-flow ODE solved to high
+    accuracy (scipy DOP853) on calibration latents; the error before and after is reported on
+    held-out latents, which the fit never sees. Use the result with --discretization FILE.json.
+    """
+    _set_threads(threads)
+    if not out_path.endswith(".json"):
+        raise ConfigError(f"--out {out_path!r} must end in .json")
+    check_writable_file(out_path, "--out")
+    for name, value in (("--calibration", calibration), ("--held-out", held_out)):
+        if not 1 <= value <= 100_000:
+            raise ConfigError(f"{name} {value} is invalid; it must be between 1 and 100,000")
+    if run_dir is not None:
+        denoiser, config, item_shape, _, step = load_trained(run_dir, step=checkpoint_step)
+        if config.conditional:
+            raise ConfigError("--ckpt is class-conditional; optimize-steps fits unconditional models for now")
+        f = presets.get(preset) if preset else denoiser.formulation
+        source = f"{run_dir} (step {step})"
+    else:
+        size = data_size if data_size is not None else (TOY_REFERENCE_SIZE if data_name in data.TOY_SETS else None)
+        points = data.load(data_name, n=size, seed=seed)
+        denoiser, item_shape = IdealDenoiser(points.to(torch.float64)), tuple(points.shape[1:])
+        f = presets.get(preset or "edm")
+        source = f"the exact denoiser of {data_name}"
+    if not sigma_max <= f.support[1]:
+        raise ConfigError(f"--sigma-max {sigma_max:g} is beyond what the {f.name} preset supports (<= {f.support[1]:g})")
+    seeds = list(range(seed, seed + calibration + held_out))
+    latents = SeededNoise(seeds).randn([len(seeds), *item_shape], dtype=torch.float64)
+    sigma_end = min(1e-4, sigma_min / 10)
+
+    def finish(x_hat, sigma):  # the last step of a sampler into sigma = 0 is a denoiser call
+        return denoiser(x_hat, torch.full((len(x_hat),), sigma, dtype=torch.float64))
+
+    click.echo(f"solving the probability-flow ODE of {source} for {len(seeds)} latents (DOP853, rtol 1e-8) ...", err=True)
+    with torch.no_grad():
+        reference = solve_reference(denoiser, latents, sigma_0=sigma_max, sigma_end=sigma_end, rtol=1e-8, finish=finish).x
+        fit = optimize_steps(denoiser, f, solver, nfe, latents[:calibration], reference[:calibration], sigma_min=sigma_min,
+                             sigma_max=sigma_max, max_evaluations=max_evaluations, log=lambda line: click.echo(line, err=True))
+        before = endpoint_error(denoiser, latents[calibration:], reference[calibration:], f, solver, fit.initial_sigmas)
+        after = endpoint_error(denoiser, latents[calibration:], reference[calibration:], f, solver, fit.sigmas)
+    save_levels(out_path, fit.sigmas, solver=solver, nfe=fit.nfe, formulation=f.name, source=source,
+                held_out_error_before=before, held_out_error_after=after)
+    click.echo(f"{solver} at {fit.nfe} NFE on {f.name}: held-out RMS error {before:.3g} with EDM's rho = 7 steps -> "
+               f"{after:.3g} with the fitted steps ({len(seeds) - calibration} latents); wrote {out_path}")
 
 
 @cli.command("demo")
@@ -317,65 +528,9 @@ def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, see
     Prints a table of sliced W2 to fresh data against NFE and writes demo.png
     (samples side by side, and the metric against NFE). A finished run is reused.
     """
-    from .demo import format_results, run_demo
-
     results = run_demo(out_dir, data=data_name, steps=steps, num_samples=num_samples, seed=seed, echo=click.echo)
     click.echo(format_results(results))
     click.echo(f"wrote {out_dir}/demo.png, {out_dir}/results.md and results.json in {results['seconds']:.0f} s")
-
-
-# ---------------------------------------------------------------------------
-# trajectories
-
-
-class TrajectoryRecorder:
-    """A sampler callback that keeps every step's (t, sigma, x, denoised)."""
-
-    def __init__(self) -> None:
-        self.t: List[float] = []
-        self.sigma: List[float] = []
-        self.x: List[np.ndarray] = []
-        self.denoised: List[np.ndarray] = []
-
-    def __call__(self, step: int, t, sigma, x, denoised) -> None:
-        self.t.append(float(t))
-        self.sigma.append(float(sigma))
-        self.x.append(x.detach().cpu().numpy().copy())
-        self.denoised.append(denoised.detach().cpu().numpy().copy())
-
-    def save(self, stem: str, panels: int = 6) -> List[str]:
-        """Write STEM.npz (t, sigma, x, denoised stacked over steps) and, for 2-D data, STEM.png."""
-        from .files import save_npz_atomic
-        from .plotting import scatter_panels_png
-
-        arrays = {"t": np.asarray(self.t), "sigma": np.asarray(self.sigma), "x": np.stack(self.x), "denoised": np.stack(self.denoised)}
-        save_npz_atomic(stem + ".npz", arrays)
-        written = [stem + ".npz"]
-        if arrays["denoised"].ndim == 3 and arrays["denoised"].shape[2] == 2:
-            picks = np.unique(np.linspace(0, len(self.t) - 1, min(panels, len(self.t))).round().astype(int))
-            scatter_panels_png(stem + ".png", [arrays["denoised"][i] for i in picks], extent=None)
-            written.append(stem + ".png")
-        return written
-
-
-# ---------------------------------------------------------------------------
-# bench
-
-
-@cli.group("bench")
-def bench_group() -> None:
-    """Benchmarks on exact denoisers: `edm-space bench solvers` compares every solver with the exact ODE solution."""
-
-
-def _add_bench_commands() -> None:
-    from .bench import solvers_command
-    from .bench_formulations import formulations_command
-
-    bench_group.add_command(solvers_command)
-    bench_group.add_command(formulations_command)
-
-
-_add_bench_commands()
 
 
 # ---------------------------------------------------------------------------
@@ -405,6 +560,25 @@ def main(argv: Optional[List[str]] = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as error:  # a full disk or closed output stream, where no ConfigError named the file
+        if os.environ.get("EDM_SPACE_DEBUG"):
+            raise
+        _silence_stdout()
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        click.echo(f"error: {_one_line(reason)}{f' ({error.filename})' if error.filename else ''}", err=True)
+        sys.exit(1)
+    except MemoryError:
+        click.echo("error: out of memory; use a smaller --batch, --n or network", err=True)
+        sys.exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of a broken stream prints nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _one_line(text: str) -> str:

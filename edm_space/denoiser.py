@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .parameterization import F64, Formulation, _expand
+from .devices import autocast
+from .parameterization import F64, Formulation, expand_per_item
 
 
 class Denoiser(nn.Module):
@@ -18,19 +19,24 @@ class Denoiser(nn.Module):
     comes back in x_hat's dtype. The same trained Denoiser feeds every sampler.
     """
 
-    def __init__(self, network: nn.Module, formulation: Formulation, labels: Optional[torch.Tensor] = None):
+    def __init__(self, network: nn.Module, formulation: Formulation, labels: Optional[torch.Tensor] = None,
+                 precision: str = "fp32"):
         super().__init__()
         self.network = network
         self.formulation = formulation
         self.labels = labels
+        self.precision = precision  # autocast precision of the network's forward (edm_space.devices)
 
     def forward(self, x_hat: torch.Tensor, sigma, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=F64, device=x_hat.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x_hat.shape[0])
         c_skip, c_out, c_in, c_noise = self.formulation.precond(sigma)
-        dtype = next(self.network.parameters()).dtype
+        parameter = next(self.network.parameters(), None)  # a network without weights runs in x_hat's dtype
+        dtype = x_hat.dtype if parameter is None else parameter.dtype
         labels = self.labels if labels is None else labels
-        x_in = (_expand(c_in.to(x_hat.dtype), x_hat) * x_hat).to(dtype)
-        output = self.network(x_in, c_noise.to(dtype), labels).to(x_hat.dtype)
-        return _expand(c_skip.to(x_hat.dtype), x_hat) * x_hat + _expand(c_out.to(x_hat.dtype), x_hat) * output
+        x_in = (expand_per_item(c_in.to(x_hat.dtype), x_hat) * x_hat).to(dtype)
+        with autocast(x_hat.device, self.precision):
+            output = self.network(x_in, c_noise.to(dtype), labels)
+        output = output.to(x_hat.dtype)
+        return expand_per_item(c_skip.to(x_hat.dtype), x_hat) * x_hat + expand_per_item(c_out.to(x_hat.dtype), x_hat) * output

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
-from typing import Dict
+import uuid
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
+
+from .errors import ConfigError
 
 
 def _umask() -> int:
@@ -41,3 +45,78 @@ def save_npz_atomic(path: "str | os.PathLike[str]", arrays: Dict[str, np.ndarray
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write_atomic(path, buffer.getvalue())
+
+
+class StagedOutputs:
+    """Several output files that replace their targets together, or not at all.
+
+        with StagedOutputs() as stage:
+            save_npz_atomic(stage.path("out.npz"), arrays)
+            write_picture(stage.path("out.png"))
+        # only now do out.npz and out.png change
+
+    Each writer writes to a temporary name beside its target; when the block ends without an
+    error every temporary is renamed over its target, else all of them are removed.
+    """
+
+    def __init__(self) -> None:
+        self.staged: List[Tuple[str, str]] = []
+
+    def path(self, target: "str | os.PathLike[str]") -> str:
+        """The temporary path to write instead of `target`."""
+        target = os.fspath(target)
+        if os.path.isdir(target):  # refused now, before any target has been replaced
+            raise ConfigError(f"cannot write {target!r}: it is a directory")
+        directory, name = os.path.split(os.path.abspath(target))
+        temporary = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:12]}-{name}")
+        self.staged.append((temporary, target))
+        return temporary
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            try:
+                for temporary, target in self.staged:
+                    os.replace(temporary, target)
+                return
+            except BaseException:
+                self._discard()
+                raise
+        self._discard()
+
+    def _discard(self) -> None:
+        for temporary, _ in self.staged:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+
+
+def check_writable_file(path: "str | os.PathLike[str]", option: str) -> None:
+    """A one-line ConfigError, before any work, when `path` cannot be written as a file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{option} {path!r} is a directory; give a file name")
+    if not os.path.exists(directory):
+        raise ConfigError(f"{option} {path!r}: the directory {directory!r} does not exist")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{option} {path!r}: {directory!r} is a file, not a directory")
+    if not os.access(directory, os.W_OK):
+        raise ConfigError(f"{option} {path!r}: the directory {directory!r} is not writable")
+
+
+def read_json(path: str, what: str) -> Dict[str, Any]:
+    """A JSON object from `path`, or a one-line ConfigError saying why not."""
+    try:
+        with open(path) as file:
+            payload = json.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path!r} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {what} {path!r}: {' '.join(str(error).split())[:160]}") from None
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{what} {path!r} does not hold a JSON object")
+    return payload

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .parameterization import F64, Formulation, _expand
+from .parameterization import F64, Formulation, expand_per_item
 
 Tensor = torch.Tensor
 
@@ -109,17 +109,17 @@ def bootstrap(metric: Callable, x, y, num_resamples: int = 20, seed: int = 0) ->
 def _divergence_exact(fn: Callable[[Tensor], Tensor], x: Tensor, step: float = 1e-5) -> Tuple[Tensor, Tensor]:
     """(fn(x), trace of its Jacobian per example): one backward pass per dimension, or central
     differences of step `step` when fn is not differentiable by autograd."""
-    with torch.enable_grad():
+    with torch.enable_grad():  # also inside a caller's torch.no_grad()
         x = x.detach().requires_grad_(True)
         out = fn(x)
-    flat_out = out.reshape(len(x), -1)
-    dim = flat_out.shape[1]
-    trace = torch.zeros(len(x), dtype=out.dtype)
-    if out.requires_grad:
-        for i in range(dim):
-            (grad,) = torch.autograd.grad(flat_out[:, i].sum(), x, retain_graph=i < dim - 1)
-            trace = trace + grad.reshape(len(x), -1)[:, i]
-        return out.detach(), trace.detach()
+        flat_out = out.reshape(len(x), -1)
+        dim = flat_out.shape[1]
+        trace = torch.zeros(len(x), dtype=out.dtype)
+        if out.requires_grad:
+            for i in range(dim):
+                (grad,) = torch.autograd.grad(flat_out[:, i].sum(), x, retain_graph=i < dim - 1)
+                trace = trace + grad.reshape(len(x), -1)[:, i]
+            return out.detach(), trace.detach()
     base = x.detach().reshape(len(x), -1)
     for i in range(dim):
         bump = torch.zeros_like(base)
@@ -254,7 +254,7 @@ def loss_floor(
             size = min(batch, num_draws - done)
             x0 = data[torch.randint(len(data), (size,), generator=generator)]
             sigma = torch.exp(math.log(lo) + torch.rand(size, dtype=F64, generator=generator) * (math.log(hi) - math.log(lo)))
-            noisy = x0 + _expand(sigma, x0) * torch.randn(x0.shape, dtype=F64, generator=generator)
+            noisy = x0 + expand_per_item(sigma, x0) * torch.randn(x0.shape, dtype=F64, generator=generator)
             weight = formulation.loss_weight(sigma)
             with torch.no_grad():
                 model_out = denoiser(noisy, sigma).to(F64)

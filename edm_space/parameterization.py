@@ -516,7 +516,7 @@ def prediction_to_denoised(kind: str, prediction: Tensor, x_hat: Tensor, sigma: 
     velocity: u = eps - x_0 (flow, t = 1 is noise) => D = (x_hat - sigma u) / (1 + sigma)
     score:    grad log p(x_hat; sigma) = (D - x_hat) / sigma^2 (Tweedie) => D = x_hat + sigma^2 score
     """
-    sigma = _expand(sigma, x_hat)
+    sigma = expand_per_item(sigma, x_hat)
     if kind == "x0":
         return prediction
     if kind == "eps":
@@ -532,7 +532,7 @@ def prediction_to_denoised(kind: str, prediction: Tensor, x_hat: Tensor, sigma: 
 
 def denoised_to_prediction(kind: str, denoised: Tensor, x_hat: Tensor, sigma: Tensor) -> Tensor:
     """The inverse of `prediction_to_denoised`: the prediction of the given kind that D stands for."""
-    sigma = _expand(sigma, x_hat)
+    sigma = expand_per_item(sigma, x_hat)
     if kind == "x0":
         return denoised
     eps = (x_hat - denoised) / sigma
@@ -553,7 +553,7 @@ def _unknown_kind(kind: str) -> ValueError:
     return unknown("prediction kind", kind, PREDICTION_KINDS)
 
 
-def _expand(sigma: TensorLike, like: Tensor) -> Tensor:
+def expand_per_item(sigma: TensorLike, like: Tensor) -> Tensor:
     """sigma (scalar or per example [batch]) shaped to broadcast against `like` [batch, ...]."""
     sigma = torch.as_tensor(sigma, dtype=like.dtype if like.is_floating_point() else F64)
     if sigma.ndim == 1:
@@ -617,8 +617,7 @@ class Formulation:
         sigma = as_f64(sigma)
         if self.levels is None:
             return sigma
-        index = (sigma.reshape(-1, 1) - self.levels.reshape(1, -1)).abs().argmin(dim=1)
-        return self.levels[index].reshape(sigma.shape)
+        return self.levels[NearestLevelIndex(self.levels).index(sigma)]
 
     # -- network side -----------------------------------------------------
     def precond(self, sigma: TensorLike) -> Coefficients:
@@ -636,20 +635,22 @@ class Formulation:
     def training_target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
         """The effective target of F: (x_0 - c_skip x_hat) / c_out with x_hat = x_0 + sigma n (EDM eq. 8)."""
         c_skip, c_out, _, _ = self.precond(sigma)
-        x_hat = x0 + _expand(sigma, x0) * noise
-        return (x0 - _expand(c_skip, x0) * x_hat) / _expand(c_out, x0)
+        x_hat = x0 + expand_per_item(sigma, x0) * noise
+        return (x0 - expand_per_item(c_skip, x0) * x_hat) / expand_per_item(c_out, x0)
 
     def loss(
         self,
-        network: Callable[[Tensor, Tensor], Tensor],
+        network: Callable[..., Tensor],
         x0: Tensor,
         sigma: Optional[Tensor] = None,
         noise: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        labels: Optional[Tensor] = None,
     ) -> Tensor:
-        """Per-example loss lambda c_out^2 |F(c_in x_hat, c_noise) - target|^2, averaged over the item (EDM eq. 8).
+        """Per-example loss lambda c_out^2 |F(c_in x_hat, c_noise, labels) - target|^2, averaged over the item (EDM eq. 8).
 
-        `network` is the raw F; sigma ~ p_train and n ~ N(0, I) are drawn when not given.
+        `network` is the raw F with the one network contract F(x, c_noise, labels) (labels None: unconditional);
+        sigma ~ p_train and n ~ N(0, I) are drawn when not given.
         """
         batch = x0.shape[0]
         if sigma is None:
@@ -657,10 +658,10 @@ class Formulation:
         sigma = as_f64(sigma).to(x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, dtype=x0.dtype, generator=generator).to(x0.device)
-        c_skip, c_out, c_in, c_noise = self.precond(sigma)
-        x_hat = x0 + _expand(sigma, x0) * noise
-        target = (x0 - _expand(c_skip, x0) * x_hat) / _expand(c_out, x0)
-        output = network(_expand(c_in, x0) * x_hat, c_noise.to(x0.dtype))
+        _, c_out, c_in, c_noise = self.precond(sigma)
+        target = self.training_target(x0, noise, sigma)
+        x_hat = x0 + expand_per_item(sigma, x0) * noise
+        output = network(expand_per_item(c_in, x0) * x_hat, c_noise.to(x0.dtype), labels)
         weight = (self.loss_weight(sigma) * c_out**2).to(x0.dtype)
         return weight * ((output - target) ** 2).flatten(1).mean(dim=1)
 
@@ -679,7 +680,7 @@ class Formulation:
 
     def score(self, x_hat: Tensor, sigma: TensorLike, denoised: Tensor) -> Tensor:
         """grad log p(x_hat; sigma) = (D - x_hat) / sigma^2 (EDM eq. 3)."""
-        return (denoised - x_hat) / _expand(sigma, x_hat) ** 2
+        return (denoised - x_hat) / expand_per_item(sigma, x_hat) ** 2
 
     def describe(self) -> dict:
         """The preset's formulas as strings, for the `edm-space presets` table."""

@@ -36,8 +36,8 @@ class SeededNoise:
         return self.randn(x.shape, dtype=x.dtype).to(x.device)
 
 
-def parse_seeds(text: str) -> List[int]:
-    """Parse '0-99', '1,5,7-9' or '3' into a list of non-negative integers."""
+def parse_seeds(text: str, most: int = 10**7) -> List[int]:
+    """Parse '0-99', '1,5,7-9' or '3' into a list of non-negative integers (at most `most` of them)."""
     seeds: List[int] = []
     for part in str(text).split(","):
         part = part.strip()
@@ -48,5 +48,7 @@ def parse_seeds(text: str) -> List[int]:
         hi = int(match.group(2)) if match.group(2) is not None else lo
         if hi < lo:
             raise ConfigError(f"seed range {part!r} is empty; write low-high with low <= high")
+        if len(seeds) + hi - lo + 1 > most:
+            raise ConfigError(f"seeds {text!r} name more than {most:,} samples; sample fewer per command")
         seeds.extend(range(lo, hi + 1))
     return seeds

@@ -16,23 +16,57 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
+import inspect
 import json
 import math
 import os
-import re
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
+import presets
+
+from . import devices, networks
+from .data import estimate_sigma_data, load
+from .denoiser import Denoiser
 from .errors import ConfigError
+from .files import write_atomic
+from .parameterization import Formulation
+from .rundir import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    RunLock,
+    checkpoint_dir,
+    checkpoint_path,
+    find_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prepare_run_dir,
+    read_json,
+    remove_temporaries,
+    save_checkpoint,
+    write_json,
+)
 
-CHECKPOINT_FORMAT = "edm-space-checkpoint"
-CHECKPOINT_VERSION = 1
+__all__ = [
+    "TrainConfig", "TrainingDiverged", "train", "resolve_config", "load_trained", "read_run_config", "read_log",
+    "list_checkpoints", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
+]
+
 # Edges of the sigma buckets in which log.jsonl reports the loss (EDM Fig. 5 style).
 SIGMA_BUCKETS = (0.0, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0, math.inf)
+# Sizes past which a setting is a typo, refused before anything is allocated.
+MAX_STEPS = 10**9
+MAX_BATCH = 10**7
 
 
 @dataclass
@@ -58,6 +92,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 50
     conditional: bool = False
+    label_dropout: float = 0.1
     sigma_data: Optional[float] = None
     item_shape: Optional[List[int]] = None
     num_classes: int = 0
@@ -76,40 +111,86 @@ class TrainConfig:
 
 # Settings a resumed run may change.
 RESUMABLE = ("steps", "checkpoint_every", "log_every", "keep_checkpoints")
+# Settings that fix the network's tensors: a checkpoint must agree with its run on them.
+NETWORK_KEYS = ("net", "net_options", "conditional", "item_shape", "num_classes")
+# Settings derived from the data when a run starts.
+DERIVED = ("sigma_data", "item_shape", "num_classes")
 
 
 class TrainingDiverged(ConfigError):
-    """The loss became NaN or infinite."""
+    """The loss or the gradient became NaN or infinite."""
 
 
 # ---------------------------------------------------------------------------
 # Building the pieces of a run.
 
 
-def build_formulation(config: TrainConfig):
-    """The run's Formulation; edm's sigma_data follows the data when the config gives one."""
-    import presets
-
+def build_formulation(config: TrainConfig) -> Formulation:
+    """The run's Formulation; a preset with a sigma_data constant takes the data's, unless the run's options set it."""
     options = dict(config.preset_options)
-    if config.preset == "edm" and config.sigma_data is not None and "sigma_data" not in options:
+    if config.sigma_data is not None and "sigma_data" in presets.parameters(config.preset) and "sigma_data" not in options:
         options["sigma_data"] = config.sigma_data
     return presets.get(config.preset, **options)
 
 
-def build_network(config: TrainConfig, item_shape, num_classes: int = 0) -> nn.Module:
-    """The run's raw network F for items of `item_shape`."""
-    from . import networks
+def import_network_class(path: str) -> type:
+    """The class named "package.module:Class" (a user's own network)."""
+    module_name, _, class_name = path.partition(":")
+    if os.getcwd() not in sys.path:  # the console script does not look in the working directory by itself
+        sys.path.append(os.getcwd())
+    try:
+        target = importlib.import_module(module_name)
+        for part in class_name.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"network {path!r} cannot be imported ({type(error).__name__}: {error}); write it as package.module:Class") from None
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise ConfigError(f"network {path!r} is not a torch.nn.Module class")
+    return target
 
+
+def build_network(config: TrainConfig, item_shape, num_classes: int = 0) -> nn.Module:
+    """The run's raw network F for items of `item_shape`: a registered name or a user's "package.module:Class".
+
+    A user's class is constructed with the run's net_options, plus item_shape= and label_dim= when its
+    constructor takes them; it must follow the network contract forward(x, c_noise, labels=None).
+    """
     options = dict(config.net_options)
     if config.conditional:
         options["label_dim"] = num_classes
-    return networks.build(config.net, item_shape, **options)
+    if ":" not in config.net:
+        return networks.build(config.net, item_shape, **options)
+    cls = import_network_class(config.net)
+    accepted = inspect.signature(cls).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
+    if "item_shape" in accepted or takes_any:
+        options["item_shape"] = tuple(item_shape)
+    if "label_dim" in options and "label_dim" not in accepted and not takes_any:
+        raise ConfigError(f"network {config.net!r} takes no label_dim; it cannot be trained --conditional")
+    try:
+        network = cls(**options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"network {config.net!r}: {' '.join(str(error).split())}") from None
+    check_network_contract(network, config.net)
+    return network
+
+
+def check_network_contract(network: nn.Module, name: str) -> None:
+    """Refuse a network whose forward cannot be called as forward(x, c_noise, labels)."""
+    try:
+        inspect.signature(network.forward).bind(None, None, None)
+    except TypeError:
+        raise ConfigError(f"network {name!r}: forward must take (x, c_noise, labels=None), the network contract; it has forward{inspect.signature(network.forward)}") from None
+
+
+def network_path(network: nn.Module) -> str:
+    """The "package.module:Class" under which a run records a user's network instance."""
+    cls = type(network)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def load_training_data(config: TrainConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The training set (float32) and its labels (or None)."""
-    from .data import load
-
     x, labels = load(config.data, n=config.data_size, seed=config.seed, with_labels=True)
     if config.conditional and labels is None:
         raise ConfigError(f"--conditional needs class labels; data set {config.data!r} has none")
@@ -128,68 +209,13 @@ def sigma_bucket(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def bucket_labels() -> List[str]:
+    """The names of the sigma buckets, as log.jsonl writes them."""
     edges = SIGMA_BUCKETS
     return [f"{edges[i]:g}-{edges[i + 1]:g}" for i in range(len(edges) - 1)]
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints.
-
-
-def checkpoint_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "checkpoints")
-
-
-def list_checkpoints(run_dir: str) -> List[Tuple[int, str]]:
-    """(step, path) of the run's checkpoints, oldest first."""
-    folder = checkpoint_dir(run_dir)
-    if not os.path.isdir(folder):
-        return []
-    found = []
-    for name in os.listdir(folder):
-        match = re.fullmatch(r"checkpoint-(\d+)\.pt", name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(folder, name)))
-    return sorted(found)
-
-
-def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename: never a half-written checkpoint."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a checkpoint without executing code (weights_only=True) and check it is ours."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # torch.load does not check the CRCs torch.save writes
-        if damaged is not None:
-            raise ConfigError(f"{path!r} is corrupt: the CRC of its record {damaged!r} does not match")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except ConfigError:
-        raise
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint {path!r} does not exist") from None
-    except Exception as error:  # truncated zip, foreign pickle, ...: never executed, always refused
-        reason = " ".join(str(error).split())[:160]
-        raise ConfigError(f"{path!r} is not a readable edm-space checkpoint ({type(error).__name__}: {reason})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path!r} is not an edm-space checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ConfigError(f"{path!r} has checkpoint version {state.get('version')!r}; this edm-space reads version {CHECKPOINT_VERSION}")
-    return state
+# Run configuration: a new run, or resuming one.
 
 
 def read_run_config(run_dir: str) -> TrainConfig:
@@ -197,32 +223,62 @@ def read_run_config(run_dir: str) -> TrainConfig:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{run_dir!r} is not a run directory (no config.json)")
-    try:
-        with open(path) as file:
-            payload = json.load(file)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read {path!r}: {error}") from None
-    if not isinstance(payload, dict):
-        raise ConfigError(f"{path!r} does not hold a training config")
-    return TrainConfig.from_json(payload)
+    return TrainConfig.from_json(read_json(path, "run config"))
 
 
-def latest_checkpoint(run_dir: str) -> Optional[Tuple[int, Dict[str, Any]]]:
-    """(step, state) of the newest checkpoint of the run, or None."""
-    found = list_checkpoints(run_dir)
-    if not found:
-        return None
-    step, path = found[-1]
-    return step, load_checkpoint(path)
+def resolve_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> TrainConfig:
+    """The configuration to train with: `given` for a new run; when `out` holds a run, its stored settings
+    for every key not in `explicit` (the settings the user actually gave)."""
+    settings = dict(given)
+    if os.path.isfile(os.path.join(out, "config.json")):
+        stored = read_run_config(out).to_json()
+        explicit = set(explicit)
+        for key in settings:
+            if key not in explicit and key in stored:
+                settings[key] = stored[key]
+    return TrainConfig(out=out, **settings)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse impossible settings before any work."""
+    for name in ("steps", "batch", "checkpoint_every", "log_every", "keep_checkpoints"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} = {value!r} is invalid; it must be an integer >= 1")
+    if config.steps > MAX_STEPS:
+        raise ConfigError(f"steps = {config.steps} is invalid; at most {MAX_STEPS:,} steps")
+    if config.batch > MAX_BATCH:
+        raise ConfigError(f"batch = {config.batch} is invalid; at most {MAX_BATCH:,} items per step")
+    for name in ("lr", "grad_clip", "ema_halflife_images"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} = {value!r} is invalid; it must be a positive number")
+    if not (isinstance(config.warmup_images, int) and config.warmup_images >= 0):
+        raise ConfigError(f"warmup_images = {config.warmup_images!r} is invalid; it must be an integer >= 0")
+    if isinstance(config.label_dropout, bool) or not (isinstance(config.label_dropout, (int, float)) and 0 <= config.label_dropout < 1):
+        raise ConfigError(f"label_dropout = {config.label_dropout!r} is invalid; it must be a number in [0, 1)")
+    if config.data_size is not None and (not isinstance(config.data_size, int) or config.data_size < 1):
+        raise ConfigError(f"data_size = {config.data_size!r} is invalid; it must be an integer >= 1")
+    if not isinstance(config.net, str) or not config.net:
+        raise ConfigError(f"net = {config.net!r} is invalid; give a network name ({', '.join(networks.names())}) or package.module:Class")
+    presets.get(config.preset, **config.preset_options)  # validates the preset and its constants
+
+
+def warmup_notice(config: TrainConfig) -> Optional[str]:
+    """A line to show when the learning-rate warm-up covers more than half of the run, else None."""
+    images = config.steps * config.batch
+    if config.warmup_images > images / 2:
+        return (f"note: the learning-rate warm-up ({config.warmup_images:,} images) covers "
+                f"{min(config.warmup_images / images, 1):.0%} of this run's {images:,} images; --warmup sets it")
+    return None
 
 
 # ---------------------------------------------------------------------------
 # Distributed helpers (torchrun sets RANK / WORLD_SIZE).
 
 
-def _distributed() -> Tuple[int, int]:
-    import torch.distributed as dist
-
+def distributed_context() -> Tuple[int, int]:
+    """(rank, world size): torch.distributed's, initialised from torchrun's environment when WORLD_SIZE > 1."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -245,20 +301,6 @@ def ema_beta(config: TrainConfig, images_seen: int) -> float:
     return 0.5 ** (config.batch / max(halflife, 1e-8))
 
 
-def check_config(config: TrainConfig) -> None:
-    """Refuse impossible settings before any work."""
-    for name in ("steps", "batch", "checkpoint_every", "log_every", "keep_checkpoints"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} = {value!r} is invalid; it must be an integer >= 1")
-    for name in ("lr", "grad_clip", "ema_halflife_images"):
-        value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{name} = {value!r} is invalid; it must be a positive number")
-    if config.warmup_images < 0:
-        raise ConfigError(f"warmup_images = {config.warmup_images!r} is invalid; it must be >= 0")
-
-
 def make_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam with one fused kernel over all weights where the device has it, else the multi-tensor (foreach) path.
 
@@ -271,119 +313,203 @@ def make_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
 
 
-def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Dict[str, Any]:
-    """Train (or resume) the run in config.out; returns a summary dict. Safe under torchrun."""
+def _check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
+    """A run directory keeps its configuration: resuming with other settings is refused."""
+    run_dir = config.out
+    if stored.preset != config.preset:
+        raise ConfigError(f"run directory {run_dir!r} holds a {stored.preset!r} run; it cannot continue as {config.preset!r}")
+    differing = [
+        key for key, value in config.to_json().items()
+        if key not in RESUMABLE + DERIVED + ("out",) and stored.to_json()[key] != value and value is not None
+    ]
+    if differing:
+        raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
+
+
+def train(config: TrainConfig, progress: bool = True, resume: bool = True, network: Optional[nn.Module] = None,
+          echo=None, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Dict[str, Any]:
+    """Train (or resume) the run in config.out; returns a summary dict. Safe under torchrun.
+
+    `device` (auto | cpu | cuda | cuda:N | mps; auto = CUDA if available, under torchrun the GPU of
+    LOCAL_RANK) holds the network, EMA, optimizer state and the data set; every random draw is made
+    on the CPU and moved, so the draws do not depend on the device. `precision` (fp32 | bf16 | fp16)
+    is the autocast precision of the network's forward and backward; weights, EMA and optimizer
+    state stay float32 (fp16 adds loss scaling). `compile` runs the network through torch.compile.
+
+    `network` may be a user's own nn.Module (forward(x, c_noise, labels=None)); the run then records its
+    class as "package.module:Class" with config.net_options, so that `edm-space sample --ckpt` can rebuild
+    it when that class is importable and constructible from those options. `echo` receives notices
+    (default: tqdm.write).
+    """
+    if network is not None:
+        if not isinstance(network, nn.Module):
+            raise ConfigError(f"network must be a torch.nn.Module; got {type(network).__name__}")
+        config = dataclasses.replace(config, net=network_path(network))
+        check_network_contract(network, config.net)
     check_config(config)
-    rank, world = _distributed()
+    rank, world = distributed_context()
     if config.batch % world:
         raise ConfigError(f"batch = {config.batch} must divide by the number of processes ({world})")
     run_dir = config.out
+    echo = echo or tqdm.write
 
-    # A run directory keeps its configuration: resuming with other settings is refused.
+    lock = RunLock(run_dir)
+    created = None
+    if rank == 0:
+        created = prepare_run_dir(run_dir)
+        try:
+            lock.acquire()
+        except BaseException:
+            if created:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        remove_temporaries(run_dir)
+    wrote_checkpoint = False
+    try:
+        summary = _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile)
+        wrote_checkpoint = True
+        return summary
+    except BaseException:
+        wrote_checkpoint = wrote_checkpoint or bool(list_checkpoints(run_dir))
+        if rank == 0 and created and not wrote_checkpoint:
+            # A fresh run that failed before its first checkpoint leaves nothing that would block the next try.
+            lock.release()
+            shutil.rmtree(created, ignore_errors=True)
+        elif rank == 0 and os.path.isdir(run_dir):
+            # The log keeps no step that the checkpoints do not hold (a failed write may have been a full disk).
+            found = list_checkpoints(run_dir)
+            try:
+                trim_log(run_dir, found[-1][0] if found else 0)
+            except OSError:
+                pass
+        raise
+    finally:
+        lock.release()
+
+
+def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, resume: bool,
+                  network: Optional[nn.Module], echo, device_name: str, precision: str, compile: bool) -> Dict[str, Any]:
+    run_dir = config.out
+    device = devices.resolve_device(device_name)
+    devices.check_precision(precision, device)
     stored = None
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         stored = read_run_config(run_dir)
-        if stored.preset != config.preset:
-            raise ConfigError(f"run directory {run_dir!r} holds a {stored.preset!r} run; it cannot continue as {config.preset!r}")
-        derived = ("sigma_data", "item_shape", "num_classes")
-        differing = [k for k, v in config.to_json().items() if k not in RESUMABLE + derived + ("out",) and stored.to_json()[k] != v and v is not None]
-        if differing:
-            raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
+        _check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
         config = dataclasses.replace(stored, out=config.out, **{k: getattr(config, k) for k in RESUMABLE})
 
+    start_step = 0
+    state = None
+    found = list_checkpoints(run_dir) if resume else []
+    if found:
+        start_step, path = found[-1]
+        state = load_checkpoint(path)
+    if config.steps < start_step:
+        raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
+
     x_data, labels = load_training_data(config)
     if config.sigma_data is None:
-        from .data import estimate_sigma_data
-
-        config = dataclasses.replace(config, sigma_data=round(estimate_sigma_data(x_data), 6))
+        sigma_data = round(estimate_sigma_data(x_data), 6)
+        if not sigma_data > 0:
+            raise ConfigError(f"data set {config.data!r} has standard deviation {sigma_data}: every value is the same, there is nothing to learn")
+        config = dataclasses.replace(config, sigma_data=sigma_data)
     num_classes = int(labels.max()) + 1 if labels is not None else 0
     config = dataclasses.replace(config, item_shape=list(x_data.shape[1:]), num_classes=num_classes)
     formulation = build_formulation(config)
     torch.manual_seed(config.seed)  # weight initialisation
-    net = build_network(config, tuple(x_data.shape[1:]), num_classes)
+    net = network if network is not None else build_network(config, tuple(x_data.shape[1:]), num_classes)
+    net = net.to(device)
+    x_data = x_data.to(device)  # kept on the device: no copy per step
+    labels = labels.to(device) if labels is not None else None
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = make_optimizer(net, config.lr)
-
-    start_step = 0
-    found = latest_checkpoint(run_dir) if resume else None
-    if found is not None:
-        start_step, state = found
+    scaler = devices.grad_scaler(device, precision)
+    if state is not None:
         try:
             net.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as error:
             raise ConfigError(f"checkpoint of step {start_step} in {run_dir!r} does not fit this network ({type(error).__name__})") from None
-
-    if rank == 0:
-        os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
-        if stored is None:
-            from .files import write_atomic
-
-            write_atomic(os.path.join(run_dir, "config.json"), (json.dumps(config.to_json(), indent=2) + "\n").encode())
+    notice = warmup_notice(config)
+    if notice and rank == 0 and start_step < config.steps:
+        echo(notice)
 
     ema_params, net_params = list(ema.parameters()), [p.detach() for p in net.parameters()]
-    model = net
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(net)
+    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    model = devices.compiled(model, compile)
     local = config.batch // world
-    lo = rank * local
+    part = slice(rank * local, rank * local + local)
     buckets = bucket_labels()
     log_path = os.path.join(run_dir, "log.jsonl")
-    if rank == 0 and os.path.exists(log_path):
-        # A crashed run may have logged steps past its last checkpoint; they are about to be redone.
-        from .files import write_atomic
+    if rank == 0:
+        trim_log(run_dir, start_step)  # a crashed run may have logged steps past its last checkpoint; they are redone
 
-        with open(log_path) as file:
-            kept = [line.rstrip("\n") + "\n" for line in file if line.strip() and _logged_step(line) <= start_step]
-        write_atomic(log_path, "".join(kept).encode())
+    def batch_loss(step: int, forward) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-example loss of this process's slice, its sigmas, the global mean loss) of step `step`'s batch."""
+        generator = step_generator(config.seed, step)  # one generator per step draws the whole global batch
+        index = torch.randint(len(x_data), (config.batch,), generator=generator).to(device)
+        sigma = formulation.sample_training_sigma(config.batch, generator).to(device)
+        noise = torch.randn((config.batch, *x_data.shape[1:]), generator=generator).to(device)
+        batch_labels = None
+        if config.conditional:
+            batch_labels = nn.functional.one_hot(labels[index[part]], num_classes).float()
+            if config.label_dropout > 0:
+                # Classifier-free guidance training (Ho & Salimans 2022): a fraction of rows get the null label
+                # (an all-zero row). Drawn last, so that the other draws do not depend on the option.
+                keep = (torch.rand(config.batch, generator=generator)[part] >= config.label_dropout).to(device)
+                batch_labels = batch_labels * keep[:, None].to(batch_labels.dtype)
+        with devices.autocast(device, precision):
+            per_example = formulation.loss(forward, x_data[index[part]], sigma=sigma[part], noise=noise[part], labels=batch_labels)
+        per_example = per_example.float()
+        global_loss = per_example.mean().detach().clone()
+        if world > 1:
+            dist.all_reduce(global_loss)
+            global_loss /= world
+        return per_example, sigma[part], global_loss
 
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.preset} on {config.data}", unit="step", dynamic_ncols=True)
 
-    last_good = list_checkpoints(run_dir)[-1][1] if list_checkpoints(run_dir) else None
+    # A checkpoint is good once the loss of its weights on the next step's batch is finite: `pending`
+    # is the newest checkpoint written by this call and not yet confirmed so.
+    pending: Optional[Tuple[int, str]] = None
     bucket_sum = torch.zeros(len(buckets), dtype=torch.float64)
     bucket_count = torch.zeros(len(buckets), dtype=torch.float64)
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    step = start_step
     try:
         for step in range(start_step, config.steps):
-            # One generator per step draws the whole global batch; this process takes its slice.
-            generator = step_generator(config.seed, step)
-            index = torch.randint(len(x_data), (config.batch,), generator=generator)
-            sigma = formulation.sample_training_sigma(config.batch, generator)
-            noise = torch.randn((config.batch, *x_data.shape[1:]), generator=generator)
-            part = slice(lo, lo + local)
-            x0 = x_data[index[part]]
-            batch_labels = None
-            if config.conditional:
-                batch_labels = nn.functional.one_hot(labels[index[part]], num_classes).float()
-            network = (lambda x, c: model(x, c, batch_labels)) if config.conditional else model
-            per_example = formulation.loss(network, x0, sigma=sigma[part], noise=noise[part])
-            loss = per_example.mean()
-
+            try:
+                per_example, sigma, global_loss = batch_loss(step, model)
+            except Exception as error:  # noqa: BLE001 - torch.compile compiles at the first call
+                if compile and step == start_step and not isinstance(error, ConfigError):
+                    raise devices.compile_error(error) from None
+                raise
+            if not torch.isfinite(global_loss):
+                raise _diverged(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
             images_seen = (step + 1) * config.batch
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * (min(images_seen / config.warmup_images, 1.0) if config.warmup_images else 1.0)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            global_loss = loss.detach().clone()
-            if world > 1:
-                torch.distributed.all_reduce(global_loss)
-                global_loss /= world
-            if not torch.isfinite(global_loss):
-                where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
-                raise TrainingDiverged(f"training loss became {float(global_loss)} at step {step}{where}")
+            if scaler is None:
+                per_example.mean().backward()
+            else:  # fp16: scale the loss so that small gradients do not underflow, unscale before clipping
+                scaler.scale(per_example.mean()).backward()
+                scaler.unscale_(optimizer)
             grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip, foreach=True)
             if not torch.isfinite(grad_norm):
-                where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
-                raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {step}{where}")
-            optimizer.step()
+                raise _diverged(run_dir, f"gradient norm became {float(grad_norm)} at step {step}", pending, step, rank)
+            if pending is not None and pending[0] == step:
+                _confirm(run_dir, pending, config.keep_checkpoints, rank)
+                pending = None
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             with torch.no_grad():
                 beta = ema_beta(config, images_seen)
                 # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
@@ -391,8 +517,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
 
             # Logging: mean loss and loss per sigma bucket since the last entry (this process's slice).
             with torch.no_grad():
-                which = sigma_bucket(sigma[part])
-                bucket_sum.index_add_(0, which, per_example.detach().to(torch.float64))
+                which = sigma_bucket(sigma.cpu())
+                bucket_sum.index_add_(0, which, per_example.detach().to("cpu", torch.float64))
                 bucket_count.index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
             window_loss += float(global_loss)
             window_steps += 1
@@ -407,6 +533,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
                     "loss": window_loss / window_steps,
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": window_steps * config.batch / max(elapsed, 1e-9),
+                    **({"peak_gpu_memory_mib": devices.peak_memory_mib(device)} if device.type == "cuda" else {}),
                     "loss_by_sigma": {b: (float(s / c) if c else None) for b, s, c in zip(buckets, bucket_sum, bucket_count)},
                 }
                 if bar is not None:
@@ -419,13 +546,54 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True) -> Di
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if done % config.checkpoint_every == 0 or done == config.steps:
                 if rank == 0:
-                    last_good = _write_checkpoint(run_dir, done, net, ema, optimizer, config)
+                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config))
                 if world > 1:
-                    torch.distributed.barrier()
+                    dist.barrier()
+        if start_step < config.steps:
+            # The last checkpoint has no next training step: check its weights on that step's batch now.
+            with torch.no_grad():
+                _, _, global_loss = batch_loss(config.steps, net)
+            if not torch.isfinite(global_loss):
+                raise _diverged(run_dir, f"training loss of the final weights became {float(global_loss)} at step {config.steps}", pending, config.steps, rank)
+            if pending is not None:
+                _confirm(run_dir, pending, config.keep_checkpoints, rank)
     finally:
         if bar is not None:
             bar.close()
-    return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "sigma_data": config.sigma_data, "checkpoint": last_good}
+    found = list_checkpoints(run_dir)
+    return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "sigma_data": config.sigma_data,
+            "checkpoint": found[-1][1] if found else None}
+
+
+def _confirm(run_dir: str, good: Tuple[int, str], keep: int, rank: int) -> None:
+    """`good` is confirmed: prune older checkpoints so that `keep` remain, `good` among them."""
+    if rank != 0:
+        return
+    older = [path for step, path in list_checkpoints(run_dir) if step < good[0]]
+    for path in older[: max(len(older) - (keep - 1), 0)]:
+        os.unlink(path)
+
+
+def _diverged(run_dir: str, what: str, pending: Optional[Tuple[int, str]], step: int, rank: int) -> TrainingDiverged:
+    """The error for a non-finite loss or gradient; the checkpoint holding the weights that produced it is set aside."""
+    if rank == 0 and pending is not None and pending[0] == step:
+        # Its weights gave this very loss: keep it for inspection, but never resume from it.
+        os.replace(pending[1], os.path.join(checkpoint_dir(run_dir), f"diverged-{os.path.basename(pending[1])}"))
+    found = list_checkpoints(run_dir)
+    where = f"; the last good checkpoint is {found[-1][1]}" if found else "; no checkpoint was written yet"
+    return TrainingDiverged(what + where)
+
+
+def trim_log(run_dir: str, step: int) -> None:
+    """Drop log.jsonl entries past `step` (and a line cut off by a crash), so the log matches the checkpoints."""
+    log_path = os.path.join(run_dir, "log.jsonl")
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as file:
+        lines = file.readlines()
+    kept = [line.rstrip("\n") + "\n" for line in lines if line.strip() and _logged_step(line) <= step]
+    if kept != lines:
+        write_atomic(log_path, "".join(kept).encode())
 
 
 def _logged_step(line: str) -> float:
@@ -437,6 +605,7 @@ def _logged_step(line: str) -> float:
 
 
 def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig) -> str:
+    """The checkpoint of `step`, then config.json (the run's settings, steps included), both atomically."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -446,10 +615,10 @@ def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, o
         "optimizer": optimizer.state_dict(),
         "config": json.dumps(config.to_json()),
     }
-    path = os.path.join(checkpoint_dir(run_dir), f"checkpoint-{step:08d}.pt")
+    os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
+    path = checkpoint_path(run_dir, step)
     save_checkpoint(path, state)
-    for _, old in list_checkpoints(run_dir)[: -config.keep_checkpoints]:
-        os.unlink(old)
+    write_json(os.path.join(run_dir, "config.json"), config.to_json())
     return path
 
 
@@ -457,32 +626,43 @@ def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, o
 # Loading a trained model for sampling.
 
 
-def load_trained(run_dir: str, ema: bool = True):
-    """(Denoiser, config, item_shape, num_classes) from a run directory's newest checkpoint."""
-    from .denoiser import Denoiser
+def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, network: Optional[nn.Module] = None,
+                 device: str = "cpu"):
+    """(Denoiser, config, item_shape, num_classes, step) from a run's checkpoint, on `device` (any device:
+    checkpoints are read to the CPU first).
 
+    `run_dir` is a run directory (its newest checkpoint, or that of `step`) or a checkpoint file.
+    `network` supplies the network object for a run trained on a user's instance whose class
+    cannot be rebuilt from the recorded options; its weights are loaded into it.
+    """
+    run_dir, step, path = find_checkpoint(run_dir, step)
     config = read_run_config(run_dir)
-    found = latest_checkpoint(run_dir)
-    if found is None:
-        raise ConfigError(f"run directory {run_dir!r} has no checkpoint yet")
-    step, state = found
-    stored = json.loads(state.get("config", "{}"))
+    state = load_checkpoint(path)
+    try:
+        stored = json.loads(state.get("config", "{}"))
+    except (TypeError, ValueError):
+        raise ConfigError(f"checkpoint {path!r} has an unreadable config; it is damaged") from None
     if stored.get("preset") != config.preset:
-        raise ConfigError(f"checkpoint in {run_dir!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
+        raise ConfigError(f"checkpoint {path!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
+    run_network = {key: getattr(config, key) for key in NETWORK_KEYS}
+    checkpoint_network = {key: stored.get(key) for key in NETWORK_KEYS}
+    if any(v is not None and checkpoint_network[k] != v for k, v in run_network.items()):
+        differ = ", ".join(k for k, v in run_network.items() if v is not None and checkpoint_network[k] != v)
+        raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({differ} differ); it does not belong to this run")
     config = TrainConfig.from_json(stored)
     key = "ema" if ema else "model"
     weights = state.get(key)
     if not isinstance(weights, dict):
-        raise ConfigError(f"checkpoint of step {step} in {run_dir!r} has no {key!r} weights; it is damaged")
+        raise ConfigError(f"checkpoint {path!r} has no {key!r} weights; it is damaged")
     if config.item_shape is None:
-        raise ConfigError(f"checkpoint in {run_dir!r} does not record its item shape")
+        raise ConfigError(f"checkpoint {path!r} does not record its item shape")
     item_shape, num_classes = tuple(config.item_shape), config.num_classes
-    net = build_network(config, item_shape, num_classes)
+    net = network if network is not None else build_network(config, item_shape, num_classes)
     try:
         net.load_state_dict(weights)
     except RuntimeError as error:
-        raise ConfigError(f"checkpoint in {run_dir!r} does not fit a {config.net!r} network ({' '.join(str(error).split())[:120]})") from None
-    net.eval().requires_grad_(False)
+        raise ConfigError(f"checkpoint {path!r} does not fit a {config.net!r} network ({' '.join(str(error).split())[:120]})") from None
+    net.eval().requires_grad_(False).to(devices.resolve_device(device))
     return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, step
 
 
@@ -493,4 +673,3 @@ def read_log(run_dir: str) -> List[Dict[str, Any]]:
         return []
     with open(path) as file:
         return [json.loads(line) for line in file if line.strip()]
-

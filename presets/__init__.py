@@ -46,7 +46,7 @@ from edm_space.parameterization import (
     iddpm_levels,
 )
 
-__all__ = ["get", "names", "Formulation"]
+__all__ = ["get", "names", "parameters", "Formulation"]
 
 
 def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2) -> Formulation:
@@ -90,6 +90,8 @@ def vp(beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, M: 
 
 def ve(sigma_min: float = 0.02, sigma_max: float = 100.0) -> Formulation:
     """Variance-exploding SDE (Song et al. 2021; EDM Table 1, "VE" column)."""
+    if not sigma_min < sigma_max:
+        raise ConfigError(f"preset 've': sigma_min = {sigma_min!r} must be below sigma_max = {sigma_max!r}")
     return Formulation(
         name="ve",
         noise=SqrtSigma(),
@@ -139,6 +141,8 @@ def ddim(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 
 
 
 def _ddpm_family(name: str, num_timesteps: int, beta_start: float, beta_end: float, solver: str, steps: int) -> Formulation:
+    if not beta_start <= beta_end:
+        raise ConfigError(f"preset {name!r}: beta_start = {beta_start!r} must not exceed beta_end = {beta_end!r}")
     noise = DiscreteSigma(num_timesteps, beta_start, beta_end)
     return Formulation(
         name=name,
@@ -164,8 +168,6 @@ def flow() -> Formulation:
 
 def sd3(shift: float = 1.0, mean: float = 0.0, std: float = 1.0) -> Formulation:
     """Flow with logit-normal training times and a time shift t' = a t / (1 + (a-1) t) for training and sampling (Esser et al. 2024, SD3)."""
-    if not shift > 0:
-        raise ConfigError(f"sd3 shift must be > 0, got {shift!r}")
     return _flow_family("sd3", LogitNormalTime(mean, std, shift), shift, "SD3: flow with logit-normal t and time shift")
 
 
@@ -200,6 +202,48 @@ _PRESETS: Dict[str, Callable[..., Formulation]] = {
 _CACHE: Dict[str, Formulation] = {}
 
 
+# What each paper constant may be, checked by get() before a preset is built: (kind, low, high, open at low).
+_CONSTANTS = {
+    "sigma_data": ("number", 0.0, math.inf, True),
+    "p_mean": ("number", -math.inf, math.inf, True),
+    "p_std": ("number", 0.0, math.inf, True),
+    "beta_d": ("number", 0.0, math.inf, True),
+    "beta_min": ("number", 0.0, math.inf, False),
+    "epsilon_t": ("number", 0.0, 1.0, True),
+    "M": ("integer", 2, 10**7, False),
+    "sigma_min": ("number", 0.0, math.inf, True),
+    "sigma_max": ("number", 0.0, math.inf, True),
+    "C1": ("number", 0.0, 1.0, True),
+    "C2": ("number", 0.0, math.inf, False),
+    "num_timesteps": ("integer", 2, 10**7, False),
+    "beta_start": ("number", 0.0, 1.0, True),
+    "beta_end": ("number", 0.0, 1.0, True),
+    "shift": ("number", 0.0, math.inf, True),
+    "mean": ("number", -math.inf, math.inf, True),
+    "std": ("number", 0.0, math.inf, True),
+}
+
+
+def _checked_constant(preset: str, key: str, value):
+    """`value` as the number preset constant `key` must be, or a one-line ConfigError saying what is allowed."""
+    kind, low, high, open_low = _CONSTANTS[key]
+    bound = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
+    article = "an" if kind == "integer" else "a"
+    allowed = f"{article} {kind} {bound}" if math.isfinite(low) else f"a finite {kind}"
+    integral = kind == "integer" and isinstance(value, int) and not isinstance(value, bool)
+    number = kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (integral or number) or not math.isfinite(value) or value < low or (open_low and value == low) or value >= high:
+        raise ConfigError(f"preset {preset!r}: {key} = {value!r} is invalid; it must be {allowed}")
+    return value
+
+
+def parameters(name: str) -> List[str]:
+    """The paper constants preset `name` lets `get` override."""
+    if name not in _PRESETS:
+        raise unknown("preset", name, names())
+    return list(inspect.signature(_PRESETS[name]).parameters)
+
+
 def names() -> List[str]:
     """The preset names, in the order of the design table."""
     return list(_PRESETS)
@@ -216,11 +260,11 @@ def get(name, **overrides) -> Formulation:
         raise unknown("preset", name, names())
     build = _PRESETS[name]
     if overrides:
-        allowed = list(inspect.signature(build).parameters)
+        allowed = parameters(name)
         bad = [key for key in overrides if key not in allowed]
         if bad:
             raise ConfigError(f"preset {name!r} has no parameter {bad[0]!r}; valid: {', '.join(allowed) or 'none'}")
-        return build(**overrides)
+        return build(**{key: _checked_constant(name, key, value) for key, value in overrides.items()})
     if name not in _CACHE:
         _CACHE[name] = build()
     return _CACHE[name]

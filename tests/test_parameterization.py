@@ -1,6 +1,6 @@
 """The parameterization (edm_space/parameterization.py) of every preset against closed forms.
 
-The references are the formulas of DESIGN.md's preset table and EDM Table 1,
+The references are the formulas of docs/design.md's preset table and EDM Table 1,
 written out here in torch / numpy (float64); derivatives come from autograd of
 those written-out formulas, inverses from a scalar root finder.
 """
@@ -39,7 +39,7 @@ _DDPM_LOG = _DDPM_TABLE.clamp_min(1e-300).log()
 
 
 def ref_sigma(name: str, t: torch.Tensor) -> torch.Tensor:
-    """sigma(t) from DESIGN.md's table (differentiable in t)."""
+    """sigma(t) from docs/design.md's table (differentiable in t)."""
     if name in ("edm", "iddpm"):
         return t
     if name == "vp":
@@ -115,7 +115,7 @@ def vp_t_of_sigma_rootfind(sigma: float) -> float:
 
 
 def ref_precond(name: str, sigma: torch.Tensor):
-    """(c_skip, c_out, c_in, c_noise) of DESIGN.md's table."""
+    """(c_skip, c_out, c_in, c_noise) of docs/design.md's table."""
     one = torch.ones_like(sigma)
     if name == "edm":
         return (
@@ -398,8 +398,8 @@ def test_loss_with_perfect_and_offset_network(name):
     target = ref_target(name, x0, n, sigma)
     seen = {}
 
-    def perfect(x_in, c_noise):
-        seen["x_in"], seen["c_noise"] = x_in, c_noise
+    def perfect(x_in, c_noise, labels=None):
+        seen["x_in"], seen["c_noise"], seen["labels"] = x_in, c_noise, labels
         return target.clone()
 
     loss = f.loss(perfect, x0, sigma=sigma, noise=n)
@@ -410,7 +410,9 @@ def test_loss_with_perfect_and_offset_network(name):
     close(seen["x_in"], _ref_c_in(name, sigma).reshape(-1, 1, 1) * x_hat, rtol=1e-12)
     assert seen["c_noise"].shape == (6,)
 
-    loss_off = f.loss(lambda x_in, c_noise: target + 1.0, x0, sigma=sigma, noise=n)
+    assert seen["labels"] is None  # the one network contract: F(x, c_noise, labels), labels None when unconditional
+
+    loss_off = f.loss(lambda x_in, c_noise, labels: target + 1.0, x0, sigma=sigma, noise=n)
     # lambda * c_out^2 * mean(1^2) = 1 per example
     close(loss_off, torch.ones(6, dtype=F64), rtol=1e-9)
 

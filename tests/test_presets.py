@@ -1,6 +1,6 @@
 """presets: names, lookup errors, overrides and the papers' constants.
 
-Constants are checked against values written here from the papers / DESIGN.md
+Constants are checked against values written here from the papers / docs/design.md
 (vp sigma(1e-3) = 0.01049, sigma(1) = 152.2; iDDPM levels by EDM Table 1's
 recursion in numpy; SD3's time shift).
 """

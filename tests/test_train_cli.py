@@ -253,7 +253,7 @@ def test_train_unet_on_two_dimensional_points(tmp_path, capsys):
 
 
 def test_train_unet_on_images_of_an_indivisible_size(tmp_path, capsys):
-    np.savez(tmp_path / "odd.npz", x=np.zeros((4, 7, 7), dtype=np.uint8))
+    np.savez(tmp_path / "odd.npz", x=np.random.default_rng(0).integers(0, 256, (4, 7, 7), dtype=np.uint8))
     out = tmp_path / "run"
     line = one_line_error(["train", "--data", str(tmp_path / "odd.npz"), "--net", "unet", "--net-option", "channels=8",
                            "--steps", "2", "--out", str(out)], capsys)

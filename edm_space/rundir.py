@@ -1,0 +1,249 @@
+"""Run directories: a lock, checkpoints written atomically and loaded without executing code, leftovers cleaned.
+
+A run directory (of diffusion training, an autoencoder or another generative family) holds
+config.json, checkpoints/checkpoint-STEP.pt and log.jsonl. One process at a time may train
+in it: `RunLock` holds the file `lock` (the owner's pid and host) for the run's lifetime; a
+lock whose process is gone is taken over. Temporary files that a killed process left behind
+are removed when the next one takes the lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import socket
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .errors import ConfigError
+from .files import read_json, write_atomic
+
+CHECKPOINT_FORMAT = "edm-space-checkpoint"
+CHECKPOINT_VERSION = 1
+LOCK_NAME = "lock"
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)\.pt")
+# Temporary files of write_atomic (.tmp-*) and of earlier versions' checkpoint writer (*.tmp-PID).
+_TEMPORARY_NAME = re.compile(r"(\.tmp-.*|.*\.tmp-\d+)")
+
+
+# ---------------------------------------------------------------------------
+# The lock.
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory, as a context manager; refuses a directory in use.
+
+    The lock file holds "PID HOST". Another live process on this host holding it means the
+    directory is in use (one-line ConfigError); a lock of a dead process, or an unreadable one,
+    is taken over. A lock from another host is respected, since its process cannot be checked.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.held = False
+
+    def acquire(self) -> None:
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:  # vanished or unreadable between our attempts: try again
+                    self._remove_stale()
+                    continue
+                pid, host = owner
+                if host in ("", socket.gethostname()) and not _process_alive(pid):  # no host written: this one
+                    self._remove_stale()
+                    continue
+                raise ConfigError(
+                    f"run directory {self.run_dir!r} is in use by process {pid} on {host} (lock file {self.path}); "
+                    "wait for it to finish or use another --out"
+                ) from None
+            with os.fdopen(fd, "w") as file:
+                file.write(me + "\n")
+            self.held = True
+            return
+        raise ConfigError(f"could not take the lock {self.path!r} of run directory {self.run_dir!r}; another process keeps replacing it")
+
+    def _owner(self) -> Optional[Tuple[int, str]]:
+        try:
+            with open(self.path) as file:
+                pid_text, host = (file.read().split() + ["", ""])[:2]
+            return int(pid_text), host
+        except (OSError, ValueError):
+            return None
+
+    def _remove_stale(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def release(self) -> None:
+        if self.held:
+            self._remove_stale()
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def remove_temporaries(run_dir: str) -> List[str]:
+    """Delete temporary files a killed writer left in the run directory and its checkpoints/; returns them."""
+    removed = []
+    for folder in (run_dir, checkpoint_dir(run_dir)):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if _TEMPORARY_NAME.fullmatch(name) and os.path.isfile(path):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def prepare_run_dir(run_dir: str) -> Optional[str]:
+    """Create the run directory and its parents if needed (one-line errors for impossible paths).
+
+    Returns the top-most folder this call created (to remove if the run fails before its first
+    checkpoint), or None when the run directory existed.
+    """
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"--out {run_dir!r} is a file, not a run directory")
+    if os.path.isdir(run_dir):
+        return None
+    top = os.path.abspath(run_dir)
+    while not os.path.exists(os.path.dirname(top)):
+        top = os.path.dirname(top)
+    try:
+        os.makedirs(run_dir)
+    except (NotADirectoryError, FileExistsError):
+        raise ConfigError(f"cannot create run directory {run_dir!r}: a part of its path is a file") from None
+    except OSError as error:
+        raise ConfigError(f"cannot create run directory {run_dir!r}: {error.strerror}") from None
+    return top
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints.
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    """The folder of a run's checkpoints."""
+    return os.path.join(run_dir, "checkpoints")
+
+
+def checkpoint_path(run_dir: str, step: int) -> str:
+    """Where the checkpoint of `step` lives."""
+    return os.path.join(checkpoint_dir(run_dir), f"checkpoint-{step:08d}.pt")
+
+
+def list_checkpoints(run_dir: str) -> List[Tuple[int, str]]:
+    """(step, path) of the run's checkpoints, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        match = _CHECKPOINT_NAME.fullmatch(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    """torch.save through edm_space.files.write_atomic: never a half-written checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a checkpoint without executing code (weights_only=True) and check it is ours."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # torch.load does not check the CRCs torch.save writes
+        if damaged is not None:
+            raise ConfigError(f"{path!r} is corrupt: the CRC of its record {damaged!r} does not match")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"checkpoint {path!r} is a directory, not a checkpoint file") from None
+    except Exception as error:  # truncated zip, foreign pickle, ...: never executed, always refused
+        reason = " ".join(str(error).split())[:160]
+        raise ConfigError(f"{path!r} is not a readable edm-space checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path!r} is not an edm-space checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"{path!r} has checkpoint version {state.get('version')!r}; this edm-space reads version {CHECKPOINT_VERSION}")
+    return state
+
+
+def latest_checkpoint(run_dir: str) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """(step, state) of the newest checkpoint of the run, or None."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        return None
+    step, path = found[-1]
+    return step, load_checkpoint(path)
+
+
+def find_checkpoint(source: str, step: Optional[int] = None) -> Tuple[str, int, str]:
+    """(run_dir, step, path) of a run's checkpoint: `source` is a run directory (newest, or `step`) or a checkpoint file."""
+    if os.path.isfile(source):
+        match = _CHECKPOINT_NAME.fullmatch(os.path.basename(source))
+        folder = os.path.dirname(os.path.abspath(source))
+        if match is None or os.path.basename(folder) != "checkpoints":
+            raise ConfigError(f"--ckpt {source!r} is neither a run directory nor a RUN/checkpoints/checkpoint-STEP.pt file")
+        if step is not None and step != int(match.group(1)):
+            raise ConfigError(f"--step {step} contradicts the checkpoint file {source!r}")
+        return os.path.dirname(folder), int(match.group(1)), source
+    if not os.path.isdir(source):
+        raise ConfigError(f"--ckpt {source!r} does not exist")
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise ConfigError(f"{source!r} is not a run directory (no config.json)")
+    found = list_checkpoints(source)
+    if not found:
+        raise ConfigError(f"run directory {source!r} has no checkpoint yet")
+    if step is None:
+        return (source, *found[-1])
+    for candidate, path in found:
+        if candidate == step:
+            return source, step, path
+    raise ConfigError(f"run directory {source!r} has no checkpoint of step {step}; it has steps {', '.join(str(s) for s, _ in found)}")
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+    """A JSON object to `path`, atomically."""
+    write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def disk_error(error: OSError, what: str) -> ConfigError:
+    """A one-line ConfigError for an OSError while writing `what` (full disk, read-only, missing folder)."""
+    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    target = f" {error.filename!r}" if getattr(error, "filename", None) else ""
+    return ConfigError(f"could not write {what}{target}: {reason}")
