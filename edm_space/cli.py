@@ -413,13 +413,15 @@ def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecor
 @click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Checkpoints kept (older ones are deleted).")
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log.jsonl entries.")
 @click.option("--out", "out_dir", required=True, help="Run directory (config.json, checkpoints/, log.jsonl); an existing one is resumed.")
+@click.option("--stream-data", is_flag=True, help="Read a PNG folder image by image with DataLoader workers instead of holding it in memory (same run).")
+@click.option("--workers", type=int, default=2, show_default=True, help="With --stream-data: DataLoader worker processes.")
 @device_option
 @precision_option
 @compile_option
 @threads_option
 def train_command(preset, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
-                  ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, device, precision,
-                  compile_network, threads) -> None:
+                  ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, stream_data, workers, device,
+                  precision, compile_network, threads) -> None:
     """Train a network under a preset's loss; resumes the run in --out if it exists.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: the result depends on K only through
@@ -437,13 +439,14 @@ def train_command(preset, data_name, data_size, net, net_options, preset_options
     explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
     config = resolve_config(out_dir, given, explicit)
     if config.net is None or config.batch is None:
-        images = data.load(config.data, n=1).ndim == 4
+        images = stream_data or data.load(config.data, n=1).ndim == 4
         config = dataclasses.replace(
             config,
             net=("unet" if images else "mlp") if config.net is None else config.net,
             batch=(64 if images else 256) if config.batch is None else config.batch,
         )
-    summary = train(config, echo=click.echo, device=device, precision=precision, compile=compile_network)
+    summary = train(config, echo=click.echo, device=device, precision=precision, compile=compile_network,
+                    stream_data=stream_data, workers=workers)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         click.echo(
             f"trained {config.preset} on {config.data} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "

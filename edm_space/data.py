@@ -410,19 +410,65 @@ def _png_pixels(image: Image.Image) -> np.ndarray:
     return array if array.ndim == 3 else array[:, :, None]
 
 
-def _png_folder(path: str) -> np.ndarray:
+def _png_files(path: str) -> List[str]:
     files = sorted(f for f in os.listdir(path) if f.lower().endswith(".png"))
     if not files:
         raise ConfigError(f"folder {path!r} holds no .png images")
-    images = []
-    for name in files:
-        try:
-            with Image.open(os.path.join(path, name)) as image:
-                array = _png_pixels(image)
-        except OSError as error:
-            raise ConfigError(f"cannot read image {name!r} in {path!r}: {error}") from None
-        images.append(array)
+    return files
+
+
+def _read_png(path: str, name: str) -> np.ndarray:
+    """One image's pixels as float64 [H, W, C] on the 0..255 scale."""
+    try:
+        with Image.open(os.path.join(path, name)) as image:
+            return _png_pixels(image)
+    except OSError as error:
+        raise ConfigError(f"cannot read image {name!r} in {path!r}: {error}") from None
+
+
+def _png_folder(path: str) -> np.ndarray:
+    images = [_read_png(path, name) for name in _png_files(path)]
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
         raise ConfigError(f"images in {path!r} differ in size: {sorted(shapes)[:3]}; all must share one size")
     return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+
+
+class StreamedPNGFolder(torch.utils.data.Dataset):
+    """A folder of PNG images read one at a time (for folders too large for memory), in [-1, 1] like `load`.
+
+    Item i is the i-th image of the seeded subset `load(path, n=n, seed=seed)` would hold, so that a run
+    streaming the folder sees exactly the images a run holding it in memory sees.
+    """
+
+    def __init__(self, path: str, n: Optional[int] = None, seed: int = 0):
+        if not os.path.isdir(path):
+            raise ConfigError(f"--stream-data needs a folder of PNG images; {path!r} is not a folder")
+        self.path = path
+        self.files = _png_files(path)
+        if n is not None:
+            if n > len(self.files):
+                raise ConfigError(f"data set {path!r} has {len(self.files)} items; n = {n} is too many")
+            index = np.sort(np.random.default_rng(int(seed)).permutation(len(self.files))[:n])  # as _subset draws it
+            self.files = [self.files[i] for i in index]
+        first = self[0]
+        self.item_shape = tuple(first.shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        pixels = _read_png(self.path, self.files[index]).transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+        if hasattr(self, "item_shape") and pixels.shape != self.item_shape:
+            raise ConfigError(f"image {self.files[index]!r} in {self.path!r} has shape {list(pixels.shape)}; the first has {list(self.item_shape)}")
+        return torch.from_numpy(pixels)
+
+
+def streamed_sigma_data(dataset: torch.utils.data.Dataset) -> float:
+    """estimate_sigma_data over every item of a streamed data set, read once (float64 sums of x and x^2)."""
+    total = square = count = 0.0
+    for i in range(len(dataset)):
+        item = dataset[i].to(torch.float64)
+        total, square, count = total + float(item.sum()), square + float((item * item).sum()), count + item.numel()
+    mean = total / count
+    return math.sqrt(max(square / count - mean * mean, 0.0))

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import presets
 
 from . import devices, networks
-from .data import estimate_sigma_data, load
+from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
 from .denoiser import Denoiser
 from .errors import ConfigError
 from .files import write_atomic
@@ -202,6 +202,23 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
 
 
+class StepIndices(torch.utils.data.Sampler):
+    """The data indices of each step's batch (this process's slice), drawn as the training loop draws them:
+    the first draw of step_generator(seed, step). A DataLoader with this batch sampler streams exactly the
+    items an in-memory run indexes."""
+
+    def __init__(self, seed: int, steps: Iterable[int], num_items: int, batch: int, part: slice):
+        self.seed, self.steps, self.num_items, self.batch, self.part = seed, steps, num_items, batch, part
+
+    def __iter__(self):
+        for step in self.steps:
+            index = torch.randint(self.num_items, (self.batch,), generator=step_generator(self.seed, step))
+            yield index[self.part].tolist()
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 def sigma_bucket(sigma: torch.Tensor) -> torch.Tensor:
     """Index of each sigma's bucket among SIGMA_BUCKETS."""
     edges = torch.tensor(SIGMA_BUCKETS[1:-1], dtype=sigma.dtype)
@@ -327,7 +344,8 @@ def _check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = True, network: Optional[nn.Module] = None,
-          echo=None, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Dict[str, Any]:
+          echo=None, device: str = "auto", precision: str = "fp32", compile: bool = False, stream_data: bool = False,
+          workers: int = 2) -> Dict[str, Any]:
     """Train (or resume) the run in config.out; returns a summary dict. Safe under torchrun.
 
     `device` (auto | cpu | cuda | cuda:N | mps; auto = CUDA if available, under torchrun the GPU of
@@ -335,6 +353,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True, netwo
     on the CPU and moved, so the draws do not depend on the device. `precision` (fp32 | bf16 | fp16)
     is the autocast precision of the network's forward and backward; weights, EMA and optimizer
     state stay float32 (fp16 adds loss scaling). `compile` runs the network through torch.compile.
+    `stream_data` reads a PNG folder image by image in `workers` DataLoader processes (pinned memory on
+    CUDA) instead of holding it in memory; the per-step indices, and hence the run, are the same.
 
     `network` may be a user's own nn.Module (forward(x, c_noise, labels=None)); the run then records its
     class as "package.module:Class" with config.net_options, so that `edm-space sample --ckpt` can rebuild
@@ -366,7 +386,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True, netwo
         remove_temporaries(run_dir)
     wrote_checkpoint = False
     try:
-        summary = _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile)
+        summary = _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile, stream_data, workers)
         wrote_checkpoint = True
         return summary
     except BaseException:
@@ -388,7 +408,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True, netwo
 
 
 def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, resume: bool,
-                  network: Optional[nn.Module], echo, device_name: str, precision: str, compile: bool) -> Dict[str, Any]:
+                  network: Optional[nn.Module], echo, device_name: str, precision: str, compile: bool,
+                  stream_data: bool, workers: int) -> Dict[str, Any]:
     run_dir = config.out
     device = devices.resolve_device(device_name)
     devices.check_precision(precision, device)
@@ -409,19 +430,29 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     if config.steps < start_step:
         raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
 
-    x_data, labels = load_training_data(config)
+    if stream_data:
+        if config.conditional:
+            raise ConfigError("--stream-data reads PNG folders, which carry no class labels; it cannot train --conditional")
+        if not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"workers = {workers!r} is invalid; it must be an integer >= 0")
+        streamed = StreamedPNGFolder(config.data, n=config.data_size, seed=config.seed)
+        x_data, labels, num_items, item_shape = None, None, len(streamed), streamed.item_shape
+    else:
+        x_data, labels = load_training_data(config)
+        num_items, item_shape = len(x_data), tuple(x_data.shape[1:])
     if config.sigma_data is None:
-        sigma_data = round(estimate_sigma_data(x_data), 6)
+        sigma_data = round(streamed_sigma_data(streamed) if stream_data else estimate_sigma_data(x_data), 6)
         if not sigma_data > 0:
             raise ConfigError(f"data set {config.data!r} has standard deviation {sigma_data}: every value is the same, there is nothing to learn")
         config = dataclasses.replace(config, sigma_data=sigma_data)
     num_classes = int(labels.max()) + 1 if labels is not None else 0
-    config = dataclasses.replace(config, item_shape=list(x_data.shape[1:]), num_classes=num_classes)
+    config = dataclasses.replace(config, item_shape=list(item_shape), num_classes=num_classes)
     formulation = build_formulation(config)
     torch.manual_seed(config.seed)  # weight initialisation
-    net = network if network is not None else build_network(config, tuple(x_data.shape[1:]), num_classes)
+    net = network if network is not None else build_network(config, item_shape, num_classes)
     net = net.to(device)
-    x_data = x_data.to(device)  # kept on the device: no copy per step
+    if x_data is not None:
+        x_data = x_data.to(device)  # kept on the device: no copy per step
     labels = labels.to(device) if labels is not None else None
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = make_optimizer(net, config.lr)
@@ -447,12 +478,24 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     if rank == 0:
         trim_log(run_dir, start_step)  # a crashed run may have logged steps past its last checkpoint; they are redone
 
+    streamed_batches = None
+    if stream_data:
+        loader = torch.utils.data.DataLoader(
+            streamed, batch_sampler=StepIndices(config.seed, range(start_step, config.steps + 1), num_items, config.batch, part),
+            num_workers=workers, pin_memory=device.type == "cuda",
+        )
+        streamed_batches = iter(loader)
+
     def batch_loss(step: int, forward) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-example loss of this process's slice, its sigmas, the global mean loss) of step `step`'s batch."""
         generator = step_generator(config.seed, step)  # one generator per step draws the whole global batch
-        index = torch.randint(len(x_data), (config.batch,), generator=generator).to(device)
+        index = torch.randint(num_items, (config.batch,), generator=generator).to(device)
         sigma = formulation.sample_training_sigma(config.batch, generator).to(device)
-        noise = torch.randn((config.batch, *x_data.shape[1:]), generator=generator).to(device)
+        noise = torch.randn((config.batch, *item_shape), generator=generator).to(device)
+        if streamed_batches is None:
+            x0 = x_data[index[part]]
+        else:  # the loader read exactly index[part] (StepIndices draws it the same way)
+            x0 = next(streamed_batches).to(device, non_blocking=True)
         batch_labels = None
         if config.conditional:
             batch_labels = nn.functional.one_hot(labels[index[part]], num_classes).float()
@@ -462,7 +505,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 keep = (torch.rand(config.batch, generator=generator)[part] >= config.label_dropout).to(device)
                 batch_labels = batch_labels * keep[:, None].to(batch_labels.dtype)
         with devices.autocast(device, precision):
-            per_example = formulation.loss(forward, x_data[index[part]], sigma=sigma[part], noise=noise[part], labels=batch_labels)
+            per_example = formulation.loss(forward, x0, sigma=sigma[part], noise=noise[part], labels=batch_labels)
         per_example = per_example.float()
         global_loss = per_example.mean().detach().clone()
         if world > 1:

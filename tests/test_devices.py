@@ -183,3 +183,28 @@ def test_two_processes_under_torchrun_sample_the_file_one_process_writes(tmp_pat
     assert "over 2 processes" in two.stdout
     one, both = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert np.array_equal(one["seeds"], both["seeds"]) and np.array_equal(one["samples"], both["samples"])
+
+
+# ---------------------------------------------------------------------------
+# Streaming a PNG folder.
+
+
+def test_streaming_a_png_folder_trains_exactly_like_holding_it_in_memory(tmp_path):
+    from PIL import Image
+
+    from edm_space.data import load
+
+    digits = ((load("digits", n=60, seed=3).numpy()[:, 0] + 1) * 127.5).round().astype(np.uint8)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(digits):
+        Image.fromarray(image, mode="L").save(folder / f"{i:03d}.png")
+    config = dict(data=str(folder), data_size=50, net="unet", net_options={"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1},
+                  steps=6, batch=8, warmup_images=0, checkpoint_every=3, log_every=1)
+    train(TrainConfig(out=str(tmp_path / "memory"), **config), progress=False)
+    train(TrainConfig(out=str(tmp_path / "stream0"), **config), progress=False, stream_data=True, workers=0)
+    train(TrainConfig(out=str(tmp_path / "stream2"), **{**config, "steps": 3}), progress=False, stream_data=True, workers=2)
+    train(TrainConfig(out=str(tmp_path / "stream2"), **config), progress=False, stream_data=True, workers=2)  # resumed
+    memory = load_checkpoint(list_checkpoints(str(tmp_path / "memory"))[-1][1])
+    for name in ("stream0", "stream2"):
+        assert_same_training_state(memory, load_checkpoint(list_checkpoints(str(tmp_path / name))[-1][1]))
