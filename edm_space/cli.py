@@ -20,7 +20,7 @@ import samplers
 from samplers.optimize import endpoint_error, optimize_steps, save_levels
 from samplers.trajectory import TrajectoryRecorder
 
-from . import data, devices
+from . import data, devices, families, latent
 from .demo import format_results, run_demo
 from .errors import ConfigError
 from .guidance import GuidedDenoiser
@@ -30,6 +30,9 @@ from .reference import solve_reference
 from .plotting import image_grid_png, scatter_panels_png, trajectory_png
 from .rundir import disk_error
 from .seeding import SeededNoise, parse_seeds
+from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
+from .model_training import is_model_run
+from .outputs import write_samples
 from .training import build_formulation, distributed_context, load_trained, resolve_config, train
 
 
@@ -70,30 +73,6 @@ def format_table(rows: List[dict], markdown: bool = False) -> str:
 
 # ---------------------------------------------------------------------------
 # options shared by several commands
-
-
-def _parse_options(pairs: Sequence[str], what: str) -> dict:
-    """key=value pairs (values parsed as JSON when possible: 64, 0.1, [1,2], true) into a dict."""
-    options = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"{what} {pair!r} must look like key=value")
-        key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if not key:
-            raise ConfigError(f"{what} {pair!r} has no key; write key=value")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
-def _set_threads(threads: int) -> None:
-    """torch's CPU threads for this command (one is fastest for small networks on a busy machine)."""
-    if threads < 1:
-        raise ConfigError(f"--threads {threads} is invalid; it must be >= 1")
-    torch.set_num_threads(threads)
 
 
 def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
@@ -179,7 +158,10 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
     model is a denoiser in sigma. Without --ckpt the denoiser is the posterior
     mean of the data set, so the result shows the solver's error alone.
     """
-    _set_threads(threads)
+    set_threads(threads)
+    if run_dir is not None and is_model_run(run_dir):  # a family or an autoencoder run: its own sampler
+        sample_family_run(run_dir, checkpoint_step, num_samples, seed, seeds, out_path, device)
+        return
     rank, world = distributed_context()
     device = devices.resolve_device(device) if run_dir is not None else torch.device("cpu")  # exact denoisers run on the CPU
     devices.check_precision(precision, device)
@@ -206,14 +188,17 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
         _finite(guidance_weight, "--guidance")
     elif interval is not None or guide_dir is not None:
         raise ConfigError("--guidance-interval and --guide need --guidance W")
-    extra_preset_options = _parse_options(preset_options, "--preset-option")
+    extra_preset_options = parse_options(preset_options, "--preset-option")
 
-    num_classes, guide, source = 0, None, ""
+    num_classes, guide, source, latent_space = 0, None, "", None
     if run_dir is not None:
         denoiser, config, item_shape, num_classes, step = load_trained(run_dir, ema=ema, step=checkpoint_step, device=str(device))
         denoiser.network = devices.compiled(denoiser.network, compile_network)
         denoiser.precision = precision
         source, reference = f"{run_dir} (step {step}, {'EMA' if ema else 'raw'} weights)", None
+        if config.latent_space is not None:
+            latent_space = latent.open_latent_space(config.latent_space, run_dir)
+            source += f", decoded by {config.latent_space['run']}"
         if preset is None or preset == config.preset:
             # The model's own formulation, with the constants it was trained with.
             preset = config.preset
@@ -238,7 +223,7 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
         raise ConfigError(f"--class {class_label}: the model in {run_dir!r} is not class-conditional (train it with --conditional)")
     solver = solver or f.default_solver
     entry = samplers.get(solver)
-    options = _parse_options(solver_options, "--solver-option")
+    options = parse_options(solver_options, "--solver-option")
     entry.check_options(options)
     num_steps = f.default_steps if num_steps is None else num_steps
     lo, hi = _float_or_none(sigma_min, "--sigma-min"), _float_or_none(sigma_max, "--sigma-max")
@@ -304,6 +289,8 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
         results.append(x.to("cpu", torch.float64))
         nfe = info["nfe"]
     samples = torch.cat(results).numpy()
+    if latent_space is not None:  # a latent model: its samples are latents, the images come from the decoder
+        samples = latent_space.decode(torch.from_numpy(samples)).numpy()
     if world > 1:
         parts: List[np.ndarray] = [None] * world  # type: ignore[list-item]
         dist.all_gather_object(parts, samples)
@@ -317,9 +304,9 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
         raise ConfigError(f"sampling produced non-finite values ({preset}, {solver}, {num_steps} steps); try more steps")
     try:
         with StagedOutputs() as stage:
-            written = _write_samples(stage, out_path, samples, seed_list, reference)
+            written = write_samples(stage, out_path, samples, seed_list, reference)
             if recorder is not None:
-                written += _write_trajectory(stage, os.path.splitext(out_path)[0] + "_trajectory", recorder)
+                written += _write_trajectory(stage, os.path.splitext(out_path)[0] + "_trajectory", recorder, latent_space)
     except OSError as error:
         raise disk_error(error, f"--out {out_path!r}") from None
     cost = f"{nfe} denoiser evaluations"
@@ -357,32 +344,17 @@ def _own_sigma_data(config) -> dict:
     return {}
 
 
-def _write_samples(stage: StagedOutputs, out_path: str, samples: np.ndarray, seeds: List[int], reference) -> List[str]:
-    """samples.npz (+ a PNG beside it) or a PNG alone: a scatter for 2-D points, a grid for images."""
-    extension = os.path.splitext(out_path)[1].lower()
-    png_path = out_path if extension == ".png" else os.path.splitext(out_path)[0] + ".png"
-    written = []
-    if extension == ".npz":
-        save_npz_atomic(stage.path(out_path), {"samples": samples, "seeds": np.asarray(seeds, dtype=np.int64)})
-        written.append(out_path)
-    if samples.ndim == 2 and samples.shape[1] == 2:
-        panels, labels = ([reference.numpy(), samples], ["data", "samples"]) if reference is not None else ([samples], ["samples"])
-        scatter_panels_png(stage.path(png_path), panels, labels=labels)
-        written.append(png_path)
-    elif samples.ndim == 4 and samples.shape[1] in (1, 3):
-        image_grid_png(stage.path(png_path), np.clip(samples, -1, 1), caption=f"{len(samples)} samples")
-        written.append(png_path)
-    elif extension == ".png":
-        raise ConfigError(f"samples of shape {list(samples.shape[1:])} have no picture; write --out FILE.npz")
-    return written
-
-
-def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecorder) -> List[str]:
-    """STEM.npz (t, sigma, x, denoised stacked over steps) and, for points or images, STEM.png."""
+def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecorder, latent_space=None) -> List[str]:
+    """STEM.npz (t, sigma, x, denoised stacked over steps) and, for points or images, STEM.png (a latent
+    model's denoised estimates decoded to images)."""
     arrays = recorder.arrays()
     save_npz_atomic(stage.path(stem + ".npz"), arrays)
     written = [stem + ".npz"]
     denoised = arrays["denoised"]
+    if latent_space is not None:
+        steps, batch = denoised.shape[:2]
+        decoded = latent_space.decode(torch.from_numpy(denoised.reshape(steps * batch, *denoised.shape[2:])))
+        denoised = decoded.numpy().reshape(steps, batch, *decoded.shape[1:])
     if (denoised.ndim == 3 and denoised.shape[2] == 2) or (denoised.ndim == 5 and denoised.shape[2] in (1, 3)):
         trajectory_png(stage.path(stem + ".png"), arrays["sigma"], np.clip(denoised, -1, 1) if denoised.ndim == 5 else denoised)
         written.append(stem + ".png")
@@ -395,6 +367,8 @@ def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecor
 
 @cli.command("train")
 @click.option("--preset", default="edm", show_default=True, help="Formulation to train under (see `edm-space presets`).")
+@click.option("--family", type=click.Choice(families.names()), default=None, help="Train another family of generative model instead of a diffusion model.")
+@click.option("--family-option", "family_options", multiple=True, help="With --family: its argument key=value, repeatable (e.g. couplings=4, loss=hinge).")
 @click.option("--data", "data_name", default="moons", show_default=True, help="Built-in data set (moons, 8gaussians, checkerboard, swissroll, digits, mnist), FILE.npy/.npz (arrays x and labels or y) or a PNG folder.")
 @click.option("--data-size", type=int, default=None, help="Use a seeded subset of this many items [default: all / 10,000 for toy sets].")
 @click.option("--net", default=None, help="Network: mlp, unet, or your own package.module:Class [default: mlp for vectors, unet for images].")
@@ -413,33 +387,48 @@ def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecor
 @click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Checkpoints kept (older ones are deleted).")
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log.jsonl entries.")
 @click.option("--out", "out_dir", required=True, help="Run directory (config.json, checkpoints/, log.jsonl); an existing one is resumed.")
+@click.option("--latent", "latent_run", default=None, help="Latent diffusion: an autoencoder run (edm-space autoencoder train) whose latents of --data the model learns.")
+@click.option("--latent-mode", type=click.Choice(list(latent.LATENT_MODES)), default="mean", show_default=True, help="With a KL autoencoder: its posterior mean or a sample as the latent.")
 @click.option("--stream-data", is_flag=True, help="Read a PNG folder image by image with DataLoader workers instead of holding it in memory (same run).")
 @click.option("--workers", type=int, default=2, show_default=True, help="With --stream-data: DataLoader worker processes.")
 @device_option
 @precision_option
 @compile_option
 @threads_option
-def train_command(preset, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
-                  ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, stream_data, workers, device,
+def train_command(preset, family, family_options, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
+                  ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, latent_run, latent_mode, stream_data, workers, device,
                   precision, compile_network, threads) -> None:
     """Train a network under a preset's loss; resumes the run in --out if it exists.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: the result depends on K only through
     floating-point reduction order.
     """
-    _set_threads(threads)
+    set_threads(threads)
+    context = click.get_current_context()
+    if family is not None:
+        for option, value in (("--net", net), ("--conditional", conditional or None), ("--stream-data", stream_data or None)):
+            if value is not None:
+                raise ConfigError(f"{option} is for diffusion training; --family {family} takes its settings as --family-option key=value")
+        if context.get_parameter_source("preset").name == "COMMANDLINE":
+            raise ConfigError(f"--preset is for diffusion training; --family {family} is not a diffusion model")
+        settings = ["data", "data_size", "steps", "batch", "lr", "seed", "checkpoint_every", "keep_checkpoints", "log_every", "options"]
+        explicit = explicit_settings(context, settings, {"data": "data_name", "options": "family_options"})
+        train_family(family, data_name, parse_options(family_options, "--family-option"), out_dir, data_size=data_size, steps=steps,
+                     batch=batch, lr=lr if "lr" in explicit else None, seed=seed, checkpoint_every=checkpoint_every,
+                     keep_checkpoints=keep_checkpoints, log_every=log_every, device=device, explicit=explicit)
+        return
     given = dict(
-        preset=preset, data=data_name, net=net, net_options=_parse_options(net_options, "--net-option"),
-        preset_options=_parse_options(preset_options, "--preset-option"), data_size=data_size, steps=steps, batch=batch,
+        preset=preset, data=data_name, net=net, net_options=parse_options(net_options, "--net-option"),
+        preset_options=parse_options(preset_options, "--preset-option"), data_size=data_size, steps=steps, batch=batch,
         lr=lr, warmup_images=warmup_images, grad_clip=grad_clip, ema_halflife_images=ema_halflife_images, conditional=conditional,
         label_dropout=label_dropout, seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
+        latent=latent_run, latent_mode=latent_mode,
     )
-    context = click.get_current_context()
-    sources = {"data": "data_name"}
+    sources = {"data": "data_name", "latent": "latent_run"}
     explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
     config = resolve_config(out_dir, given, explicit)
     if config.net is None or config.batch is None:
-        images = stream_data or data.load(config.data, n=1).ndim == 4
+        images = stream_data or config.latent is not None or data.load(config.data, n=1).ndim == 4
         config = dataclasses.replace(
             config,
             net=("unet" if images else "mlp") if config.net is None else config.net,
@@ -478,7 +467,7 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     accuracy (scipy DOP853) on calibration latents; the error before and after is reported on
     held-out latents, which the fit never sees. Use the result with --discretization FILE.json.
     """
-    _set_threads(threads)
+    set_threads(threads)
     if not out_path.endswith(".json"):
         raise ConfigError(f"--out {out_path!r} must end in .json")
     check_writable_file(out_path, "--out")
@@ -534,6 +523,9 @@ def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, see
     results = run_demo(out_dir, data=data_name, steps=steps, num_samples=num_samples, seed=seed, echo=click.echo)
     click.echo(format_results(results))
     click.echo(f"wrote {out_dir}/demo.png, {out_dir}/results.md and results.json in {results['seconds']:.0f} s")
+
+
+cli.add_command(autoencoder_group)
 
 
 # ---------------------------------------------------------------------------

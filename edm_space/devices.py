@@ -116,3 +116,15 @@ def peak_memory_mib(device: torch.device) -> Optional[float]:
     if device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def make_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam with one fused kernel over all weights where the device has it, else the multi-tensor (foreach) path.
+
+    Same update rule either way; the fused step saves about a tenth of a small MLP's step time on CPU
+    (benchmarks/speed.py).
+    """
+    try:
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -26,6 +27,8 @@ from .files import read_json, write_atomic
 CHECKPOINT_FORMAT = "edm-space-checkpoint"
 CHECKPOINT_VERSION = 1
 LOCK_NAME = "lock"
+# Settings a resumed run may change.
+RESUMABLE = ("steps", "checkpoint_every", "log_every", "keep_checkpoints")
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)\.pt")
 # Temporary files of write_atomic (.tmp-*) and of earlier versions' checkpoint writer (*.tmp-PID).
 _TEMPORARY_NAME = re.compile(r"(\.tmp-.*|.*\.tmp-\d+)")
@@ -247,3 +250,50 @@ def disk_error(error: OSError, what: str) -> ConfigError:
     reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
     target = f" {error.filename!r}" if getattr(error, "filename", None) else ""
     return ConfigError(f"could not write {what}{target}: {reason}")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints that hold good weights, and a log that matches them.
+
+
+class TrainingDiverged(ConfigError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+def confirm_checkpoint(run_dir: str, good: Tuple[int, str], keep: int, rank: int) -> None:
+    """`good` is confirmed: prune older checkpoints so that `keep` remain, `good` among them."""
+    if rank != 0:
+        return
+    older = [path for step, path in list_checkpoints(run_dir) if step < good[0]]
+    for path in older[: max(len(older) - (keep - 1), 0)]:
+        os.unlink(path)
+
+
+def diverged_error(run_dir: str, what: str, pending: Optional[Tuple[int, str]], step: int, rank: int) -> TrainingDiverged:
+    """The error for a non-finite loss or gradient; the checkpoint holding the weights that produced it is set aside."""
+    if rank == 0 and pending is not None and pending[0] == step:
+        # Its weights gave this very loss: keep it for inspection, but never resume from it.
+        os.replace(pending[1], os.path.join(checkpoint_dir(run_dir), f"diverged-{os.path.basename(pending[1])}"))
+    found = list_checkpoints(run_dir)
+    where = f"; the last good checkpoint is {found[-1][1]}" if found else "; no checkpoint was written yet"
+    return TrainingDiverged(what + where)
+
+
+def trim_log(run_dir: str, step: int) -> None:
+    """Drop log.jsonl entries past `step` (and a line cut off by a crash), so the log matches the checkpoints."""
+    log_path = os.path.join(run_dir, "log.jsonl")
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as file:
+        lines = file.readlines()
+    kept = [line.rstrip("\n") + "\n" for line in lines if line.strip() and _logged_step(line) <= step]
+    if kept != lines:
+        write_atomic(log_path, "".join(kept).encode())
+
+
+def _logged_step(line: str) -> float:
+    """The step of one log.jsonl line; a line cut off by a crash counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

@@ -52,3 +52,9 @@ def parse_seeds(text: str, most: int = 10**7) -> List[int]:
             raise ConfigError(f"seeds {text!r} name more than {most:,} samples; sample fewer per command")
         seeds.extend(range(lo, hi + 1))
     return seeds
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one training step's draws, a function of (seed, step) alone, so that resuming needs
+    no random state beyond the step counter and K processes draw the same global batch."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))

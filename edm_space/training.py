@@ -34,14 +34,21 @@ from tqdm.auto import tqdm
 
 import presets
 
-from . import devices, networks
+from . import devices, latent, networks
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
 from .denoiser import Denoiser
 from .errors import ConfigError
 from .files import write_atomic
+from .seeding import step_generator
 from .parameterization import Formulation
+from .devices import make_optimizer
 from .rundir import (
+    RESUMABLE,
     CHECKPOINT_FORMAT,
+    TrainingDiverged,
+    confirm_checkpoint,
+    diverged_error,
+    trim_log,
     CHECKPOINT_VERSION,
     RunLock,
     checkpoint_dir,
@@ -93,6 +100,9 @@ class TrainConfig:
     log_every: int = 50
     conditional: bool = False
     label_dropout: float = 0.1
+    latent: Optional[str] = None
+    latent_mode: str = "mean"
+    latent_space: Optional[Dict[str, Any]] = None
     sigma_data: Optional[float] = None
     item_shape: Optional[List[int]] = None
     num_classes: int = 0
@@ -109,16 +119,13 @@ class TrainConfig:
         return cls(**payload)
 
 
-# Settings a resumed run may change.
-RESUMABLE = ("steps", "checkpoint_every", "log_every", "keep_checkpoints")
 # Settings that fix the network's tensors: a checkpoint must agree with its run on them.
 NETWORK_KEYS = ("net", "net_options", "conditional", "item_shape", "num_classes")
 # Settings derived from the data when a run starts.
-DERIVED = ("sigma_data", "item_shape", "num_classes")
+DERIVED = ("sigma_data", "item_shape", "num_classes", "latent_space")
 
 
-class TrainingDiverged(ConfigError):
-    """The loss or the gradient became NaN or infinite."""
+
 
 
 # ---------------------------------------------------------------------------
@@ -195,11 +202,6 @@ def load_training_data(config: TrainConfig) -> Tuple[torch.Tensor, Optional[torc
     if config.conditional and labels is None:
         raise ConfigError(f"--conditional needs class labels; data set {config.data!r} has none")
     return x, labels
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of one step's draws, a function of (seed, step) alone."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
 
 
 class StepIndices(torch.utils.data.Sampler):
@@ -301,6 +303,8 @@ def distributed_context() -> Tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # each process on the GPU of its LOCAL_RANK, before NCCL picks cuda:0 for all
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -317,17 +321,6 @@ def ema_beta(config: TrainConfig, images_seen: int) -> float:
         halflife = min(halflife, images_seen * config.ema_rampup_ratio)
     return 0.5 ** (config.batch / max(halflife, 1e-8))
 
-
-def make_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam with one fused kernel over all weights where the device has it, else the multi-tensor (foreach) path.
-
-    Same update rule either way; the fused step saves about a tenth of a small MLP's step time on CPU
-    (benchmarks/speed.py).
-    """
-    try:
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
 
 
 def _check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
@@ -431,14 +424,18 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
 
     if stream_data:
-        if config.conditional:
-            raise ConfigError("--stream-data reads PNG folders, which carry no class labels; it cannot train --conditional")
+        if config.conditional or config.latent is not None:
+            raise ConfigError("--stream-data reads PNG folders image by image; it trains neither --conditional (no labels) nor --latent")
         if not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"workers = {workers!r} is invalid; it must be an integer >= 0")
         streamed = StreamedPNGFolder(config.data, n=config.data_size, seed=config.seed)
         x_data, labels, num_items, item_shape = None, None, len(streamed), streamed.item_shape
     else:
         x_data, labels = load_training_data(config)
+        if config.latent is not None or config.latent_space is not None:
+            # Latent diffusion: the data set encoded once by the autoencoder run, normalized per channel.
+            x_data, labels, record = latent.training_latents(run_dir, config, x_data, labels, write_cache_file=rank == 0)
+            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"])
         num_items, item_shape = len(x_data), tuple(x_data.shape[1:])
     if config.sigma_data is None:
         sigma_data = round(streamed_sigma_data(streamed) if stream_data else estimate_sigma_data(x_data), 6)
@@ -464,9 +461,11 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as error:
             raise ConfigError(f"checkpoint of step {start_step} in {run_dir!r} does not fit this network ({type(error).__name__})") from None
-    notice = warmup_notice(config)
-    if notice and rank == 0 and start_step < config.steps:
-        echo(notice)
+    if rank == 0 and start_step < config.steps:
+        echo(f"network {config.net}: {sum(p.numel() for p in net.parameters()):,} parameters on {device}")
+        notice = warmup_notice(config)
+        if notice:
+            echo(notice)
 
     ema_params, net_params = list(ema.parameters()), [p.detach() for p in net.parameters()]
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
@@ -532,7 +531,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                     raise devices.compile_error(error) from None
                 raise
             if not torch.isfinite(global_loss):
-                raise _diverged(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
+                raise diverged_error(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
             images_seen = (step + 1) * config.batch
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * (min(images_seen / config.warmup_images, 1.0) if config.warmup_images else 1.0)
@@ -544,9 +543,9 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 scaler.unscale_(optimizer)
             grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip, foreach=True)
             if not torch.isfinite(grad_norm):
-                raise _diverged(run_dir, f"gradient norm became {float(grad_norm)} at step {step}", pending, step, rank)
+                raise diverged_error(run_dir, f"gradient norm became {float(grad_norm)} at step {step}", pending, step, rank)
             if pending is not None and pending[0] == step:
-                _confirm(run_dir, pending, config.keep_checkpoints, rank)
+                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, rank)
                 pending = None
             if scaler is None:
                 optimizer.step()
@@ -597,9 +596,9 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
             with torch.no_grad():
                 _, _, global_loss = batch_loss(config.steps, net)
             if not torch.isfinite(global_loss):
-                raise _diverged(run_dir, f"training loss of the final weights became {float(global_loss)} at step {config.steps}", pending, config.steps, rank)
+                raise diverged_error(run_dir, f"training loss of the final weights became {float(global_loss)} at step {config.steps}", pending, config.steps, rank)
             if pending is not None:
-                _confirm(run_dir, pending, config.keep_checkpoints, rank)
+                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, rank)
     finally:
         if bar is not None:
             bar.close()
@@ -608,43 +607,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
             "checkpoint": found[-1][1] if found else None}
 
 
-def _confirm(run_dir: str, good: Tuple[int, str], keep: int, rank: int) -> None:
-    """`good` is confirmed: prune older checkpoints so that `keep` remain, `good` among them."""
-    if rank != 0:
-        return
-    older = [path for step, path in list_checkpoints(run_dir) if step < good[0]]
-    for path in older[: max(len(older) - (keep - 1), 0)]:
-        os.unlink(path)
 
 
-def _diverged(run_dir: str, what: str, pending: Optional[Tuple[int, str]], step: int, rank: int) -> TrainingDiverged:
-    """The error for a non-finite loss or gradient; the checkpoint holding the weights that produced it is set aside."""
-    if rank == 0 and pending is not None and pending[0] == step:
-        # Its weights gave this very loss: keep it for inspection, but never resume from it.
-        os.replace(pending[1], os.path.join(checkpoint_dir(run_dir), f"diverged-{os.path.basename(pending[1])}"))
-    found = list_checkpoints(run_dir)
-    where = f"; the last good checkpoint is {found[-1][1]}" if found else "; no checkpoint was written yet"
-    return TrainingDiverged(what + where)
-
-
-def trim_log(run_dir: str, step: int) -> None:
-    """Drop log.jsonl entries past `step` (and a line cut off by a crash), so the log matches the checkpoints."""
-    log_path = os.path.join(run_dir, "log.jsonl")
-    if not os.path.exists(log_path):
-        return
-    with open(log_path) as file:
-        lines = file.readlines()
-    kept = [line.rstrip("\n") + "\n" for line in lines if line.strip() and _logged_step(line) <= step]
-    if kept != lines:
-        write_atomic(log_path, "".join(kept).encode())
-
-
-def _logged_step(line: str) -> float:
-    """The step of one log.jsonl line; a line cut off by a crash counts as past every step."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig) -> str:

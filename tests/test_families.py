@@ -308,6 +308,7 @@ SMALL = {
     "nice": ((1, 4, 4), dict(couplings=2, width=16, depth=2)),
     "gan": ((1, 8, 8), dict(latent_dim=8, channels=8)),
     "pixelcnn": ((1, 4, 4), dict(channels=8, blocks=1, head=8)),
+    "vae": ((1, 4, 4), dict(channels=8, latent_channels=2, iwae_samples=2)),
 }
 
 
@@ -331,11 +332,11 @@ def test_train_step_changes_every_group_and_sample_has_the_item_shape(name):
 
 
 def test_registry_and_option_errors():
-    assert families.names() == ["nice", "gan", "pixelcnn"]
+    assert families.names() == ["nice", "gan", "pixelcnn", "vae"]
     assert families.build("pixelcnn", (1, 6, 5)).evaluations_per_sample == 30
     assert families.build("nice", (3,)).evaluations_per_sample == 1
-    with pytest.raises(ConfigError, match="unknown family 'vae'"):
-        families.build("vae", (2,))
+    with pytest.raises(ConfigError, match="unknown family 'glow'"):
+        families.build("glow", (2,))
     with pytest.raises(ConfigError, match="1-channel"):
         families.build("pixelcnn", (3, 8, 8))
     with pytest.raises(ConfigError, match="unknown GAN loss"):

@@ -26,8 +26,9 @@ from .base import GenerativeFamily
 from .gan import GAN
 from .nice import NICE
 from .pixelcnn import PixelCNN
+from .vae import VAE
 
-FAMILIES: Dict[str, type] = {"nice": NICE, "gan": GAN, "pixelcnn": PixelCNN}
+FAMILIES: Dict[str, type] = {"nice": NICE, "gan": GAN, "pixelcnn": PixelCNN, "vae": VAE}
 
 
 def names() -> List[str]:

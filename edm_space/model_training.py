@@ -1,0 +1,574 @@
+"""Training, resuming, evaluating and sampling the models that are not diffusion networks: the generative
+families (edm_space.families: nice, gan, pixelcnn, vae) and the autoencoders (edm_space.autoencoders: kl, vq).
+
+    from edm_space.model_training import ModelConfig, train_model, load_model
+    train_model(ModelConfig(kind="autoencoder", name="kl", data="mnist", out="runs/ae", steps=2000))
+    model, config, step = load_model("runs/ae")
+
+A run directory is the one of diffusion training (edm_space.rundir): config.json (a ModelConfig,
+told from a diffusion run by its field "kind"), checkpoints/checkpoint-STEP.pt (the model, every
+optimizer's state and the step, written atomically, loaded with weights_only=True) and log.jsonl.
+One process at a time trains in it (rundir.RunLock). A checkpoint counts as good once the loss of
+the next step is finite, as in edm_space.training.
+
+Randomness. Step s draws everything from training's step generator of (seed, s): first the
+batch's data indices, then, through the same generator handed to the model's step, its latents,
+dequantization noise, posterior draws and codebook restarts. The weights are initialised under
+torch.manual_seed(seed) in a forked RNG state. So a run resumed from a checkpoint continues
+bit-exactly, and the caller's global RNG is left alone.
+
+Data split. The data set is loaded whole (an image set or file: all its items; a toy set: its
+default 10,000 points of the run's seed). `held_out` items (default: a tenth) are set aside by a
+permutation of a fixed seed (HOLDOUT_SEED), the same for every run of the data set; the model
+trains on the rest, or on `data_size` items drawn from the rest with the run's seed. Evaluation
+scores only held-out items (split_indices has the exact rule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import autoencoders, devices, families
+from .data import load
+from .outputs import write_samples
+from .errors import ConfigError, unknown
+from .families.base import optimize
+from .families.bits import DEQUANTIZED_SCALE, bits_per_dim, dequantize, to_levels
+from .families.vae import generator_on, prior_samples
+from .files import StagedOutputs, check_writable_file, save_npz_atomic
+from .plotting import image_grid_png, scatter_panels_png
+from .devices import make_optimizer
+from .rundir import (
+    RESUMABLE,
+    confirm_checkpoint,
+    diverged_error,
+    trim_log,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    RunLock,
+    checkpoint_dir,
+    checkpoint_path,
+    disk_error,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prepare_run_dir,
+    read_json,
+    remove_temporaries,
+    save_checkpoint,
+    write_json,
+)
+from .seeding import step_generator
+
+__all__ = [
+    "ModelConfig", "KINDS", "train_model", "load_model", "autoencoder_checksum", "evaluate_autoencoder",
+    "sample_model", "is_model_run", "read_model_config", "resolve_model_config", "split_indices",
+    "load_split", "default_lr",
+]
+
+KINDS = ("family", "autoencoder")
+# Seed of the permutation that sets the held-out items aside: fixed, so every run of a data set holds out the same items.
+HOLDOUT_SEED = 20_240_601
+# Settings that fix the model's tensors: a checkpoint must agree with its run on them.
+MODEL_KEYS = ("kind", "name", "options", "item_shape")
+# Settings derived from the data when a run starts (None until then).
+DERIVED = ("held_out", "item_shape")
+# Adam's learning rate when none is given: DCGAN's 2e-4 for the GAN (Radford et al. 2016, Sec. 4), else 1e-3.
+DEFAULT_LR = {("family", "gan"): 2e-4}
+FALLBACK_LR = 1e-3
+MAX_STEPS = 10**9
+MAX_BATCH = 10**7
+MAX_SAMPLES = 10**7
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines the training run of a family or an autoencoder; stored as config.json."""
+
+    kind: str = "family"
+    name: str = "nice"
+    options: Dict[str, Any] = field(default_factory=dict)
+    data: str = "mnist"
+    out: str = "runs/model"
+    data_size: Optional[int] = None
+    held_out: Optional[int] = None
+    steps: int = 2000
+    batch: int = 64
+    lr: float = FALLBACK_LR
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    item_shape: Optional[List[int]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: Dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown_keys = sorted(set(payload) - known)
+        if unknown_keys:
+            raise ConfigError(f"config.json has unknown fields {unknown_keys}; was it written by another tool?")
+        return cls(**payload)
+
+    def describe(self) -> str:
+        """'family nice' / 'autoencoder kl'."""
+        return f"{self.kind} {self.name!r}"
+
+
+def default_lr(kind: str, name: str) -> float:
+    """The learning rate a run of `kind` `name` gets when none is given."""
+    return DEFAULT_LR.get((kind, name), FALLBACK_LR)
+
+
+# ---------------------------------------------------------------------------
+# Run configuration.
+
+
+def is_model_run(run_dir: str) -> bool:
+    """Whether `run_dir` (a run directory or one of its checkpoint files) holds a ModelConfig run."""
+    if os.path.isfile(run_dir):
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(run_dir)))
+    path = os.path.join(run_dir, "config.json")
+    return os.path.isfile(path) and "kind" in read_json(path, "run config")
+
+
+def read_model_config(run_dir: str) -> ModelConfig:
+    """The ModelConfig stored in a run directory; a diffusion run or no run is refused in one line."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{run_dir!r} is not a run directory (no config.json)")
+    payload = read_json(path, "run config")
+    if "kind" not in payload:
+        raise ConfigError(f"run directory {run_dir!r} holds a diffusion run ({payload.get('preset', '?')!r}), not a family or autoencoder run")
+    return ModelConfig.from_json(payload)
+
+
+def resolve_model_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> ModelConfig:
+    """The configuration to train with: `given` for a new run; when `out` holds a run, its stored
+    settings for every key not in `explicit` (the settings the user actually gave)."""
+    settings = dict(given)
+    if os.path.isfile(os.path.join(out, "config.json")):
+        stored = read_model_config(out).to_json()
+        explicit = set(explicit)
+        for key in settings:
+            if key not in explicit and key in stored:
+                settings[key] = stored[key]
+    return ModelConfig(out=out, **settings)
+
+
+def _check_positive_int(name: str, value: Any, low: int = 1, high: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"an integer >= {low}" + (f" and <= {high:,}" if high is not None else "")
+        raise ConfigError(f"{name} = {value!r} is invalid; it must be {bound}")
+
+
+def check_model_config(config: ModelConfig) -> None:
+    """Refuse impossible settings before any work."""
+    if config.kind not in KINDS:
+        raise unknown("model kind", config.kind, KINDS)
+    valid = families.names() if config.kind == "family" else autoencoders.names()
+    if config.name not in valid:
+        raise unknown(config.kind, config.name, valid)
+    if not isinstance(config.options, dict):
+        raise ConfigError(f"options = {config.options!r} is invalid; it must be a dict of the model's arguments")
+    _check_positive_int("steps", config.steps, high=MAX_STEPS)
+    _check_positive_int("batch", config.batch, high=MAX_BATCH)
+    for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
+        _check_positive_int(name, getattr(config, name))
+    _check_positive_int("seed", config.seed, low=0)
+    if config.data_size is not None:
+        _check_positive_int("data_size", config.data_size)
+    if config.held_out is not None:
+        _check_positive_int("held_out", config.held_out, low=0)
+    if isinstance(config.lr, bool) or not (isinstance(config.lr, (int, float)) and config.lr > 0 and math.isfinite(config.lr)):
+        raise ConfigError(f"lr = {config.lr!r} is invalid; it must be a positive number")
+
+
+def _check_resumable(stored: ModelConfig, config: ModelConfig) -> None:
+    """A run directory keeps its configuration: continuing it with other settings is refused."""
+    run_dir = config.out
+    if (stored.kind, stored.name) != (config.kind, config.name):
+        raise ConfigError(f"run directory {run_dir!r} holds the {stored.describe()} run; it cannot continue as {config.describe()}")
+    differing = [
+        key for key, value in config.to_json().items()
+        if key not in RESUMABLE + DERIVED + ("out",) and stored.to_json()[key] != value
+    ]
+    differing += [key for key in DERIVED if getattr(config, key) is not None and getattr(config, key) != getattr(stored, key)]
+    if differing:
+        raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
+
+
+# ---------------------------------------------------------------------------
+# Data and models.
+
+
+def split_indices(num_items: int, held_out: int, data_size: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices), each sorted, of a data set of `num_items` items.
+
+    held-out: the first `held_out` entries of np.random.default_rng(HOLDOUT_SEED).permutation(num_items);
+    training: the other items, or, with `data_size`, the first `data_size` entries of
+    np.random.default_rng(seed).permutation over the other items (in their sorted order).
+    """
+    if held_out >= num_items:
+        raise ConfigError(f"held_out = {held_out} leaves no training item: the data set has {num_items} items")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(num_items)
+    held, rest = np.sort(order[:held_out]), np.sort(order[held_out:])
+    if data_size is None:
+        return rest, held
+    if data_size > len(rest):
+        raise ConfigError(f"data_size = {data_size} is too many: the data set has {num_items} items, {held_out} of them held out, so at most {len(rest)}")
+    return np.sort(rest[np.random.default_rng(seed).permutation(len(rest))[:data_size]]), held
+
+
+def load_split(config: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """(training items, held-out items, held_out count) of the run's data (see split_indices)."""
+    x = load(config.data, seed=config.seed)
+    held_out = len(x) // 10 if config.held_out is None else config.held_out
+    train_index, held_index = split_indices(len(x), held_out, config.data_size, config.seed)
+    return x[torch.from_numpy(train_index)], x[torch.from_numpy(held_index)], held_out
+
+
+def build_model(config: ModelConfig, item_shape: Sequence[int]) -> nn.Module:
+    """The run's family or autoencoder, its weights initialised from the run's seed (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if config.kind == "family":
+            return families.build(config.name, item_shape, **config.options)
+        return autoencoders.build(config.name, item_shape, **config.options)
+
+
+def build_model_optimizers(model: nn.Module, config: ModelConfig) -> Dict[str, torch.optim.Optimizer]:
+    """A family's optimizers (one Adam per group), or the one Adam of an autoencoder under the name "model"."""
+    if config.kind == "family":
+        return families.build_optimizers(model, config.lr)
+    return {"model": make_optimizer(model, config.lr)}
+
+
+def model_step(model: nn.Module, kind: str, optimizers: Dict[str, torch.optim.Optimizer], x: torch.Tensor,
+               generator: torch.Generator) -> Dict[str, float]:
+    """One optimization step on the batch `x`; every random draw comes from `generator`. Returns the logged values.
+
+    A family runs its own train_step; an autoencoder zero_grad / loss(x)["total"].backward() / step
+    (a VQ autoencoder's loss also moves its codebook, in training mode).
+    """
+    if kind == "family":
+        return model.train_step(x, optimizers, generator)
+    losses = model.loss(x, generator_on(x.device, generator))
+    total = optimize(optimizers["model"], losses["total"])
+    return {"total": total, **{name: float(value.detach()) for name, value in losses.items() if name != "total"}}
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+
+
+def train_model(config: ModelConfig, progress: bool = True, device: str = "auto", echo: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Train (or resume) the run in config.out; returns a summary dict.
+
+    `device` (auto | cpu | cuda | cuda:N | mps) holds the model, its optimizer states and the
+    training items; every draw is made on the CPU by the step generator. A fresh run that fails
+    before its first checkpoint leaves no run directory; a non-finite loss ends the run with one
+    line naming the step and the last good checkpoint (TrainingDiverged).
+    """
+    check_model_config(config)
+    device = devices.resolve_device(device)
+    echo = echo or tqdm.write
+    run_dir = config.out
+    created = prepare_run_dir(run_dir)
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    try:
+        remove_temporaries(run_dir)
+        return _train_locked(config, progress, device, echo)
+    except BaseException:
+        found = list_checkpoints(run_dir)
+        if created and not found:
+            # A fresh run that failed before its first checkpoint leaves nothing that would block the next try.
+            lock.release()
+            shutil.rmtree(created, ignore_errors=True)
+        elif os.path.isdir(run_dir):
+            try:  # the log keeps no step that the checkpoints do not hold
+                trim_log(run_dir, found[-1][0] if found else 0)
+            except OSError:
+                pass
+        raise
+    finally:
+        lock.release()
+
+
+def _train_locked(config: ModelConfig, progress: bool, device: torch.device, echo) -> Dict[str, Any]:
+    run_dir = config.out
+    if os.path.isfile(os.path.join(run_dir, "config.json")):
+        stored = read_model_config(run_dir)
+        _check_resumable(stored, config)
+        config = dataclasses.replace(stored, out=config.out, **{key: getattr(config, key) for key in RESUMABLE})
+    found = list_checkpoints(run_dir)
+    start_step, state = (found[-1][0], load_checkpoint(found[-1][1])) if found else (0, None)
+    if config.steps < start_step:
+        raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
+
+    x_train, _, held_out = load_split(config)
+    config = dataclasses.replace(config, held_out=held_out, item_shape=list(x_train.shape[1:]))
+    model = build_model(config, config.item_shape).to(device).train()
+    optimizers = build_model_optimizers(model, config)
+    if state is not None:
+        _load_states(model, optimizers, state, f"checkpoint of step {start_step} in {run_dir!r}")
+    x_train = x_train.to(device)  # kept on the device: no copy per step
+    if start_step < config.steps:
+        count = sum(p.numel() for p in model.parameters())
+        echo(f"{config.describe()}: {count:,} parameters on {device}; {len(x_train):,} training items, {held_out:,} held out")
+    trim_log(run_dir, start_step)  # a crashed run may have logged steps past its last checkpoint; they are redone
+
+    def run_step(step: int) -> Dict[str, float]:
+        generator = step_generator(config.seed, step)
+        index = torch.randint(len(x_train), (config.batch,), generator=generator)
+        return model_step(model, config.kind, optimizers, x_train[index.to(device)], generator)
+
+    def check(losses: Dict[str, float], what: str, step: int) -> None:
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                raise diverged_error(run_dir, f"{what} {name!r} became {value} at step {step}", pending, step, 0)
+
+    log_path = os.path.join(run_dir, "log.jsonl")
+    bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.name} on {config.data}", unit="step",
+               dynamic_ncols=True) if progress else None
+    # The newest checkpoint written by this call whose weights have not yet given a finite loss.
+    pending: Optional[Tuple[int, str]] = None
+    window: Dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    try:
+        for step in range(start_step, config.steps):
+            losses = run_step(step)
+            check(losses, "training loss", step)
+            if pending is not None and pending[0] == step:
+                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, 0)
+                pending = None
+            for name, value in losses.items():
+                window[name] = window.get(name, 0.0) + value
+            window_steps += 1
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done % config.log_every == 0 or done == config.steps:
+                elapsed = time.perf_counter() - window_start
+                entry = {
+                    "step": done,
+                    "images": done * config.batch,
+                    "losses": {name: total / window_steps for name, total in window.items()},
+                    "lr": config.lr,
+                    "images_per_s": window_steps * config.batch / max(elapsed, 1e-9),
+                    **({"peak_gpu_memory_mib": devices.peak_memory_mib(device)} if device.type == "cuda" else {}),
+                }
+                if bar is not None:
+                    bar.set_postfix({name: f"{value:.4g}" for name, value in entry["losses"].items()})
+                with open(log_path, "a") as file:
+                    file.write(json.dumps(entry) + "\n")
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                pending = (done, _write_checkpoint(run_dir, done, model, optimizers, config))
+        if start_step < config.steps:
+            # The last checkpoint has no next step in this call: its weights take that step's batch now (the
+            # updated weights are dropped; a later resume redoes the step from the checkpoint).
+            check(run_step(config.steps), "training loss of the final weights", config.steps)
+            if pending is not None:
+                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, 0)
+    finally:
+        if bar is not None:
+            bar.close()
+    found = list_checkpoints(run_dir)
+    return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "checkpoint": found[-1][1] if found else None,
+            "held_out": held_out, "training_items": len(x_train)}
+
+
+def _write_checkpoint(run_dir: str, step: int, model: nn.Module, optimizers: Dict[str, torch.optim.Optimizer], config: ModelConfig) -> str:
+    """The checkpoint of `step`, then config.json (steps included), both atomically."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        "config": json.dumps(config.to_json()),
+    }
+    os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
+    path = checkpoint_path(run_dir, step)
+    save_checkpoint(path, state)
+    write_json(os.path.join(run_dir, "config.json"), config.to_json())
+    return path
+
+
+def _load_states(model: nn.Module, optimizers: Optional[Dict[str, torch.optim.Optimizer]], state: Dict[str, Any], what: str) -> None:
+    """Weights (and optimizer states) of a checkpoint into the model (and optimizers), or a one-line error."""
+    try:
+        model.load_state_dict(state["model"])
+        for name, optimizer in (optimizers or {}).items():
+            optimizer.load_state_dict(state["optimizers"][name])
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        reason = " ".join(str(error).split())[:120]
+        raise ConfigError(f"{what} does not fit this model ({type(error).__name__}: {reason}); it does not belong to this run") from None
+
+
+# ---------------------------------------------------------------------------
+# Loading, checksums.
+
+
+def load_model(run_or_checkpoint: str, step: Optional[int] = None, device: str = "cpu") -> Tuple[nn.Module, ModelConfig, int]:
+    """(model, config, step) of a run's checkpoint (newest, or that of `step`) or of a checkpoint file.
+
+    The model is in eval mode without gradients, on `device`; checkpoints are read to the CPU first.
+    """
+    run_dir, step, path = find_checkpoint(run_or_checkpoint, step)
+    config = read_model_config(run_dir)
+    state = load_checkpoint(path)
+    try:
+        stored = ModelConfig.from_json(json.loads(state.get("config", "{}")))
+    except (TypeError, ValueError):
+        raise ConfigError(f"checkpoint {path!r} has no readable model config; it is not a family or autoencoder checkpoint") from None
+    if (stored.kind, stored.name) != (config.kind, config.name):
+        raise ConfigError(f"checkpoint {path!r} was trained as {stored.describe()}, but config.json says {config.describe()}; it does not belong to this run")
+    differ = [key for key in MODEL_KEYS if getattr(config, key) is not None and getattr(stored, key) != getattr(config, key)]
+    if differ:
+        raise ConfigError(f"checkpoint {path!r} was trained with another model than the run's config.json ({', '.join(differ)} differ); it does not belong to this run")
+    if stored.item_shape is None:
+        raise ConfigError(f"checkpoint {path!r} does not record its item shape")
+    model = build_model(stored, stored.item_shape)
+    _load_states(model, None, state, f"checkpoint {path!r}")
+    model.eval().requires_grad_(False).to(devices.resolve_device(device))
+    return model, stored, step
+
+
+def autoencoder_checksum(run_dir: str, step: Optional[int] = None) -> str:
+    """SHA-256 (hex) of the bytes of the autoencoder checkpoint that load_model(run_dir, step) reads."""
+    source_dir, _, path = find_checkpoint(run_dir, step)
+    config = read_model_config(source_dir)
+    if config.kind != "autoencoder":
+        raise ConfigError(f"run {run_dir!r} holds the {config.describe()} model, not an autoencoder")
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Evaluation of an autoencoder on held-out items.
+
+
+@torch.no_grad()
+def evaluate_autoencoder(run: str, step: Optional[int] = None, n: int = 1000, iwae_samples: int = 32, batch: int = 250,
+                         device: str = "cpu", seed: int = 0) -> Dict[str, Any]:
+    """Reconstruction error of an autoencoder run on its first `n` held-out items (all of them if fewer).
+
+    Returns step, n, mse (mean over every element), psnr = 10 log10(4 / mse) (data in [-1, 1], so
+    the peak-to-peak range is 2), the originals and reconstructions (CPU tensors); for a KL
+    autoencoder also elbo_bits_per_dim and iwae_bits_per_dim, from its bounds with `iwae_samples`
+    posterior draws on uniformly dequantized data (families.bits); for a VQ autoencoder
+    codebook_usage (fraction of codes used) and perplexity over the held-out latents. The
+    reconstruction of a KL autoencoder decodes the posterior mean; a VQ one its quantized latents.
+    """
+    _check_positive_int("--n", n, high=MAX_SAMPLES)
+    _check_positive_int("--iwae-samples", iwae_samples)
+    model, config, step = load_model(run, step, device)
+    if config.kind != "autoencoder":
+        raise ConfigError(f"run {run!r} holds the {config.describe()} model, not an autoencoder")
+    _, held, _ = load_split(config)
+    if not len(held):
+        raise ConfigError(f"run {run!r} holds out no items (trained with held_out = 0), so it has nothing to evaluate on")
+    originals = held[:n]
+    target = devices.resolve_device(device)
+    latent_mode = "mean" if config.name == "kl" else "continuous"
+    generator = torch.Generator().manual_seed(seed)
+    reconstructions, squared_error, bounds, codes = [], 0.0, {"elbo": [], "iwae": []}, []
+    for start in range(0, len(originals), batch):
+        x = originals[start:start + batch].to(target)
+        z = model.latents(x, mode=latent_mode)
+        x_hat = model.decode(z)  # a VQ decoder snaps z to the codebook first
+        squared_error += float(((x_hat.double() - x.double()) ** 2).sum())
+        reconstructions.append(x_hat.cpu())
+        if config.name == "kl":
+            y = dequantize(to_levels(x), generator, x.dtype)
+            for name, value in model.log_likelihood_bounds(y, k=iwae_samples, generator=generator_on(target, generator)).items():
+                bounds[name].append(bits_per_dim(value, math.prod(x.shape[1:]), DEQUANTIZED_SCALE).cpu())
+        elif config.name == "vq":
+            codes.append(model.nearest_codes(z).cpu())
+    mse = squared_error / originals.numel()
+    result: Dict[str, Any] = {
+        "step": step, "n": len(originals), "mse": mse, "psnr": 10.0 * math.log10(4.0 / mse) if mse > 0 else math.inf,
+        "originals": originals, "reconstructions": torch.cat(reconstructions),
+    }
+    if config.name == "kl":
+        result.update(elbo_bits_per_dim=float(torch.cat(bounds["elbo"]).mean()), iwae_bits_per_dim=float(torch.cat(bounds["iwae"]).mean()),
+                      iwae_samples=iwae_samples)
+    elif config.name == "vq":
+        usage, perplexity = model.code_statistics(torch.cat(codes).to(target))
+        result.update(codebook_usage=float(usage), perplexity=float(perplexity), num_codes=model.num_codes)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Sampling.
+
+
+def _sampler(model: nn.Module, config: ModelConfig, run: str) -> Tuple[Callable[[torch.Generator], torch.Tensor], int]:
+    """(draw one sample from a generator, network evaluations per sample) of a loaded run's model."""
+    if config.kind == "family":
+        return (lambda generator: model.sample(1, generator)), model.evaluations_per_sample
+    if config.name == "kl":
+        return (lambda generator: prior_samples(model, 1, generator)), 1
+    raise ConfigError(f"run {run!r} holds the {config.describe()} model, which has no prior to sample; train a generative model on its latents")
+
+
+@torch.no_grad()
+def sample_model(run: str, n: Optional[int] = None, seeds: Optional[Sequence[int]] = None, out: str = "samples.npz",
+                 step: Optional[int] = None, device: str = "cpu", seed: int = 0) -> Dict[str, Any]:
+    """Sample a family run (or a KL autoencoder's prior) and write FILE.npz (samples, seeds) with a PNG beside it, or FILE.png.
+
+    Sample i is drawn by its own torch.Generator seeded with seeds[i] (default: seed .. seed + n - 1,
+    n = 64), one sample per call, so it depends on its seed alone; the files replace their targets
+    together or not at all. Returns written paths, step, seeds and the network evaluations spent.
+    """
+    extension = os.path.splitext(out)[1].lower()
+    if extension not in (".npz", ".png"):
+        raise ConfigError(f"--out {out!r} must end in .npz or .png")
+    check_writable_file(out, "--out")
+    if seeds is None:
+        n = 64 if n is None else n
+        _check_positive_int("--n", n, high=MAX_SAMPLES)
+        _check_positive_int("--seed", seed, low=0)
+        seeds = list(range(seed, seed + n))
+    elif n is not None and n != len(seeds):
+        raise ConfigError(f"--n {n} contradicts the {len(seeds)} seeds given; give one of them")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("no seeds given; give --n N or --seeds like 0-63")
+    model, config, step = load_model(run, step, device)
+    draw, evaluations = _sampler(model, config, run)
+    samples = torch.cat([draw(torch.Generator().manual_seed(s % (1 << 63))).to("cpu", torch.float32) for s in seeds]).numpy()
+    if not np.isfinite(samples).all():
+        raise ConfigError(f"the model of {run!r} (step {step}) produced non-finite samples")
+    try:
+        with StagedOutputs() as stage:
+            written = write_samples(stage, out, samples, seeds)
+    except OSError as error:
+        raise disk_error(error, f"--out {out!r}") from None
+    return {"written": written, "step": step, "seeds": seeds, "evaluations": evaluations * len(seeds), "config": config}

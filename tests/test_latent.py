@@ -1,0 +1,111 @@
+"""Latent diffusion: per-channel normalization, the encoded cache, decoding at sampling, and a changed autoencoder refused."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edm_space import latent
+from edm_space.cli import main
+from edm_space.data import load
+from edm_space.errors import ConfigError
+from edm_space.model_training import ModelConfig, train_model
+from edm_space.rundir import list_checkpoints, load_checkpoint, save_checkpoint
+from edm_space.training import TrainConfig, read_run_config, train
+from conftest import one_torch_thread
+
+DIT = {"depth": 1, "width": 32, "heads": 2, "patch": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ae") / "kl"
+    with one_torch_thread():
+        train_model(ModelConfig(kind="autoencoder", name="kl", options={"channels": 8, "latent_channels": 2, "downsample": 2},
+                                data="digits", steps=6, batch=32, lr=1e-3, checkpoint_every=6, out=str(out)), progress=False, device="cpu")
+    return str(out)
+
+
+def latent_config(out, autoencoder_run, **overrides):
+    settings = dict(preset="edm", data="digits", data_size=200, net="dit", net_options=DIT, steps=4, batch=16,
+                    warmup_images=0, checkpoint_every=4, latent=autoencoder_run, out=str(out))
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_normalization_round_trips_and_gives_each_channel_the_target_std(autoencoder_run):
+    x = load("digits", n=120, seed=1)
+    space, z = latent.encode_data(x, autoencoder_run, "mean", seed=0)
+    z = z.to(torch.float64)
+    for channel in range(z.shape[1]):
+        values = z[:, channel]
+        assert abs(float(values.mean())) < 1e-6
+        assert abs(float(values.std(correction=0)) - latent.LATENT_SIGMA_DATA) < 1e-6
+    raw = torch.randn(5, *z.shape[1:], dtype=torch.float64)
+    torch.testing.assert_close(space.denormalize(space.normalize(raw)), raw, rtol=1e-12, atol=1e-12)
+    # normalize is (z - shift) * scale per channel, written out by hand for channel 1
+    expected = (raw[:, 1] - space.shift[1]) * space.scale[1]
+    torch.testing.assert_close(space.normalize(raw)[:, 1], expected, rtol=1e-12, atol=0)
+
+
+def test_a_latent_run_caches_its_latents_and_samples_decoded_images(tmp_path, autoencoder_run, capsys):
+    out = tmp_path / "latent"
+    train(latent_config(out, autoencoder_run), progress=False, device="cpu")
+    config = read_run_config(str(out))
+    assert config.item_shape == [2, 4, 4] and config.sigma_data == latent.LATENT_SIGMA_DATA
+    assert config.latent_space["checksum"] and config.latent_space["step"] == 6
+    with np.load(out / "latents.npz") as cache:
+        assert cache["latents"].shape == (200, 2, 4, 4) and str(cache["checksum"]) == config.latent_space["checksum"]
+    main(["sample", "--ckpt", str(out), "--n", "6", "--steps", "4", "--trajectory", "--out", str(tmp_path / "s.npz")])
+    samples = np.load(tmp_path / "s.npz")["samples"]
+    assert samples.shape == (6, 1, 8, 8)  # the data's shape, from the decoder
+    assert (tmp_path / "s_trajectory.png").exists()
+    # the samples are the decoder's output of the sampled latents: decode them again by hand
+    space = latent.open_latent_space(config.latent_space, str(out))
+    assert np.isfinite(samples).all() and np.abs(samples).max() < 10
+    assert space.decode(torch.zeros(1, 2, 4, 4)).shape == (1, 1, 8, 8)
+
+
+def test_resuming_reuses_the_cache_without_encoding(tmp_path, autoencoder_run, monkeypatch):
+    out = tmp_path / "latent"
+    train(latent_config(out, autoencoder_run, steps=2, checkpoint_every=2), progress=False, device="cpu")
+    monkeypatch.setattr(latent, "_encode", lambda *a, **k: pytest.fail("the cache should have been used"))
+    train(latent_config(out, autoencoder_run), progress=False, device="cpu")
+    assert list_checkpoints(str(out))[-1][0] == 4
+
+
+def test_a_changed_autoencoder_is_refused_with_one_line(tmp_path, autoencoder_run, capsys):
+    autoencoder = tmp_path / "ae-copy"
+    shutil.copytree(autoencoder_run, autoencoder)
+    out = tmp_path / "latent"
+    train(latent_config(out, str(autoencoder)), progress=False, device="cpu")
+    # The autoencoder's recorded checkpoint now holds other weights (retrained, say).
+    step, path = list_checkpoints(str(autoencoder))[-1]
+    state = load_checkpoint(path)
+    first = next(iter(state["model"]))
+    state["model"][first] = state["model"][first] + 1.0
+    save_checkpoint(path, state)
+    with pytest.raises(SystemExit) as done:
+        main(["sample", "--ckpt", str(out), "--n", "2", "--out", str(tmp_path / "s.npz")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "changed after" in err and "checksum" in err
+    assert not (tmp_path / "s.npz").exists()
+    with pytest.raises(ConfigError, match="changed after"):  # resuming the latent run is refused too
+        train(latent_config(out, str(autoencoder), steps=6), progress=False, device="cpu")
+
+
+def test_latent_training_refuses_a_run_that_is_not_an_autoencoder(tmp_path, capsys):
+    train(TrainConfig(data="digits", data_size=64, net="unet", net_options={"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1},
+                      steps=2, batch=16, out=str(tmp_path / "diffusion")), progress=False, device="cpu")
+    with pytest.raises(ConfigError, match="not an autoencoder run"):
+        train(latent_config(tmp_path / "latent", str(tmp_path / "diffusion")), progress=False, device="cpu")
+    assert not (tmp_path / "latent").exists()

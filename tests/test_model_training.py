@@ -1,0 +1,232 @@
+"""Training, resuming, evaluating and sampling the families and autoencoders (edm_space.model_training, cli_models)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from edm_space.cli_models import autoencoder_group, train_family
+from edm_space.data import load
+from edm_space.errors import ConfigError
+from edm_space.families.nice import NICE
+from edm_space.model_training import HOLDOUT_SEED, autoencoder_checksum, ModelConfig, load_model, sample_model, split_indices, train_model
+from edm_space.rundir import list_checkpoints, load_checkpoint
+from edm_space.training import TrainingDiverged, read_log
+
+DIGITS = 1797  # items of scikit-learn's 8x8 digits
+# Tiny models of 8x8 digits, each a few thousand weights.
+TINY = {
+    ("family", "nice"): {"couplings": 2, "width": 16, "depth": 1},
+    ("family", "gan"): {"latent_dim": 4, "channels": 4},
+    ("autoencoder", "vq"): {"channels": 8, "latent_channels": 2, "num_codes": 8, "ema": True, "restart_after": 1},
+    ("autoencoder", "kl"): {"channels": 8, "latent_channels": 2},
+}
+AE_TRAIN = ["--data", "digits", "--data-size", "64", "--option", "channels=8", "--option", "latent_channels=2",
+            "--steps", "4", "--batch", "8", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_config(out, kind: str, name: str, steps: int, **changes) -> ModelConfig:
+    settings = dict(kind=kind, name=name, options=TINY[(kind, name)], data="digits", data_size=64, steps=steps, batch=8,
+                    checkpoint_every=2, keep_checkpoints=2, log_every=1, out=str(out))
+    settings.update(changes)
+    return ModelConfig(**settings)
+
+
+def held_out_digits(count: int) -> torch.Tensor:
+    """The held-out digits by the documented rule, recomputed here: the first `count` of a fixed-seed permutation."""
+    x = load("digits")
+    index = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(DIGITS)[:count])
+    return x[torch.from_numpy(index)]
+
+
+def test_autoencoder_train_then_eval_reports_held_out_mse_and_psnr(tmp_path):
+    run = str(tmp_path / "ae")
+    runner = CliRunner()
+    trained = runner.invoke(autoencoder_group, ["train", "--kind", "kl", *AE_TRAIN, "--out", run])
+    assert trained.exit_code == 0, trained.output
+    picture = str(tmp_path / "recon.png")
+    result = runner.invoke(autoencoder_group, ["eval", "--ckpt", run, "--n", "12", "--iwae-samples", "2", "--out", picture])
+    assert result.exit_code == 0, result.output
+    mse = float(re.search(r"MSE ([0-9.eE+-]+),", result.output).group(1))
+    psnr = float(re.search(r"PSNR ([0-9.eE+-]+) dB", result.output).group(1))
+    assert psnr == pytest.approx(10 * math.log10(4 / mse), abs=1e-3)  # peak-to-peak 2 of data in [-1, 1]
+    assert re.search(r"ELBO [0-9.]+ bits/dim, IWAE \(k=2\) [0-9.]+ bits/dim", result.output)
+
+    # The same MSE from the first 12 held-out items (a tenth of the set, recomputed by the documented rule),
+    # reconstructed through the posterior mean, as a plain mean of squared differences.
+    model, config, step = load_model(run)
+    assert config.held_out == DIGITS // 10
+    # Latent diffusion's change detection: the SHA-256 of the very checkpoint file read.
+    checkpoints = dict(list_checkpoints(run))
+    for at in (2, 4):
+        with open(checkpoints[at], "rb") as file:
+            assert autoencoder_checksum(run, at) == hashlib.sha256(file.read()).hexdigest()
+    assert step == 4 and autoencoder_checksum(run) == autoencoder_checksum(run, 4) != autoencoder_checksum(run, 2)
+    x = held_out_digits(DIGITS // 10)[:12]
+    with torch.no_grad():
+        expected = float(((model.decode(model.encode(x)[0]) - x) ** 2).mean())
+    assert mse == pytest.approx(expected, rel=1e-5)
+
+    # Originals above reconstructions: two rows of 8 tiles, each an 8x8 digit upsampled 8 times to 64 px,
+    # 2 px apart, under a caption band. Read each tile's pixel centres back and compare with 8-bit levels.
+    image = np.asarray(Image.open(picture).convert("L")).astype(int)
+    assert image.shape[1] == 2 + 8 * (64 + 2)
+    with torch.no_grad():
+        reconstructions = model.decode(model.encode(x[:8])[0]).clamp(-1, 1)
+    for row, images in ((0, x[:8]), (1, reconstructions)):
+        top = image.shape[0] - 2 - (2 - row) * 64 - (1 - row) * 2
+        for column in range(8):
+            left = 2 + column * 66
+            tile = image[top + 4:top + 64:8, left + 4:left + 64:8]
+            levels = np.rint((images[column, 0].numpy().astype(np.float64) + 1) * 127.5)
+            assert np.abs(tile - levels).max() <= 1
+
+
+def test_training_items_are_disjoint_from_held_out_items(tmp_path):
+    train, held = split_indices(DIGITS, 179, 64, seed=3)
+    assert len(train) == 64 and len(held) == 179
+    assert not set(train.tolist()) & set(held.tolist())
+    assert held.tolist() == sorted(np.random.default_rng(HOLDOUT_SEED).permutation(DIGITS)[:179].tolist())
+    # The held-out items do not depend on the run's seed or subset size.
+    assert split_indices(DIGITS, 179, None, seed=7)[1].tolist() == held.tolist()
+
+
+def states_equal(a, b) -> bool:
+    """Recursive exact equality of (nested) state dicts."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(states_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(states_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("kind, name", [("family", "nice"), ("family", "gan"), ("autoencoder", "vq")])
+def test_resume_is_bit_exact(tmp_path, kind, name):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_model(tiny_config(straight, kind, name, steps=4), progress=False, device="cpu", echo=lambda line: None)
+    train_model(tiny_config(resumed, kind, name, steps=2), progress=False, device="cpu", echo=lambda line: None)
+    summary = train_model(tiny_config(resumed, kind, name, steps=4), progress=False, device="cpu", echo=lambda line: None)
+    assert summary["start_step"] == 2
+    a = load_checkpoint(list_checkpoints(str(straight))[-1][1])
+    b = load_checkpoint(list_checkpoints(str(resumed))[-1][1])
+    assert a["step"] == b["step"] == 4
+    assert states_equal(a["model"], b["model"])
+    assert states_equal(a["optimizers"], b["optimizers"])
+    # Training moved the weights between the checkpoints, so the comparison is not of untouched tensors.
+    middle = load_checkpoint(list_checkpoints(str(straight))[0][1])
+    assert middle["step"] == 2 and not states_equal(middle["model"], a["model"])
+    # log.jsonl: one entry per step (log_every = 1), the same losses either way, and a throughput.
+    logs = [read_log(str(run)) for run in (straight, resumed)]
+    assert [entry["step"] for entry in logs[1]] == [1, 2, 3, 4]
+    assert [entry["losses"] for entry in logs[0]] == [entry["losses"] for entry in logs[1]]
+    assert all(entry["images_per_s"] > 0 for entry in logs[1])
+
+
+def test_run_directory_in_use_is_refused(tmp_path):
+    run = tmp_path / "busy"
+    train_model(tiny_config(run, "family", "nice", steps=2), progress=False, device="cpu", echo=lambda line: None)
+    before = sorted(os.listdir(run / "checkpoints"))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = f"{sleeper.pid} {socket.gethostname()}\n"
+        (run / "lock").write_text(lock)
+        with pytest.raises(ConfigError, match=f"in use by process {sleeper.pid}"):
+            train_model(tiny_config(run, "family", "nice", steps=4), progress=False, device="cpu", echo=lambda line: None)
+        assert (run / "lock").read_text() == lock  # the other process's lock stays
+        assert sorted(os.listdir(run / "checkpoints")) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_non_finite_loss_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = NICE.train_step
+    calls = []
+
+    def fails_at_step_four(self, x, optimizers, generator):
+        calls.append(1)
+        losses = original(self, x, optimizers, generator)
+        return {**losses, "nll": math.nan} if len(calls) == 5 else losses
+
+    monkeypatch.setattr(NICE, "train_step", fails_at_step_four)
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged) as caught:
+        train_model(tiny_config(run, "family", "nice", steps=6), progress=False, device="cpu", echo=lambda line: None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'nll' became nan at step 4" in message
+    # Checkpoint 4 holds the weights whose loss was NaN: it is set aside, and checkpoint 2 is named.
+    assert message.endswith(os.path.join(str(run), "checkpoints", "checkpoint-00000002.pt"))
+    assert [step for step, _ in list_checkpoints(str(run))] == [2]
+    assert (run / "checkpoints" / "diverged-checkpoint-00000004.pt").exists()
+    monkeypatch.setattr(NICE, "train_step", original)
+    assert train_model(tiny_config(run, "family", "nice", steps=6), progress=False, device="cpu", echo=lambda line: None)["start_step"] == 2
+
+
+def test_fresh_run_failing_before_its_first_checkpoint_leaves_no_directory(tmp_path):
+    run = tmp_path / "parent" / "fresh"
+    with pytest.raises(ConfigError, match="couplings"):
+        train_model(tiny_config(run, "family", "nice", steps=2, options={"couplings": -1}), progress=False, device="cpu")
+    assert not (tmp_path / "parent").exists()
+
+
+def test_vae_family_trains_and_samples_from_its_prior(tmp_path):
+    run = str(tmp_path / "vae")
+    train_family("vae", "digits", {"channels": 8, "latent_channels": 2, "iwae_samples": 2}, run, data_size=64, steps=3, batch=8,
+                 checkpoint_every=1, keep_checkpoints=2, device="cpu", echo=lambda line: None)
+    assert [step for step, _ in list_checkpoints(run)] == [2, 3]
+    out = str(tmp_path / "samples.npz")
+    summary = sample_model(run, seeds=[5, 6], out=out)
+    assert summary["written"] == [out, str(tmp_path / "samples.png")] and os.path.exists(tmp_path / "samples.png")
+    with np.load(out) as arrays:
+        samples, seeds = arrays["samples"], arrays["seeds"]
+    assert samples.shape == (2, 1, 8, 8) and seeds.tolist() == [5, 6]
+    # Sample i is decode(z) for z ~ N(0, I) drawn by a generator seeded with seed i, clamped to [-1, 1].
+    family, _, _ = load_model(run)
+    ae = family.autoencoder
+    with torch.no_grad():
+        z = torch.randn((1, *ae.latent_shape), generator=torch.Generator().manual_seed(6))
+        expected = ae.decode(z).clamp(-1, 1)
+    np.testing.assert_array_equal(samples[1:], expected.numpy())
+    alone = str(tmp_path / "alone.npz")
+    sample_model(run, seeds=[6], out=alone)
+    with np.load(alone) as arrays:
+        np.testing.assert_array_equal(arrays["samples"], samples[1:])
+
+
+def test_eval_refuses_a_checkpoint_of_another_kind(tmp_path):
+    run = tmp_path / "ae"
+    runner = CliRunner()
+    assert runner.invoke(autoencoder_group, ["train", "--kind", "kl", *AE_TRAIN, "--steps", "2", "--out", str(run)]).exit_code == 0
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "kind": "family", "name": "nice"}))
+    result = runner.invoke(autoencoder_group, ["eval", "--ckpt", str(run), "--out", str(tmp_path / "r.png")])
+    assert isinstance(result.exception, ConfigError)
+    assert "trained as autoencoder 'kl', but config.json says family 'nice'" in str(result.exception)
+    assert not (tmp_path / "r.png").exists()
+
+    family_run = tmp_path / "nice"
+    train_model(tiny_config(family_run, "family", "nice", steps=2), progress=False, device="cpu", echo=lambda line: None)
+    result = runner.invoke(autoencoder_group, ["eval", "--ckpt", str(family_run), "--out", str(tmp_path / "r.png")])
+    assert isinstance(result.exception, ConfigError) and "not an autoencoder" in str(result.exception)
