@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import math
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import click
 import numpy as np
@@ -27,7 +26,7 @@ from .guidance import GuidedDenoiser
 from .files import StagedOutputs, check_writable_file, save_npz_atomic
 from .ideal import IdealDenoiser
 from .reference import solve_reference
-from .plotting import image_grid_png, scatter_panels_png, trajectory_png
+from .plotting import trajectory_png
 from .rundir import disk_error
 from .seeding import SeededNoise, parse_seeds
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -48,8 +47,7 @@ from .errors import ConfigError, unknown
 from .families.base import optimize
 from .families.bits import DEQUANTIZED_SCALE, bits_per_dim, dequantize, to_levels
 from .families.vae import generator_on, prior_samples
-from .files import StagedOutputs, check_writable_file, save_npz_atomic
-from .plotting import image_grid_png, scatter_panels_png
+from .files import StagedOutputs, check_writable_file, read_json
 from .devices import make_optimizer
 from .rundir import (
     RESUMABLE,
@@ -58,16 +56,13 @@ from .rundir import (
     trim_log,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
-    RunLock,
+    training_run,
     checkpoint_dir,
     checkpoint_path,
     disk_error,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    prepare_run_dir,
-    read_json,
-    remove_temporaries,
     save_checkpoint,
     write_json,
 )
@@ -289,32 +284,8 @@ def train_model(config: ModelConfig, progress: bool = True, device: str = "auto"
     device = devices.resolve_device(device)
     echo = echo or tqdm.write
     run_dir = config.out
-    created = prepare_run_dir(run_dir)
-    lock = RunLock(run_dir)
-    try:
-        lock.acquire()
-    except BaseException:
-        if created:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    try:
-        remove_temporaries(run_dir)
+    with training_run(run_dir):
         return _train_locked(config, progress, device, echo)
-    except BaseException:
-        found = list_checkpoints(run_dir)
-        if created and not found:
-            # A fresh run that failed before its first checkpoint leaves nothing that would block the next try.
-            lock.release()
-            shutil.rmtree(created, ignore_errors=True)
-        elif os.path.isdir(run_dir):
-            try:  # the log keeps no step that the checkpoints do not hold
-                trim_log(run_dir, found[-1][0] if found else 0)
-            except OSError:
-                pass
-        raise
-    finally:
-        lock.release()
-
 
 def _train_locked(config: ModelConfig, progress: bool, device: torch.device, echo) -> Dict[str, Any]:
     run_dir = config.out

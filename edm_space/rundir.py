@@ -9,20 +9,22 @@ are removed when the next one takes the lock.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import math
 import os
 import re
+import shutil
 import socket
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from .errors import ConfigError
-from .files import read_json, write_atomic
+from .files import write_atomic
 
 CHECKPOINT_FORMAT = "edm-space-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -110,6 +112,43 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def training_run(run_dir: str, owner: bool = True) -> Iterator[None]:
+    """The run directory held for one training call: created if needed, locked, left-over temporaries removed.
+
+    If the block fails, a run directory this call created and that holds no checkpoint yet is removed
+    (nothing is left that would block the corrected command); otherwise log.jsonl is trimmed to the
+    newest checkpoint. Under torch.distributed only the owner (rank 0) creates, locks and cleans.
+    """
+    if not owner:
+        yield
+        return
+    created = prepare_run_dir(run_dir)
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    try:
+        remove_temporaries(run_dir)
+        yield
+    except BaseException:
+        found = list_checkpoints(run_dir)
+        if created and not found:
+            lock.release()
+            shutil.rmtree(created, ignore_errors=True)
+        elif os.path.isdir(run_dir):
+            try:  # the log keeps no step that the checkpoints do not hold (a failed write may have been a full disk)
+                trim_log(run_dir, found[-1][0] if found else 0)
+            except OSError:
+                pass
+        raise
+    finally:
+        lock.release()
 
 
 def remove_temporaries(run_dir: str) -> List[str]:

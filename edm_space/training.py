@@ -21,11 +21,10 @@ import inspect
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -38,7 +37,7 @@ from . import devices, latent, networks
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
 from .denoiser import Denoiser
 from .errors import ConfigError
-from .files import write_atomic
+from .files import read_json
 from .seeding import step_generator
 from .parameterization import Formulation
 from .devices import make_optimizer
@@ -50,16 +49,13 @@ from .rundir import (
     diverged_error,
     trim_log,
     CHECKPOINT_VERSION,
-    RunLock,
+    training_run,
     checkpoint_dir,
     checkpoint_path,
     find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    prepare_run_dir,
-    read_json,
-    remove_temporaries,
     save_checkpoint,
     write_json,
 )
@@ -366,39 +362,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True, netwo
     run_dir = config.out
     echo = echo or tqdm.write
 
-    lock = RunLock(run_dir)
-    created = None
-    if rank == 0:
-        created = prepare_run_dir(run_dir)
-        try:
-            lock.acquire()
-        except BaseException:
-            if created:
-                shutil.rmtree(created, ignore_errors=True)
-            raise
-        remove_temporaries(run_dir)
-    wrote_checkpoint = False
-    try:
-        summary = _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile, stream_data, workers)
-        wrote_checkpoint = True
-        return summary
-    except BaseException:
-        wrote_checkpoint = wrote_checkpoint or bool(list_checkpoints(run_dir))
-        if rank == 0 and created and not wrote_checkpoint:
-            # A fresh run that failed before its first checkpoint leaves nothing that would block the next try.
-            lock.release()
-            shutil.rmtree(created, ignore_errors=True)
-        elif rank == 0 and os.path.isdir(run_dir):
-            # The log keeps no step that the checkpoints do not hold (a failed write may have been a full disk).
-            found = list_checkpoints(run_dir)
-            try:
-                trim_log(run_dir, found[-1][0] if found else 0)
-            except OSError:
-                pass
-        raise
-    finally:
-        lock.release()
-
+    with training_run(run_dir, owner=rank == 0):
+        return _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile, stream_data, workers)
 
 def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, resume: bool,
                   network: Optional[nn.Module], echo, device_name: str, precision: str, compile: bool,

@@ -51,7 +51,6 @@ def euler_maruyama(
     if not (beta >= 0 and math.isfinite(beta)):
         raise ConfigError(f"beta = {beta!r} is invalid; it must be a finite number >= 0")
     f = ode.formulation
-    num_steps = len(t_steps) - 1
     times = t_steps.tolist()
     for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
         h = t_next - t_cur

@@ -4,7 +4,6 @@ and a network that breaks the contract is refused before training."""
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from edm_space.cli import main
 from edm_space.errors import ConfigError
-from edm_space.training import TrainConfig, load_trained, read_run_config, train
+from edm_space.training import TrainConfig, read_run_config, train
 from conftest import one_torch_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
