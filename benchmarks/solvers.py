@@ -5,6 +5,7 @@
     python benchmarks/solvers.py --quick             # 2-D mixture, under a minute
     python benchmarks/solvers.py --target digits     # the finite digits set (samples snap to training points)
     python benchmarks/solvers.py --report-only --target digits-gmm   # rebuild .md/.png from the .json, run nothing
+    python benchmarks/solvers.py --fast              # the fast-solver study on digits-gmm (item 5 below)
 
 What it measures:
 
@@ -35,7 +36,16 @@ What it measures:
    (EDM Algorithm 1 without the correction) with a denoiser that costs almost
    nothing, on the same time steps, best of several runs in the same process.
 
-Writes solvers_TARGET[_quick].{json,md,png} and steps_TARGET_SOLVER_nfeN.json under --out-dir.
+5. The fast-solver study (--fast, a run of its own): the error of Heun with EDM's
+   steps at 35 NFE is the goal. Every deterministic solver (ddim aside: on the edm
+   ODE it is euler) on the discretizations edm, time-uniform, time-quadratic and
+   logsnr, with final_step "solver" or "denoise" and with or without the analytical
+   first step, runs with N = 2, 3, ... steps until it reaches the goal or passes
+   35 NFE: the fewest NFE of each configuration. final_step="denoise" is run only
+   where it changes the samples. Then samplers.optimize fits each solver's steps
+   at 7 NFE and fewer, while the held-out error still reaches the goal.
+
+Writes solvers_TARGET[_fast][_quick].{json,md,png} and steps_TARGET_SOLVER_nfeN.json under --out-dir.
 """
 
 from __future__ import annotations
@@ -502,7 +512,7 @@ def optimize_budgets(solver: str, most: int) -> List[int]:
                   reverse=True)
 
 
-def run_fast_study(bench: Bench, log: Callable[[str], None] = print) -> Tuple[dict, List[dict], List[dict]]:
+def run_fast_study(bench: Bench, log: Callable[[str], None] = print, optimize: bool = True) -> Tuple[dict, List[dict], List[dict]]:
     """The goal, then every solver x discretization x variant scanned to it, then optimized steps within a small budget.
 
     Returns (goal, the final_step="denoise" variants found identical and not swept, the optimized steps);
@@ -530,8 +540,9 @@ def run_fast_study(bench: Bench, log: Callable[[str], None] = print) -> Tuple[di
                 log(f"  {solver:8s} {discretization:14s} {variant_name(final_step, first_step):20s} "
                     + (f"reaches it at NFE {reached}" if reached else f"not within {s.fast_max_nfe} NFE"))
     optimized = []
-    log(f"optimized steps within {s.fast_optimize_max_nfe} NFE")
-    for solver in s.fast_solvers:
+    if optimize:
+        log(f"optimized steps within {s.fast_optimize_max_nfe} NFE")
+    for solver in s.fast_solvers if optimize else ():
         for budget in optimize_budgets(solver, s.fast_optimize_max_nfe):
             o = optimize_and_score(bench, solver, budget, s.fast_optimize_maxfev, log=log)
             o["reaches_goal"] = o["held_out"]["rms_optimized"] is not None and o["held_out"]["rms_optimized"] <= goal["rms"]
@@ -541,8 +552,15 @@ def run_fast_study(bench: Bench, log: Callable[[str], None] = print) -> Tuple[di
     return goal, identical, optimized
 
 
+CONFIG_KEYS = ("solver", "discretization", "final_step", "analytic_first_step")
+
+
 def _config_key(r: dict) -> Tuple[str, str, str, bool]:
     return r["solver"], r["discretization"], r.get("final_step", "solver"), bool(r.get("analytic_first_step", False))
+
+
+def _pick(d: dict, keys: Sequence[str]) -> dict:
+    return {k: d[k] for k in keys}
 
 
 def fast_conclusions(records: List[dict], goal: dict, optimized: List[dict], max_untuned_nfe: int = 10,
@@ -589,9 +607,8 @@ def fast_conclusions(records: List[dict], goal: dict, optimized: List[dict], max
         "fewest_nfe_by_solver": by_solver,
         "untuned": {
             "max_nfe": max_untuned_nfe,
-            "best": best_untuned and {k: best_untuned[k] for k in ("solver", "discretization", "final_step", "analytic_first_step")}
-            | {"nfe": best_untuned["best_within"]["nfe"], "rms": best_untuned["best_within"]["rms"]},
-            "fewest": fewest and {k: fewest[k] for k in ("solver", "discretization", "final_step", "analytic_first_step", "reaches_at_nfe", "rms_there")},
+            "best": None if best_untuned is None else {**_pick(best_untuned, CONFIG_KEYS), **best_untuned["best_within"]},
+            "fewest": None if fewest is None else _pick(fewest, CONFIG_KEYS + ("reaches_at_nfe", "rms_there")),
             "holds": bool(best_untuned and best_untuned["best_within"]["rms"] <= goal["rms"]),
         },
         "optimized": {
@@ -699,6 +716,43 @@ def conclusions(records: List[dict], optimized: List[dict], overhead: List[dict]
 # --------------------------------------------------------------------------- the whole benchmark
 
 
+def sweep_results(bench: Bench, timings: dict, optimize: bool = True, overhead: bool = True,
+                  log: Callable[[str], None] = print) -> dict:
+    """The sweep's sections, the optimized steps of settings.optimize and the sampler overhead, with their conclusions."""
+    settings = bench.settings
+    t0 = time.perf_counter()
+    run_sweep(bench, log)
+    timings["sweep"] = time.perf_counter() - t0
+
+    optimized = []
+    if optimize:
+        t0 = time.perf_counter()
+        log("optimized steps")
+        for solver, budget in settings.optimize:
+            optimized.append(optimize_and_score(bench, solver, budget, settings.optimize_maxfev, log=log))
+        timings["optimize"] = time.perf_counter() - t0
+
+    overhead_rows = []
+    if overhead:
+        t0 = time.perf_counter()
+        overhead_rows = sampler_overhead(settings.overhead_shapes, settings.overhead_steps, settings.overhead_repeats)
+        for row in overhead_rows:
+            log(f"  overhead {row['shape']}: samplers.sample / hand loop = {row['ratio']:.2f}")
+        timings["overhead"] = time.perf_counter() - t0
+    return {"records": bench.records, "optimized": optimized, "overhead": overhead_rows,
+            "conclusions": conclusions(bench.records, optimized, overhead_rows)}
+
+
+def fast_study_results(bench: Bench, timings: dict, optimize: bool = True, log: Callable[[str], None] = print) -> dict:
+    """The fast-solver study (run_fast_study) with its conclusions."""
+    t0 = time.perf_counter()
+    goal, identical, optimized = run_fast_study(bench, log, optimize)
+    timings["fast"] = time.perf_counter() - t0
+    return {"study": "fast", "goal": goal, "records": bench.records, "identical_final_step": identical,
+            "optimized": optimized, "overhead": [],
+            "conclusions": fast_conclusions(bench.records, goal, optimized, max_optimized_nfe=bench.settings.fast_optimize_max_nfe)}
+
+
 def run_benchmark(settings: Settings, out_dir: Optional[str] = common.RESULTS, plot: bool = True,
                   optimize: bool = True, overhead: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run the whole benchmark; with out_dir, write solvers_<target>[_quick].{json,md,png} and the optimized steps there."""
@@ -718,50 +772,18 @@ def run_benchmark(settings: Settings, out_dir: Optional[str] = common.RESULTS, p
             f"max {accuracy['max_abs_difference']:.2e}")
         timings = {"reference_check": time.perf_counter() - t0}
 
+        header = {
+            "benchmark": "solvers", "target": target.name, "description": target.description, "kind": target.kind,
+            "dim": target.dim, "target_details": target.extra, "settings": common.jsonable(vars(settings)),
+            "machine": machine, "reference": accuracy,
+        }
         if settings.fast:
-            t0 = time.perf_counter()
-            goal, identical, optimized = run_fast_study(bench, log)
-            timings["fast"] = time.perf_counter() - t0
-            timings["references"] = bench.refs.seconds
-            timings["total"] = time.perf_counter() - wall
-            results = {
-                "benchmark": "solvers", "study": "fast", "target": target.name, "description": target.description,
-                "kind": target.kind, "dim": target.dim, "target_details": target.extra,
-                "settings": common.jsonable(vars(settings)), "machine": machine, "reference": accuracy, "goal": goal,
-                "records": bench.records, "identical_final_step": identical, "optimized": optimized, "overhead": [],
-                "timings": timings,
-            }
-            results["conclusions"] = fast_conclusions(bench.records, goal, optimized, max_optimized_nfe=settings.fast_optimize_max_nfe)
+            results = {**header, **fast_study_results(bench, timings, optimize, log)}
         else:
-            t0 = time.perf_counter()
-            run_sweep(bench, log)
-            timings["sweep"] = time.perf_counter() - t0
-
-            optimized = []
-            if optimize:
-                t0 = time.perf_counter()
-                log("optimized steps")
-                for solver, budget in settings.optimize:
-                    optimized.append(optimize_and_score(bench, solver, budget, settings.optimize_maxfev, log=log))
-                timings["optimize"] = time.perf_counter() - t0
-
-            overhead_rows = []
-            if overhead:
-                t0 = time.perf_counter()
-                overhead_rows = sampler_overhead(settings.overhead_shapes, settings.overhead_steps, settings.overhead_repeats)
-                for row in overhead_rows:
-                    log(f"  overhead {row['shape']}: samplers.sample / hand loop = {row['ratio']:.2f}")
-                timings["overhead"] = time.perf_counter() - t0
-
-            timings["references"] = bench.refs.seconds
-            timings["total"] = time.perf_counter() - wall
-            results = {
-                "benchmark": "solvers", "target": target.name, "description": target.description, "kind": target.kind,
-                "dim": target.dim, "target_details": target.extra, "settings": common.jsonable(vars(settings)),
-                "machine": machine, "reference": accuracy, "records": bench.records, "optimized": optimized,
-                "overhead": overhead_rows, "timings": timings,
-            }
-            results["conclusions"] = conclusions(bench.records, optimized, overhead_rows)
+            results = {**header, **sweep_results(bench, timings, optimize, overhead, log)}
+        timings["references"] = bench.refs.seconds
+        timings["total"] = time.perf_counter() - wall
+        results["timings"] = timings
         if out_dir is not None:
             results["files"] = write_outputs(results, out_dir, plot=plot, log=log)
         log(f"done in {timings['total']:.0f} s")
@@ -773,9 +795,21 @@ def run_benchmark(settings: Settings, out_dir: Optional[str] = common.RESULTS, p
 # --------------------------------------------------------------------------- output
 
 
-def stem_of(target: str, quick: bool) -> str:
-    """The file stem of a target's results: solvers_TARGET, or solvers_TARGET_quick for a --quick run."""
-    return f"solvers_{target}" + ("_quick" if quick else "")
+def stem_of(target: str, quick: bool, fast: bool = False) -> str:
+    """The file stem of a target's results: solvers_TARGET[_fast][_quick] (_fast: the fast-solver study)."""
+    return f"solvers_{target}" + ("_fast" if fast else "") + ("_quick" if quick else "")
+
+
+def levels_to_save(results: dict) -> List[dict]:
+    """The optimized steps written as steps_*.json: all of the sweep's; of the fast-solver study, per solver the
+    fewest-NFE steps whose held-out error reaches the goal."""
+    if results.get("study") != "fast":
+        return results["optimized"]
+    fewest: Dict[str, dict] = {}
+    for o in results["optimized"]:
+        if o.get("reaches_goal") and (o["solver"] not in fewest or o["nfe"] < fewest[o["solver"]]["nfe"]):
+            fewest[o["solver"]] = o
+    return list(fewest.values())
 
 
 def shown_path(path: str) -> str:
@@ -787,9 +821,9 @@ def shown_path(path: str) -> str:
 def write_outputs(results: dict, out_dir: str, plot: bool = True, log: Callable[[str], None] = print) -> List[str]:
     """JSON, Markdown, the optimized-steps JSON files and (with matplotlib) the PNG plot; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, stem_of(results["target"], results["settings"]["quick"]))
+    stem = os.path.join(out_dir, stem_of(results["target"], results["settings"]["quick"], results.get("study") == "fast"))
     written = []
-    for o in results["optimized"]:
+    for o in levels_to_save(results):
         path = os.path.join(out_dir, f"steps_{results['target']}_{o['solver']}_nfe{o['nfe']}.json")
         write_levels(path, o, results["target"])
         o["file"] = shown_path(path)
@@ -797,11 +831,11 @@ def write_outputs(results: dict, out_dir: str, plot: bool = True, log: Callable[
     png = stem + ".png"
     if plot:
         try:
-            plot_results(results, png)
+            report_plot(results, png)
             written.append(shown_path(png))
         except ConfigError as missing:
             log(f"  no plot: {missing}")
-    common.write_markdown(stem + ".md", markdown(results, os.path.basename(png) if shown_path(png) in written else None))
+    common.write_markdown(stem + ".md", report_markdown(results, os.path.basename(png) if shown_path(png) in written else None))
     common.write_json(stem + ".json", results, indent=1)
     written = [shown_path(stem + ".json"), shown_path(stem + ".md")] + written
     log("wrote " + ", ".join(written))
@@ -816,7 +850,11 @@ def rebuild_report(json_path: str, out_dir: Optional[str] = None, plot: bool = T
     try:
         with open(json_path) as file:
             results = json.load(file)
-        results["conclusions"] = conclusions(results["records"], results["optimized"], results["overhead"])
+        if results.get("study") == "fast":
+            results["conclusions"] = fast_conclusions(results["records"], results["goal"], results["optimized"],
+                                                      max_optimized_nfe=results["settings"]["fast_optimize_max_nfe"])
+        else:
+            results["conclusions"] = conclusions(results["records"], results["optimized"], results["overhead"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{json_path!r} is not a solver-benchmark results file ({type(error).__name__}: {error})") from None
     out_dir = out_dir or os.path.dirname(os.path.abspath(json_path))
@@ -824,8 +862,8 @@ def rebuild_report(json_path: str, out_dir: Optional[str] = None, plot: bool = T
     stem = os.path.join(out_dir, os.path.splitext(os.path.basename(json_path))[0])
     png = stem + ".png"
     if plot:
-        plot_results(results, png)
-    common.write_markdown(stem + ".md", markdown(results, os.path.basename(png) if os.path.exists(png) else None))
+        report_plot(results, png)
+    common.write_markdown(stem + ".md", report_markdown(results, os.path.basename(png) if os.path.exists(png) else None))
     common.write_json(stem + ".json", results, indent=1)
     log(f"wrote {stem}.json, {stem}.md" + (f", {png}" if plot else ""))
     return results
@@ -1030,6 +1068,185 @@ def plot_results(results: dict, path: str) -> None:
     common.save_png(fig, path, dpi=110)
 
 
+def report_markdown(results: dict, png: Optional[str] = None) -> str:
+    """The Markdown of a results file: the sweep's (markdown) or the fast-solver study's (fast_markdown)."""
+    return fast_markdown(results, png) if results.get("study") == "fast" else markdown(results, png)
+
+
+def report_plot(results: dict, path: str) -> None:
+    """The plot of a results file: the sweep's (plot_results) or the fast-solver study's (plot_fast)."""
+    (plot_fast if results.get("study") == "fast" else plot_results)(results, path)
+
+
+def _config_name(c: dict) -> str:
+    return f"{c['solver']}, {c['discretization']}, {variant_name(c['final_step'], c['analytic_first_step'])}"
+
+
+def fast_markdown(results: dict, png: Optional[str] = None) -> str:
+    """The fast-solver study as Markdown: claims, fewest NFE per configuration, the error curves, optimized steps."""
+    m, st, c, ref = results["machine"], results["settings"], results["conclusions"], results["reference"]
+    goal = results["goal"]
+    max_nfe = st["fast_max_nfe"]
+    lines = [
+        f"# Fast solvers: {results['target']}",
+        "",
+        f"{results['description']}. {st['num_latents']} latents (seed {st['seed']}); error = RMS over samples of "
+        f"|x - x_ref| / sqrt(dim) against the exact PF-ODE end point from the run's own sigma_0 (DOP853 in ln sigma, "
+        f"rtol {ref['rtol']:g}; at sigma_0 = {ref['sigma_0']:g} halving it moves the reference by {ref['rms_difference']:.1e} RMS).",
+        "",
+        f"The error to reach: {goal['solver']} with EDM's rho = 7 steps at {goal['nfe']} NFE, **{goal['rms']:.4e}**. "
+        f"Every solver x discretization (edm formulation; each discretization on its own sigma range) x final step "
+        f"(`solver`: the solver steps into sigma = 0; `denoise`: it stops at sigma_min and ends with x = D(x; sigma_min)) "
+        f"x analytical first step (AFS: D(x; sigma_max) replaced by the target's mean, one NFE saved) is run with "
+        f"N = 2, 3, ... steps until its error is at most that, or past {max_nfe} NFE. Optimized steps "
+        f"(samplers.optimize: fitted on {st['num_calibration']} calibration latents, scored on the {st['num_latents']} "
+        f"above; edm discretization's levels as the start, final step `solver`, no AFS) are fitted for budgets from "
+        f"{st['fast_optimize_max_nfe']} NFE down while they reach it.",
+        "",
+        f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} thread), "
+        f"{m['date']}; total {results['timings']['total']:.0f} s.",
+        "",
+    ]
+    if png:
+        lines += [f"![error against NFE]({png})", ""]
+    u, o = c["untuned"], c["optimized"]
+    lines += ["## Conclusions", "", "| claim | result | holds |", "|---|---|---|"]
+    if u["best"]:
+        b = u["best"]
+        fewest = u["fewest"]
+        more = (f"; fewest NFE reaching it: {_config_name(fewest)} at {fewest['reaches_at_nfe']} ({fewest['rms_there']:.3e})"
+                if fewest else f"; no configuration reaches it within {max_nfe} NFE")
+        lines.append(f"| the best untuned solver with <= {u['max_nfe']} NFE reaches {goal['solver']} + edm steps at "
+                     f"{goal['nfe']} NFE ({goal['rms']:.3e}) | best: {_config_name(b)} at NFE {b['nfe']}: {b['rms']:.3e}{more} | "
+                     f"{_yes(u['holds'])} |")
+    if o["by_solver"]:
+        best = o["fewest"]
+        text = (f"fewest: {best['solver']} at NFE {best['fewest_nfe_reaching']} ({best['rms_there']:.3e})" if best
+                else "none reaches it; best: " + ", ".join(
+                    f"{e['solver']} {min(f['held_out_optimized'] for f in e['fits']):.3e}" for e in o["by_solver"]))
+        lines.append(f"| with optimized steps some solver reaches it with <= {o['max_nfe']} NFE (held-out latents) | "
+                     f"{text} | {_yes(o['holds'])} |")
+    lines.append("")
+
+    by_solver = c["fewest_nfe_by_solver"]
+    opt = {e["solver"]: e for e in o["by_solver"]}
+    body = []
+    for solver in st["fast_solvers"]:
+        best = by_solver.get(solver)
+        e = opt.get(solver)
+        if e is None:
+            optimized = ""
+        elif e["fewest_nfe_reaching"] is not None:
+            optimized = f"{e['fewest_nfe_reaching']} ({e['rms_there']:.3e})"
+        else:
+            f0 = e["fits"][0]
+            optimized = f"not at {f0['nfe']} ({f0['held_out_optimized']:.3e})"
+        body.append([solver,
+                     f"{best['reaches_at_nfe']} ({best['rms_there']:.3e})" if best else f"> {max_nfe}",
+                     f"{best['discretization']}, {variant_name(best['final_step'], best['analytic_first_step'])}" if best else "",
+                     optimized])
+    lines += [f"## Fewest NFE reaching {goal['rms']:.3e}, per solver", "",
+              common.markdown_table(["solver", "untuned: NFE (error)", "with", f"optimized steps, <= {o['max_nfe']} NFE: NFE (error)"], body), ""]
+
+    identical = {(i["solver"], i["discretization"], i["analytic_first_step"]) for i in results["identical_final_step"]}
+    configs = {(x["solver"], x["discretization"], x["final_step"], x["analytic_first_step"]): x for x in c["configs"]}
+    body = []
+    for solver in st["fast_solvers"]:
+        for discretization in st["fast_discretizations"]:
+            cells = []
+            for final_step, first_step in FAST_VARIANTS:
+                if final_step == "denoise" and (solver, discretization, first_step) in identical:
+                    cells.append("= final solver")
+                    continue
+                x = configs.get((solver, discretization, final_step, first_step))
+                if x is None:
+                    cells.append("")
+                elif x["reaches_at_nfe"] is None:
+                    cells.append(f"> {max_nfe} ({_fmt(x['rms_at_largest'])} at {x['largest_nfe_run']})")
+                else:
+                    cells.append(f"**{x['reaches_at_nfe']}**" if x["reaches_at_nfe"] <= u["max_nfe"] else str(x["reaches_at_nfe"]))
+            body.append([solver, discretization] + cells)
+    lines += [f"## Fewest NFE reaching {goal['rms']:.3e}, per configuration (bold: <= {u['max_nfe']})", "",
+              "`= final solver`: final_step=\"denoise\" gives the same samples as \"solver\" (largest difference "
+              f"<= {SAME_SAMPLES:g} at {PROBE_STEPS} steps), so it is not run again.", "",
+              common.markdown_table(["solver", "discretization"] + [variant_name(*v) for v in FAST_VARIANTS], body), ""]
+
+    records = results["records"]
+    plain = [r for r in records if r["section"] == "fast" and r["discretization"] == "edm"
+             and r.get("final_step") == "solver" and not r.get("analytic_first_step")]
+    lines += _nfe_table(plain, "fast", "Untuned, EDM's rho = 7 steps, final step solver: RMS error", "solver", lambda r: r["solver"])
+    if results["optimized"]:
+        body = [[x["solver"], x["num_steps"], x["nfe"], f"{x['held_out']['rms_edm']:.3e}", f"{x['held_out']['rms_optimized']:.3e}",
+                 _yes(x["reaches_goal"]), ", ".join(f"{v:.3g}" for v in x["sigmas"])] for x in results["optimized"]]
+        lines += [f"## Optimized steps (held-out latents; goal {goal['rms']:.3e})", "",
+                  common.markdown_table(["solver", "N", "NFE", "edm rho=7", "optimized", "reaches goal", "levels"], body), ""]
+    t = results["timings"]
+    lines += ["## Timings", "", " | ".join(f"{k} {v:.0f} s" for k, v in t.items()), ""]
+    return "\n".join(lines)
+
+
+def plot_fast(results: dict, path: str) -> None:
+    """Error against NFE on log-log axes: every solver with EDM's steps; every solver's fastest configuration
+    and its optimized steps."""
+    plt = common.pyplot("the solver benchmark's plot")
+    ticker = require("matplotlib.ticker", "the solver benchmark's plot")
+    records, c, goal = results["records"], results["conclusions"], results["goal"]
+    solvers = results["settings"]["fast_solvers"]
+    colors = {solver: f"C{i % 10}" for i, solver in enumerate(solvers)}
+    styles = {solver: ("--" if i >= 10 else "-") for i, solver in enumerate(solvers)}
+    fig, axes = plt.subplots(1, 2, figsize=(16, 7.8))
+
+    def curve(ax, rows, label, solver, **style):
+        rows = sorted((r for r in rows if r["rms"] is not None and r["nfe"]), key=lambda r: r["nfe"])
+        if rows:
+            ax.plot([r["nfe"] for r in rows], [r["rms"] for r in rows], marker="o", markersize=3, label=label,
+                    color=colors[solver], linestyle=styles[solver], **style)
+
+    ax = axes[0]
+    for solver in solvers:
+        curve(ax, [r for r in records if r["section"] == "fast" and r["solver"] == solver and r["discretization"] == "edm"
+                   and r.get("final_step") == "solver" and not r.get("analytic_first_step")], solver, solver)
+    ax.set_title("untuned: EDM's rho = 7 steps, final step solver, no AFS", fontsize=10)
+
+    ax = axes[1]
+    for solver in solvers:
+        best = c["fewest_nfe_by_solver"].get(solver)
+        if best:
+            curve(ax, [r for r in records if r["section"] == "fast" and _config_key(r) == _config_key(best)],
+                  f"{_config_name(best)}", solver)
+        fits = sorted((o for o in results["optimized"] if o["solver"] == solver), key=lambda o: o["nfe"])
+        if fits:
+            ax.plot([o["nfe"] for o in fits], [o["held_out"]["rms_optimized"] for o in fits], marker="*", markersize=11,
+                    linestyle=":", color=colors[solver], markeredgecolor="black", label=f"{solver}, optimized steps (held-out)")
+    ax.axvline(results["settings"]["fast_optimize_max_nfe"], color="gray", linestyle="--", linewidth=1,
+               label=f"NFE {results['settings']['fast_optimize_max_nfe']}")
+    ax.set_title("each solver's fastest untuned configuration (up to the goal), and optimized steps", fontsize=10)
+
+    nfes = sorted({r["nfe"] for r in records if r["section"] in ("fast", "optimized") and r["nfe"]})
+    ticks = [n for n in (3, 5, 7, 10, 15, 20, 35) if nfes and nfes[0] <= n <= nfes[-1]]
+    for ax in axes:
+        ax.axhline(goal["rms"], color="black", linestyle=":", linewidth=1.2,
+                   label=f"goal: {goal['solver']} + edm steps at {goal['nfe']} NFE ({goal['rms']:.2e})")
+        ax.axvline(c["untuned"]["max_nfe"], color="gray", linestyle="-.", linewidth=1, label=f"NFE {c['untuned']['max_nfe']}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, min(top, 10.0))  # runs that blew up (errors > 10 in data units) are clipped
+        ax.set_xlabel("NFE (denoiser evaluations per sample)")
+        ax.set_ylabel("RMS error of the samples vs the exact ODE end points (data units)", fontsize=8)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)
+    m = results["machine"]
+    fig.suptitle(f"{results['target']}: fast solvers against the exact probability-flow ODE solution of the same "
+                 f"{results['settings']['num_latents']} latents (edm formulation)\n{m['platform']}, {m['cpu_count']} CPUs, "
+                 f"torch {m['torch']}", fontsize=9)
+    fig.tight_layout()
+    common.save_png(fig, path, dpi=110)
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -1076,9 +1293,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", default=None, help=f"target: {', '.join(targets.names())} [default: digits-gmm; gmm2d with --quick]")
     parser.add_argument("--quick", action="store_true", help="small sweep on the 2-D mixture (under a minute); what the tests run")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fast-solver study instead of the sweep: fewest NFE of every solver x discretization x final "
+                             "step x analytical first step to reach Heun + edm steps at 35 NFE, and optimized steps within 7 NFE; "
+                             "writes solvers_TARGET_fast.*")
     parser.add_argument("--latents", dest="num_latents", type=int, default=None, help="number of latents scored [default: 256]")
     parser.add_argument("--nfe", default=None, help="comma-separated NFE grid for every section, e.g. 5,9,15,35")
-    parser.add_argument("--solvers", default=None, help="comma-separated deterministic solvers of the solver section")
+    parser.add_argument("--solvers", default=None, help="comma-separated deterministic solvers of the solver section (with --fast: of the study)")
     parser.add_argument("--optimize", dest="optimize_pairs", default=None,
                         help="comma-separated SOLVER:NFE pairs whose steps are optimized, e.g. dpm++3m:10,heun:10")
     parser.add_argument("--sections", default=None, help=f"comma-separated sweep sections: {', '.join(SECTIONS)} [default: all]")
@@ -1101,7 +1322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise unknown("target", args.target, targets.names())
         if args.report_only:
             target = args.target or ("gmm2d" if args.quick else "digits-gmm")
-            path = os.path.join(args.out_dir, stem_of(target, args.quick) + ".json")
+            path = os.path.join(args.out_dir, stem_of(target, args.quick, args.fast) + ".json")
             if not os.path.isfile(path):
                 raise ConfigError(f"--report-only: {path!r} does not exist; run the benchmark first")
             rebuild_report(path, plot=not args.no_plot)
@@ -1111,11 +1332,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads} is invalid; need at least 1")
         grid = _parse_ints(args.nfe, "--nfe")
-        settings = Settings.make(
-            args.target, args.quick, num_latents=args.num_latents, seed=args.seed, threads=args.threads,
-            solvers_nfe=grid, nfe=grid, solvers=_parse_names(args.solvers, deterministic_solvers(), "deterministic solver"),
-            optimize=_parse_pairs(args.optimize_pairs), sections=_parse_names(args.sections, SECTIONS, "section"),
-        )
+        solvers = _parse_names(args.solvers, deterministic_solvers(), "deterministic solver")
+        if args.fast:
+            for name, value in (("--nfe", args.nfe), ("--optimize", args.optimize_pairs), ("--sections", args.sections)):
+                if value is not None:
+                    raise ConfigError(f"{name} does not apply to --fast (the study scans every NFE up to 35 and optimizes within 7)")
+            settings = Settings.make(args.target, args.quick, fast=True, num_latents=args.num_latents, seed=args.seed,
+                                     threads=args.threads, fast_solvers=solvers)
+        else:
+            settings = Settings.make(
+                args.target, args.quick, num_latents=args.num_latents, seed=args.seed, threads=args.threads,
+                solvers_nfe=grid, nfe=grid, solvers=solvers,
+                optimize=_parse_pairs(args.optimize_pairs), sections=_parse_names(args.sections, SECTIONS, "section"),
+            )
         run_benchmark(settings, args.out_dir, plot=not args.no_plot, optimize=not args.no_optimize, overhead=not args.no_overhead)
     return 0
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 import presets
 import samplers
-from samplers.optimize import endpoint_error, optimize_steps, save_levels
+from samplers.optimize import endpoint_error, optimize_steps, save_levels, steps_to_fit
 from samplers.trajectory import TrajectoryRecorder
 
 from . import data, devices, families, latent
@@ -470,6 +470,7 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     if not out_path.endswith(".json"):
         raise ConfigError(f"--out {out_path!r} must end in .json")
     check_writable_file(out_path, "--out")
+    steps_to_fit(solver, nfe)  # before the reference solve: a bad solver or budget fails at once
     for name, value in (("--calibration", calibration), ("--held-out", held_out)):
         if not 1 <= value <= 100_000:
             raise ConfigError(f"{name} {value} is invalid; it must be between 1 and 100,000")

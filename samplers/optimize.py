@@ -48,7 +48,7 @@ from .registry import get
 
 Tensor = torch.Tensor
 
-__all__ = ["OptimizedSteps", "optimize_steps", "endpoint_error", "levels_from_parameters", "parameters_from_levels", "save_levels"]
+__all__ = ["OptimizedSteps", "optimize_steps", "steps_to_fit", "endpoint_error", "levels_from_parameters", "parameters_from_levels", "save_levels"]
 
 #: The objective of a run that fails or blows up: ln(error) of e^50, worse than any real run.
 FAILED_RUN = 50.0
@@ -92,6 +92,17 @@ def parameters_from_levels(levels: Sequence[float]) -> np.ndarray:
     return gaps + np.log(-np.expm1(-gaps))
 
 
+def steps_to_fit(solver: str, nfe: int) -> int:
+    """The steps of `solver` within `nfe` evaluations; a ConfigError if it is stochastic or leaves fewer than 2 steps."""
+    entry = get(solver)
+    if entry.stochastic:
+        raise ConfigError(f"solver {solver!r} is stochastic; step optimization needs a deterministic solver")
+    num_steps = entry.steps_for_nfe(int(nfe))
+    if num_steps < 2:
+        raise ConfigError(f"an NFE budget of {nfe} leaves {solver} {num_steps} step; optimizing needs at least 2")
+    return num_steps
+
+
 def endpoint_error(
     denoiser: Callable[[Tensor, Tensor], Tensor],
     latents: Tensor,
@@ -127,11 +138,7 @@ def optimize_steps(
     """
     f = presets.get(formulation)
     entry = get(solver)
-    if entry.stochastic:
-        raise ConfigError(f"solver {solver!r} is stochastic; step optimization needs a deterministic solver")
-    num_steps = entry.steps_for_nfe(int(nfe))
-    if num_steps < 2:
-        raise ConfigError(f"an NFE budget of {nfe} leaves {solver} {num_steps} step; optimizing needs at least 2")
+    num_steps = steps_to_fit(solver, nfe)
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ConfigError(f"the sigma range must satisfy 0 < sigma_min < sigma_max < inf; got [{sigma_min:g}, {sigma_max:g}]")
     if not sigma_max <= f.support[1]:

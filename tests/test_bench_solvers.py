@@ -1,11 +1,13 @@
-"""The solver benchmark (benchmarks/solvers.py): its reference on the targets, its quick sweep, its command line.
+"""The solver benchmarks (benchmarks/solvers.py, solvers_trained.py): references, quick sweeps, command lines.
 
 The library parts it builds on are tested on their own (tests/test_reference.py,
 tests/test_optimize.py). Here: the reference on a finite set and on a mixture; the
 quick sweep's numbers must be finite and behave as ODE theory says (errors fall
 with NFE, a second-order method wins asymptotically, SW2 <= RMS); the optimized
 steps must load everywhere a discretization is accepted; --report-only must rebuild
-the Markdown from the JSON.
+the Markdown from the JSON. The fast-solver study (--fast) on a small 2-D case: its goal, its NFE
+counts, which final steps it runs, where its scans stop, its optimized steps. The trained-model
+sweep: its aggregation over seed sets and its conclusions, on hand-made rows.
 """
 
 import json
@@ -22,8 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import samplers  # noqa: E402
 import solvers as bench  # noqa: E402  (benchmarks/solvers.py)
+import solvers_trained as trained  # noqa: E402  (benchmarks/solvers_trained.py)
 from conftest import one_torch_thread  # noqa: E402
-from edm_space import targets  # noqa: E402
+from edm_space import data, targets  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 from edm_space.metrics import sliced_wasserstein2  # noqa: E402
 
@@ -260,3 +263,157 @@ def test_exponential_integrators_do_not_depend_on_the_formulation(solver):
             for f in ("edm", "vp", "flow")]
     for x in runs[1:]:
         assert float((x - runs[0]).abs().max()) < 1e-12
+
+
+# --------------------------------------------------------------------------- the fast-solver study (--fast)
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fast")
+    settings = bench.Settings.make(quick=True, fast=True, num_latents=64, num_calibration=32,
+                                   fast_solvers=("heun", "dpm++2m", "ipndm"), fast_discretizations=("edm", "time-uniform"),
+                                   fast_max_nfe=15, fast_optimize_max_nfe=5, fast_optimize_maxfev=30)
+    return bench.run_benchmark(settings, out_dir=str(out), log=lambda line: None), out
+
+
+def fast_configs(records):
+    groups = {}
+    for r in records:
+        if r["section"] == "fast":
+            groups.setdefault((r["solver"], r["discretization"], r["final_step"], r["analytic_first_step"]), []).append(r)
+    return {key: sorted(rows, key=lambda r: r["nfe"]) for key, rows in groups.items()}
+
+
+def test_fast_study_goal_is_heun_with_edm_steps_at_35_nfe(fast):
+    results, _ = fast
+    (goal,) = [r for r in results["records"] if r["section"] == "goal"]
+    assert (goal["solver"], goal["discretization"], goal["num_steps"], goal["nfe"]) == ("heun", "edm", 18, 35)
+    assert results["goal"]["rms"] == goal["rms"] > 0
+
+
+def test_fast_study_analytic_first_step_saves_one_evaluation(fast):
+    for (solver, _, _, first_step), rows in fast_configs(fast[0]["records"]).items():
+        for r in rows:  # the sampler's count against the registry's formula for N steps, less the first evaluation
+            assert r["nfe"] == samplers.get(solver).nfe(r["num_steps"]) - int(first_step), r
+            assert r["error"] is None and math.isfinite(r["rms"])
+
+
+def test_fast_study_runs_the_denoise_final_step_only_where_it_changes_the_samples(fast):
+    # On the edm ODE Heun's last step is an Euler step and DPM-Solver++'s step to sigma = 0 returns D, and an
+    # Euler step from sigma to 0 is x + (0 - sigma)(x - D)/sigma = D: both end with D(x; sigma_min) either way.
+    # iPNDM's last step is a 4-term Adams-Bashforth step, which is not D(x; sigma_min).
+    results, _ = fast
+    identical = {(i["solver"], i["discretization"], i["analytic_first_step"]) for i in results["identical_final_step"]}
+    assert identical == {(s, d, a) for s in ("heun", "dpm++2m") for d in ("edm", "time-uniform") for a in (False, True)}
+    assert all(i["max_abs_difference"] < 1e-12 for i in results["identical_final_step"])
+    swept = {(s, d, f) for (s, d, f, _) in fast_configs(results["records"])}
+    assert {f for (s, _, f) in swept if s == "ipndm"} == {"solver", "denoise"}
+    assert {f for (s, _, f) in swept if s != "ipndm"} == {"solver"}
+
+
+def test_fast_study_scans_each_configuration_up_to_the_goal(fast):
+    results, _ = fast
+    goal, max_nfe = results["goal"]["rms"], results["settings"]["fast_max_nfe"]
+    reported = {(c["solver"], c["discretization"], c["final_step"], c["analytic_first_step"]): c["reaches_at_nfe"]
+                for c in results["conclusions"]["configs"]}
+    reached_any = False
+    for key, rows in fast_configs(results["records"]).items():
+        steps = [r["num_steps"] for r in rows]
+        assert steps == list(range(steps[0], steps[0] + len(steps)))  # every N, none skipped
+        assert rows[0]["nfe"] >= bench.FAST_MIN_NFE and rows[-1]["nfe"] <= max_nfe
+        hits = [r["nfe"] for r in rows if r["rms"] <= goal]
+        assert reported[key] == (hits[0] if hits else None)
+        through = key[1] == "edm" and key[2] == "solver" and not key[3]
+        if hits and not through:
+            assert rows[-1]["nfe"] == hits[0]  # stops at the first NFE reaching the goal
+        else:  # ran through to the largest N within max_nfe
+            assert samplers.get(key[0]).nfe(rows[-1]["num_steps"] + 1) - int(key[3]) > max_nfe
+        reached_any = reached_any or bool(hits)
+    assert reached_any  # iPNDM reaches Heun's 35-NFE error within 15 NFE on this mixture
+
+
+def test_fast_study_optimized_steps(fast):
+    results, out = fast
+    goal = results["goal"]["rms"]
+    for solver in ("heun", "dpm++2m", "ipndm"):
+        fits = [o for o in results["optimized"] if o["solver"] == solver]
+        budgets = [o["nfe"] for o in fits]
+        assert budgets == sorted(budgets, reverse=True) and budgets[0] == 5  # from the largest budget down
+        assert all(o["reaches_goal"] for o in fits[:-1])  # stops at the first budget that misses the goal
+        for o in fits:
+            assert o["reaches_goal"] == (o["held_out"]["rms_optimized"] <= goal)
+            assert len(o["sigmas"]) == o["num_steps"] == samplers.get(solver).steps_for_nfe(o["nfe"])
+            assert o["sigmas"][0] == pytest.approx(80.0) and all(a > b > 0 for a, b in zip(o["sigmas"], o["sigmas"][1:]))
+    saved = sorted(p.name for p in out.glob("steps_*.json"))
+    expected = sorted(f"steps_gmm2d_{s}_nfe{min(o['nfe'] for o in results['optimized'] if o['solver'] == s and o['reaches_goal'])}.json"
+                      for s in {o["solver"] for o in results["optimized"] if o["reaches_goal"]})
+    assert saved == expected
+
+
+def test_fast_study_data_mean_is_the_mean_of_the_digits():
+    # digits-gmm weights each class's Gaussian by its count, so the mixture's mean is the mean of all the digits.
+    target = targets.get("digits-gmm")
+    b = bench.Bench.make(target, bench.Settings.make(num_latents=2, num_calibration=2))
+    digits = data.load("digits").to(F64).reshape(-1, 64)
+    assert float((b.data_mean() - digits.mean(dim=0)).abs().max()) < 1e-10
+
+
+def test_fast_study_files_and_report_only(fast, tmp_path):
+    _, out = fast
+    stem = "solvers_gmm2d_fast_quick"
+    assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / f"{stem}.md").read_text()
+    assert "| claim | result | holds |" in text and "= final solver" in text
+    for suffix in (".json", ".md", ".png"):
+        shutil.copy(out / f"{stem}{suffix}", tmp_path / f"{stem}{suffix}")
+    (tmp_path / f"{stem}.md").write_text("stale")
+    assert bench.main(["--report-only", "--fast", "--quick", "--no-plot", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / f"{stem}.md").read_text() == text
+
+
+def test_fast_flag_rejects_sweep_options(tmp_path, capsys):
+    for bad in (["--nfe", "5,9"], ["--optimize", "heun:9"], ["--sections", "solvers"]):
+        code, err = run_main(["--fast", "--quick", *bad, "--out-dir", str(tmp_path / "bad")], capsys)
+        assert code == 2 and err.count("\n") == 1 and "--fast" in err, (bad, err)
+    assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- the trained-model sweep (benchmarks/solvers_trained.py)
+
+
+def test_trained_sweep_aggregates_over_seed_sets():
+    rows = [{"kind": "sweep", "solver": "heun", "nfe": 35, "set": k, "fd": v, "confidence": 0.9, "min_class_fraction": 0.1,
+             "rms_to_converged": 0.01} for k, v in enumerate((2.0, 4.0, 9.0))]
+    (entry,) = trained.aggregate(rows)
+    assert entry["fd"]["mean"] == pytest.approx(5.0)
+    assert entry["fd"]["std"] == pytest.approx(math.sqrt(((2 - 5) ** 2 + (4 - 5) ** 2 + (9 - 5) ** 2) / 2))  # n - 1
+    assert entry["confidence"] == {"mean": pytest.approx(0.9), "std": pytest.approx(0.0), "n": 3}
+
+
+def test_trained_sweep_fewest_nfe_reaching_heun():
+    fd = {("heun", 9): (30.0, 31.0), ("heun", 35): (5.0, 6.0), ("unipc-3", 9): (6.0, 7.0), ("unipc-3", 13): (4.5, 5.3),
+          ("unipc-3", 19): (5.2, 5.2), ("euler", 35): (20.0, 21.0)}
+    rows = [{"kind": "sweep", "solver": solver, "nfe": nfe, "set": k, "fd": v, "confidence": 0.9, "min_class_fraction": 0.1,
+             "rms_to_converged": 0.1 / nfe if solver == "unipc-3" else 1.0 / nfe}
+            for (solver, nfe), values in fd.items() for k, v in enumerate(values)]
+    c = trained.conclusions(trained.aggregate(rows), rows)
+    assert c["heun_goal"]["nfe"] == 35 and c["heun_goal"]["fd"]["mean"] == pytest.approx(5.5)
+    hits = c["fewest_nfe_reaching_heun"]["fd"]
+    assert hits["euler"] is None and hits["heun"]["nfe"] == 35
+    assert hits["unipc-3"]["nfe"] == 13 and hits["unipc-3"]["value"] == pytest.approx(4.9)
+    # paired by seed set: (4.5 - 5.0, 5.3 - 6.0) = (-0.5, -0.7)
+    assert hits["unipc-3"]["minus_heun"]["mean"] == pytest.approx(-0.6)
+    assert hits["unipc-3"]["minus_heun"]["std"] == pytest.approx(math.sqrt(0.02))
+    # RMS to the converged samples: unipc-3's 0.1 / 9 is below heun's 1 / 35 already at 9 NFE
+    assert c["fewest_nfe_reaching_heun"]["rms_to_converged"]["unipc-3"]["nfe"] == 9
+    assert c["best_by_nfe"]["9"]["fd"]["solver"] == "unipc-3" and c["best_by_nfe"]["35"]["fd"]["solver"] == "heun"
+
+
+def test_trained_sweep_skips_ddim_and_rejects_bad_input(tmp_path, capsys):
+    assert "ddim" not in trained.Settings().solvers and "unipc-3" in trained.Settings().solvers
+    for bad in (["--solvers", "ancestral"], ["--nfe", "0"], ["--report-only", "--out-dir", str(tmp_path)]):
+        with pytest.raises(SystemExit) as done:
+            trained.main(bad)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), (bad, err)

@@ -1,0 +1,153 @@
+"""`edm-space optimize-steps`: time steps fitted from the command line, checked against an independent solution.
+
+The held-out errors the command writes are recomputed here: the end points of the
+probability-flow ODE by a fine RK4 in u = ln sigma written in this file (the command
+uses scipy's DOP853), the latents from their seeds (sample i from its own
+torch.Generator), the starting levels from EDM's eq. 5, and the samples either from
+`edm-space sample --discretization FILE.json` or from a hand-written Euler loop
+(EDM Alg. 1 without its correction).
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import samplers
+from conftest import one_torch_thread
+from edm_space import data
+from edm_space.training import load_trained
+from helpers_cli import cli_error, cli_ok
+
+F64 = torch.float64
+SIGMA_MAX, SIGMA_MIN = 80.0, 0.002  # the command's defaults
+SIGMA_END = 1e-4  # where the command's reference stops: min(1e-4, sigma_min / 10), then x = D(x; sigma_end)
+
+#: The exact 2-D target: the posterior mean of 500 points of 8gaussians (data seed 0, the command's default).
+EXACT = ["--data", "8gaussians", "--data-size", "500"]
+CALIBRATION, HELD_OUT, BUDGET = 32, 32, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    with one_torch_thread():
+        yield
+
+
+def seeded_latents(seeds, shape):
+    """Latent i drawn from its own generator seeded with seeds[i], as the command draws them."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=F64) for s in seeds])
+
+
+def finite_set_denoiser(points: torch.Tensor):
+    """D(x; sigma) = sum_j softmax_j(-|x - y_j|^2 / (2 sigma^2)) y_j: the posterior mean of the uniform law on the points."""
+    y = points.to(F64).reshape(len(points), -1)
+
+    def D(x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=F64).reshape(-1, 1)
+        weights = torch.softmax(-torch.cdist(x, y) ** 2 / (2 * sigma**2), dim=1)
+        return weights @ y
+
+    return D
+
+
+def rk4_end_points(D, z, steps=3000):
+    """x(0) of dx/du = x - D(x; e^u) (EDM eq. 4 in u = ln sigma) from x = z sigma_max, by RK4 down to SIGMA_END,
+    then x = D(x; SIGMA_END) as the command finishes its reference."""
+    u0, u1 = math.log(SIGMA_MAX), math.log(SIGMA_END)
+    h = (u1 - u0) / steps
+    x = z * SIGMA_MAX
+    f = lambda u, x: x - D(x, torch.full((len(x),), math.exp(u), dtype=F64))  # noqa: E731
+    for i in range(steps):
+        u = u0 + i * h
+        k1 = f(u, x)
+        k2 = f(u + h / 2, x + h / 2 * k1)
+        k3 = f(u + h / 2, x + h / 2 * k2)
+        k4 = f(u + h, x + h * k3)
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return D(x, torch.full((len(x),), SIGMA_END, dtype=F64))
+
+
+def edm_levels(n):
+    """EDM eq. 5 with rho = 7 on [SIGMA_MIN, SIGMA_MAX]: the steps the fit starts from."""
+    i = np.arange(n)
+    return (SIGMA_MAX ** (1 / 7) + i / (n - 1) * (SIGMA_MIN ** (1 / 7) - SIGMA_MAX ** (1 / 7))) ** 7
+
+
+def euler_end_points(D, z, levels):
+    """EDM Alg. 1 without the correction on sigma_0 > ... > sigma_{N-1} > 0 = sigma_N: x <- x + (s' - s)(x - D(x; s)) / s."""
+    levels = list(levels) + [0.0]
+    x = z * levels[0]
+    for s, s_next in zip(levels[:-1], levels[1:]):
+        x = x + (s_next - s) * (x - D(x, torch.full((len(x),), s, dtype=F64))) / s
+    return x
+
+
+def rms(a, b):
+    return float((a - b).pow(2).mean().sqrt())
+
+
+def test_fitted_steps_cut_the_held_out_error_and_feed_sample(tmp_path, capsys):
+    out = tmp_path / "steps.json"
+    printed = cli_ok(["optimize-steps", *EXACT, "--solver", "dpm++2m", "--nfe", BUDGET, "--calibration", CALIBRATION,
+                      "--held-out", HELD_OUT, "--max-evaluations", 60, "--out", out], capsys)
+    payload = json.loads(out.read_text())
+    sigmas = payload["sigmas"]
+    assert len(sigmas) == samplers.get("dpm++2m").steps_for_nfe(BUDGET) == BUDGET
+    assert sigmas[0] == SIGMA_MAX and all(a > b > 0 for a, b in zip(sigmas, sigmas[1:]))
+    before, after = payload["held_out_error_before"], payload["held_out_error_after"]
+    assert after < 0.8 * before
+    assert f"{before:.3g}" in printed and f"{after:.3g}" in printed and str(out) in printed
+
+    # The held-out errors again, from the samples `edm-space sample` draws and an RK4 solution of the ODE.
+    held_seeds = range(CALIBRATION, CALIBRATION + HELD_OUT)
+    reference = rk4_end_points(finite_set_denoiser(data.load("8gaussians", n=500, seed=0)), seeded_latents(held_seeds, (2,)))
+    start = tmp_path / "rho7.json"
+    start.write_text(json.dumps({"sigmas": edm_levels(BUDGET).tolist()}))
+    recomputed = {}
+    for name, levels in (("after", out), ("before", start)):
+        npz = tmp_path / f"{name}.npz"
+        printed = cli_ok(["sample", *EXACT, "--solver", "dpm++2m", "--discretization", levels,
+                          "--seeds", f"{CALIBRATION}-{CALIBRATION + HELD_OUT - 1}", "--out", npz], capsys)
+        assert f"{BUDGET} steps, {BUDGET} denoiser evaluations" in printed  # the NFE the steps were fitted for
+        recomputed[name] = rms(torch.from_numpy(np.load(npz)["samples"]), reference)
+    assert recomputed["after"] == pytest.approx(after, rel=1e-4)
+    assert recomputed["before"] == pytest.approx(before, rel=1e-4)
+
+
+@pytest.mark.parametrize("args, out_name, names", [
+    (["--solver", "ancestral", "--nfe", "6"], "steps.json", ["ancestral", "stochastic"]),  # no ODE solution to fit to
+    (["--solver", "heun", "--nfe", "2"], "steps.json", ["heun", "2"]),                    # one Heun step: nothing to fit
+    (["--solver", "nope", "--nfe", "6"], "steps.json", ["nope", "dpm++2m"]),              # names the valid solvers
+    (["--solver", "dpm++2m", "--nfe", "6"], "steps.txt", ["--out", ".json"]),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, out_name, names):
+    cli_error(["optimize-steps", *EXACT, *args, "--calibration", 4, "--held-out", 4, "--max-evaluations", 5,
+               "--out", tmp_path / out_name], capsys, names=names, roots=[tmp_path])
+
+
+def test_optimize_steps_of_a_trained_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    cli_ok(["train", "--data", "moons", "--data-size", 256, "--net-option", "width=16", "--net-option", "depth=1",
+            "--steps", 5, "--batch", 16, "--warmup", 16, "--out", run], capsys)
+    out = tmp_path / "steps.json"
+    calibration, held_out, budget = 8, 8, 4
+    cli_ok(["optimize-steps", "--ckpt", run, "--solver", "euler", "--nfe", budget, "--calibration", calibration,
+            "--held-out", held_out, "--max-evaluations", 20, "--out", out], capsys)
+    payload = json.loads(out.read_text())
+    sigmas = payload["sigmas"]
+    assert len(sigmas) == budget and sigmas[0] == SIGMA_MAX and all(a > b > 0 for a, b in zip(sigmas, sigmas[1:]))
+    assert str(run) in payload["source"] and payload["formulation"] == "edm" and payload["nfe"] == budget
+
+    # Both reported errors from a hand-written Euler loop against an RK4 solution of the trained model's ODE.
+    denoiser = load_trained(str(run))[0]
+    D = lambda x, sigma: denoiser(x, sigma).to(F64)  # noqa: E731
+    z = seeded_latents(range(calibration, calibration + held_out), (2,))
+    with torch.no_grad():
+        reference = rk4_end_points(D, z)
+        before = rms(euler_end_points(D, z, edm_levels(budget)), reference)
+        after = rms(euler_end_points(D, z, sigmas), reference)
+    assert payload["held_out_error_before"] == pytest.approx(before, rel=1e-4)
+    assert payload["held_out_error_after"] == pytest.approx(after, rel=1e-4)
