@@ -233,7 +233,7 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
         reference, reference_labels = data.load(data_name, n=size, seed=seed, with_labels=True)
         conditional = class_label is not None or guidance_weight is not None
         if conditional and reference_labels is None:
-            raise ConfigError(f"--class and --guidance need class labels; data set {data_name!r} has none (try --data branches or digits)")
+            raise ConfigError(f"--class and --guidance need a class-conditional model: --ckpt of a run trained --conditional, or --data with class labels (branches, digits); data set {data_name!r} has none")
         if conditional:
             num_classes = int(reference_labels.max()) + 1
             denoiser = IdealDenoiser(reference.to(torch.float64), labels=reference_labels, num_classes=num_classes)
