@@ -50,6 +50,8 @@ from .families.vae import generator_on, prior_samples
 from .files import StagedOutputs, check_writable_file, read_json
 from .devices import make_optimizer
 from .rundir import (
+    MAX_BATCH,
+    MAX_STEPS,
     RESUMABLE,
     confirm_checkpoint,
     diverged_error,
@@ -84,8 +86,6 @@ DERIVED = ("held_out", "item_shape")
 # Adam's learning rate when none is given: DCGAN's 2e-4 for the GAN (Radford et al. 2016, Sec. 4), else 1e-3.
 DEFAULT_LR = {("family", "gan"): 2e-4}
 FALLBACK_LR = 1e-3
-MAX_STEPS = 10**9
-MAX_BATCH = 10**7
 MAX_SAMPLES = 10**7
 
 

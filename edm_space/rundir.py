@@ -29,6 +29,9 @@ from .files import write_atomic
 CHECKPOINT_FORMAT = "edm-space-checkpoint"
 CHECKPOINT_VERSION = 1
 LOCK_NAME = "lock"
+# Sizes past which a setting is a typo, refused before anything is allocated.
+MAX_STEPS = 10**9
+MAX_BATCH = 10**7
 # Settings a resumed run may change.
 RESUMABLE = ("steps", "checkpoint_every", "log_every", "keep_checkpoints")
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)\.pt")

@@ -42,6 +42,8 @@ from .seeding import step_generator
 from .parameterization import Formulation
 from .devices import make_optimizer
 from .rundir import (
+    MAX_BATCH,
+    MAX_STEPS,
     RESUMABLE,
     CHECKPOINT_FORMAT,
     TrainingDiverged,
@@ -67,9 +69,6 @@ __all__ = [
 
 # Edges of the sigma buckets in which log.jsonl reports the loss (EDM Fig. 5 style).
 SIGMA_BUCKETS = (0.0, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0, math.inf)
-# Sizes past which a setting is a typo, refused before anything is allocated.
-MAX_STEPS = 10**9
-MAX_BATCH = 10**7
 
 
 @dataclass
