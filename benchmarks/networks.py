@@ -1,7 +1,7 @@
 """The network benchmark: the U-Net against the transformer denoiser (DiT) at equal training compute.
 
     pip install -e ".[data,plot]"
-    python benchmarks/networks.py                   # 8x8 digits: edm and sd3, 3 seeds, U-Net vs DiT (about 35 min, one thread)
+    python benchmarks/networks.py                   # 8x8 digits: edm and sd3, 3 seeds, U-Net vs DiT (25-55 min on one thread)
     python benchmarks/networks.py --data mnist      # 5,000 MNIST digits (28x28): hours on one thread; not in the committed results
     python benchmarks/networks.py --quick           # a smoke run of the same code path in about a minute (temporary folder)
     python benchmarks/networks.py --report-only     # rebuild networks_DATA.md / .png from the committed .json
@@ -15,8 +15,8 @@ each preset with the same optimizer, batch, seeds and data, for the same CPU tim
    runs' CPU times divided by the difference of their steps, which cancels the
    fixed cost of a run (data, network, checkpoint).
 2. Equal budget. Each network trains for the most steps whose cost fits
-   `budget_cpu_s` CPU seconds, rounded down so that every stage (1/8, 1/4, 1/2
-   and all of the budget) is a whole number of steps (`budget_steps`). The
+   `budget_cpu_s` CPU seconds, rounded down so that every stage (on digits 1/4,
+   1/2 and all of the budget) is a whole number of steps (`budget_steps`). The
    budget is counted in CPU seconds of this one-thread process, not wall time:
    on a machine shared with other processes the wall time of a step grows with
    their load, its CPU time much less.
@@ -57,7 +57,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  (puts the repository root on sys.path)
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import formulations  # noqa: E402  (mean_std and the paired comparison of benchmarks/formulations.py)
@@ -89,6 +88,19 @@ LATENT_SEED = 10_000
 VERSION = 1  # of the runs' stored results; bump when run_one changes what it computes
 
 
+DIGITS_WHY = (
+    "Networks: the U-Net of benchmarks/training_quality.py's digits run (32 channels, levels 1 and 2, 1.04 M parameters) "
+    "and the library's default DiT shape (depth 4, width 128, 4 heads) with 2x2 patches, 16 tokens per image (1.25 M "
+    "parameters, 1.2x); 1x1 patches (64 tokens) cost 3.8x as much per step. Budget: 60 CPU s per run with three "
+    "stages, not the 150-300 s first planned: sampling 256 images at 35 NFE costs 15-30 s per stage, so 2 presets x 2 "
+    "networks x 3 seeds at 150 s would not fit about 35 minutes of wall time on the shared 2-core machine. Learning rate: "
+    "one for both networks; in a probe of the training loss (edm, seed 0) both improved alike from 2e-3 to 4e-3 "
+    "(U-Net after 100 steps 0.485 -> 0.479, DiT after 150 steps 0.563 -> 0.557) and both were worse at 1e-3 and 5e-4 "
+    "(U-Net 0.512, 0.571; DiT 0.576, 0.582), so 2e-3 handicaps neither. Warm-up 2,000 images (31 steps): the runs are "
+    "short."
+)
+
+
 @dataclass
 class Settings:
     """Everything that defines one data set's benchmark; stored in the results."""
@@ -111,19 +123,21 @@ class Settings:
     ema_rampup_ratio: float = 0.05
     grad_clip: float = 1.0
     #: CPU seconds of training per run, the same for every network
-    budget_cpu_s: float = 90.0
+    budget_cpu_s: float = 60.0
     #: the stages are total_steps / d for each d (the last must be 1)
-    stage_divisors: Tuple[int, ...] = (8, 4, 2, 1)
+    stage_divisors: Tuple[int, ...] = (4, 2, 1)
     #: steps of the two from-scratch runs whose CPU-time difference gives the cost of a step
     timing_steps: Tuple[int, int] = (4, 24)
     num_samples: int = 256
     sampler: Tuple[str, str, int] = SAMPLER
     threads: int = 1
+    #: why these settings (shown in the report)
+    why: Optional[str] = None
 
     def training_fingerprint(self) -> Dict[str, Any]:
         """The settings a step's cost and a run's result depend on (not the preset or seed lists, threads or quick)."""
         payload = dataclasses.asdict(self)
-        for key in ("presets", "seeds", "threads", "quick"):
+        for key in ("presets", "seeds", "threads", "quick", "why"):
             payload.pop(key)
         return payload
 
@@ -134,7 +148,7 @@ def make_settings(data: str = "digits", quick: bool = False, preset_names: Optio
     if data not in DATA_CHOICES:
         raise unknown("data", data, DATA_CHOICES)
     if data == "digits":
-        s = Settings()
+        s = Settings(why=DIGITS_WHY)
     else:
         # MNIST: the U-Net of benchmarks/training_quality.py (0.66 M parameters) and a DiT of 0.95 M with
         # 4x4 patches (49 tokens); batch 64, 5,000 digits of which 1,000 are held out.
@@ -148,7 +162,7 @@ def make_settings(data: str = "digits", quick: bool = False, preset_names: Optio
             nets={"unet": {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1},
                   "dit": {"depth": 1, "width": 32, "heads": 2, "patch": 2}},
             budget_cpu_s=1.5, stage_divisors=(2, 1), timing_steps=(2, 10), num_samples=64, sampler=("heun", "edm", 4),
-            warmup_images=256,
+            warmup_images=256, why=None,
         )
     if preset_names is not None:
         if not preset_names:
@@ -398,7 +412,7 @@ def summarize(settings: Dict[str, Any], runs: Sequence[Dict[str, Any]], data: Se
             points = []
             for k in range(len(mine[0]["rows"])):
                 rows = [run["rows"][k] for run in mine]
-                point = {"stage": k, "steps": rows[0]["steps"], "images": rows[0]["images"], "seeds": [r["seed"] for r in rows],
+                point = {"stage": k, "steps": rows[0]["steps"], "images": rows[0]["images"], "seeds": [run["seed"] for run in mine],
                          "diverged": sum(bool(r.get("diverged")) for r in rows)}
                 for name in METRICS + ("train_cpu_s", "train_wall_s", "sample_s", "loss"):
                     point[name] = formulations.mean_std([r.get(name) for r in rows])
@@ -555,11 +569,17 @@ def markdown(results: Dict[str, Any], plot_name: Optional[str]) -> str:
               f"- optimizer, the same for both networks: Adam lr {s['lr']:g} after a {s['warmup_images']:,}-image warm-up, batch "
               f"{s['batch']}, gradient clip {s['grad_clip']:g}, EMA half-life {s['ema_halflife_images']:,.0f} images with ramp-up "
               f"ratio {s['ema_rampup_ratio']:g} (so about {s['ema_rampup_ratio']:.0%} of the images seen in these short runs); "
-              "no per-network tuning",
+              "no per-network tuning (see why)",
               f"- budget: {s['budget_cpu_s']:g} CPU seconds of training per run, torch threads {s['threads']}; stages at "
               f"{', '.join(fractions)} of the steps",
-              f"- wall time of the whole benchmark: {results['wall_s'] / 60:.1f} min",
-              "", "## Machine", "", common.machine_markdown(results["machine"])]
+              f"- wall time of the whole benchmark: {results['wall_s'] / 60:.1f} min"
+              + (f" (CPU time of the process {results['cpu_s'] / 60:.1f} min; the rest is waiting for a core held by other processes)"
+                 if results.get("cpu_s") else
+                 f"; training took {sum(run['rows'][-1]['train_cpu_s'] for run in results['runs']) / 60:.1f} min of it in CPU time, "
+                 "the rest is sampling, scoring and waiting for a core held by other processes")]
+    if s.get("why"):
+        lines += [f"- why: {s['why']}"]
+    lines += ["", "## Machine", "", common.machine_markdown(results["machine"])]
     return "\n".join(lines)
 
 
@@ -587,11 +607,16 @@ def write_plot(results: Dict[str, Any], path: str) -> str:
                             label=f"{NET_LABELS[net]} ({info[net]['parameters'] / 1e6:.2f} M params)")
             if floor[metric]["mean"] is not None:
                 ax.axhline(floor[metric]["mean"], color="gray", linestyle=":", linewidth=1, label="real training images")
+            # Log axes spanning less than a decade: label 1, 2, 3 and 5 times powers of ten, as plain numbers.
+            axes_to_label = [ax.xaxis]
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # minor labels of a short log axis overlap
             if metric == "fd":
                 ax.set_yscale("log")
-                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+                axes_to_label.append(ax.yaxis)
+            for scale in axes_to_label:
+                scale.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+                scale.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+                scale.set_minor_formatter(ticker.NullFormatter())
             ax.set_xlabel("training images seen" if axis == "images" else "training CPU seconds (one thread)")
             ax.set_ylabel(METRIC_AXIS[metric], fontsize=8)
             ax.set_title(f"{preset}", fontsize=9)
@@ -633,7 +658,7 @@ def rebuild_report(json_path: str, out_dir: str, plot: bool = True) -> List[str]
 def run_benchmark(settings: Settings, out_dir: str, work_dir: Optional[str] = None, plot: bool = True, reuse: bool = True,
                   log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Measure step costs, train and score every (network, preset, seed), write the report; returns the results."""
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     common.set_threads(settings.threads)
     machine = common.machine_info()
     work_dir = work_dir or os.path.join(tempfile.gettempdir(), "edm-space-bench-networks")
@@ -673,7 +698,8 @@ def run_benchmark(settings: Settings, out_dir: str, work_dir: Optional[str] = No
                 runs.append(run_one(settings, net, preset, seed, info[net]["stages"], work_dir, evaluation, log, reuse))
         log(f"[{settings.data}] seed {seed} done after {(time.perf_counter() - started) / 60:.1f} min")
     results = {"data": settings.data, "settings": dataclasses.asdict(settings), "networks": info, "heldout_count": heldout_count,
-               "runs": runs, "data_rows": data, "machine": machine, "wall_s": time.perf_counter() - started}
+               "runs": runs, "data_rows": data, "machine": machine, "wall_s": time.perf_counter() - started,
+               "cpu_s": time.process_time() - started_cpu}
     paths = write_report(results, out_dir, plot)
     log(f"[{settings.data}] wrote {', '.join(paths)}")
     return results
@@ -689,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="digits smoke run (tiny networks, 1 preset, 1 seed; about a minute)")
     parser.add_argument("--presets", dest="preset_list", default=None, help="comma-separated presets [default: edm,sd3]")
     parser.add_argument("--seeds", default=None, help="seeds, e.g. 0-2 or 0,1,2 [default: 0-2 on digits, 0 on mnist]")
-    parser.add_argument("--budget", type=float, default=None, help="training CPU seconds per run [default: 90 on digits, 600 on mnist]")
+    parser.add_argument("--budget", type=float, default=None, help="training CPU seconds per run [default: 60 on digits, 600 on mnist]")
     parser.add_argument("--threads", type=int, default=1, help="torch threads [default: 1]")
     parser.add_argument("--out-dir", default=None, help="where networks_DATA.{json,md,png} go [default: benchmarks/results; "
                         "with --quick TMPDIR/edm-space-networks-quick]")

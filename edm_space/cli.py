@@ -370,7 +370,7 @@ def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecor
 @click.option("--family-option", "family_options", multiple=True, help="With --family: its argument key=value, repeatable (e.g. couplings=4, loss=hinge).")
 @click.option("--data", "data_name", default="moons", show_default=True, help="Built-in data set (moons, 8gaussians, checkerboard, swissroll, digits, mnist), FILE.npy/.npz (arrays x and labels or y) or a PNG folder.")
 @click.option("--data-size", type=int, default=None, help="Use a seeded subset of this many items [default: all / 10,000 for toy sets].")
-@click.option("--net", default=None, help="Network: mlp, unet, or your own package.module:Class [default: mlp for vectors, unet for images].")
+@click.option("--net", default=None, help="Network: mlp, unet, dit, or your own package.module:Class [default: mlp for vectors, unet for images].")
 @click.option("--net-option", "net_options", multiple=True, help="Network argument key=value, repeatable (e.g. width=256, channels=32, channel_mult=[1,2]).")
 @click.option("--preset-option", "preset_options", multiple=True, help="Preset constant key=value, repeatable (e.g. sigma_data=0.5, shift=3).")
 @click.option("--steps", type=int, default=2000, show_default=True, help="Optimizer steps.")
