@@ -296,6 +296,7 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
         guided_cost = [(sum(g.forward_passes for g in guided), sum(g.rows for g in guided))]
         all_costs: list = [None] * world
         dist.all_gather_object(all_costs, guided_cost)
+        dist.destroy_process_group()  # no collective follows; a process must not exit with the group alive
         if rank != 0:
             return
         samples = np.concatenate(parts)
@@ -435,7 +436,12 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         )
     summary = train(config, echo=click.echo, device=device, precision=precision, compile=compile_network,
                     stream_data=stream_data, workers=workers)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+    rank = 0
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
         click.echo(
             f"trained {config.preset} on {config.data} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
             f"checkpoint {summary['checkpoint']}. Sample it: edm-space sample --ckpt {out_dir} --out samples.png"
