@@ -998,10 +998,25 @@ def markdown(results: dict, png: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def _style_error_axes(ax, ticks) -> None:
+    """Log-log axes of RMS error against NFE, labelled, with the legend below the panel so no curve is hidden."""
+    ticker = require("matplotlib.ticker", "the solver benchmark's plot")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, min(top, 10.0))  # runs that blew up (errors > 10 in data units) are clipped
+    ax.set_xlabel("NFE (denoiser evaluations per sample)")
+    ax.set_ylabel("RMS error of the samples vs the exact ODE end points (data units)", fontsize=8)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)
+
+
 def plot_results(results: dict, path: str) -> None:
     """Error against NFE on log-log axes: solvers; formulations; discretizations (one panel each)."""
     plt = common.pyplot("the solver benchmark's plot")
-    ticker = require("matplotlib.ticker", "the solver benchmark's plot")
 
     records = results["records"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 8.6))
@@ -1049,17 +1064,7 @@ def plot_results(results: dict, path: str) -> None:
     nfes = sorted({r["nfe"] for r in records if r["nfe"]})
     ticks = [n for n in (5, 10, 15, 20, 35, 50, 100, 200) if nfes and nfes[0] <= n <= nfes[-1]]
     for ax in axes:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        bottom, top = ax.get_ylim()
-        ax.set_ylim(bottom, min(top, 10.0))  # runs that blew up (errors > 10 in data units) are clipped
-        ax.set_xlabel("NFE (denoiser evaluations per sample)")
-        ax.set_ylabel("RMS error of the samples vs the exact ODE end points (data units)", fontsize=8)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)  # below the panel: no curve hidden
+        _style_error_axes(ax, ticks)  # below the panel: no curve hidden
     m = results["machine"]
     fig.suptitle(f"{results['target']}: samplers' end points against the exact probability-flow ODE solution of the same "
                  f"{results['settings']['num_latents']} latents (the reference, DOP853; no training data involved)\n"
@@ -1189,7 +1194,6 @@ def plot_fast(results: dict, path: str) -> None:
     """Error against NFE on log-log axes: every solver with EDM's steps; every solver's fastest configuration
     and its optimized steps."""
     plt = common.pyplot("the solver benchmark's plot")
-    ticker = require("matplotlib.ticker", "the solver benchmark's plot")
     records, c, goal = results["records"], results["conclusions"], results["goal"]
     solvers = results["settings"]["fast_solvers"]
     colors = {solver: f"C{i % 10}" for i, solver in enumerate(solvers)}
@@ -1228,17 +1232,7 @@ def plot_fast(results: dict, path: str) -> None:
         ax.axhline(goal["rms"], color="black", linestyle=":", linewidth=1.2,
                    label=f"goal: {goal['solver']} + edm steps at {goal['nfe']} NFE ({goal['rms']:.2e})")
         ax.axvline(c["untuned"]["max_nfe"], color="gray", linestyle="-.", linewidth=1, label=f"NFE {c['untuned']['max_nfe']}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        bottom, top = ax.get_ylim()
-        ax.set_ylim(bottom, min(top, 10.0))  # runs that blew up (errors > 10 in data units) are clipped
-        ax.set_xlabel("NFE (denoiser evaluations per sample)")
-        ax.set_ylabel("RMS error of the samples vs the exact ODE end points (data units)", fontsize=8)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)
+        _style_error_axes(ax, ticks)
     m = results["machine"]
     fig.suptitle(f"{results['target']}: fast solvers against the exact probability-flow ODE solution of the same "
                  f"{results['settings']['num_latents']} latents (edm formulation)\n{m['platform']}, {m['cpu_count']} CPUs, "

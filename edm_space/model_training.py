@@ -50,6 +50,7 @@ from .families.vae import generator_on, prior_samples
 from .files import StagedOutputs, check_writable_file, read_json
 from .devices import make_optimizer
 from .rundir import (
+    config_from_json,
     MAX_BATCH,
     MAX_STEPS,
     RESUMABLE,
@@ -114,11 +115,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, payload: Dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown_keys = sorted(set(payload) - known)
-        if unknown_keys:
-            raise ConfigError(f"config.json has unknown fields {unknown_keys}; was it written by another tool?")
-        return cls(**payload)
+        return config_from_json(cls, payload)
 
     def describe(self) -> str:
         """'family nice' / 'autoencoder kl'."""

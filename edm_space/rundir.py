@@ -10,6 +10,7 @@ are removed when the next one takes the lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -285,6 +286,15 @@ def find_checkpoint(source: str, step: Optional[int] = None) -> Tuple[str, int, 
 def write_json(path: str, payload: Dict[str, Any]) -> None:
     """A JSON object to `path`, atomically."""
     write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def config_from_json(cls: type, payload: Dict[str, Any]):
+    """The run-config dataclass `cls` from a config.json payload; fields it does not know are refused with one line."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown_keys = sorted(set(payload) - known)
+    if unknown_keys:
+        raise ConfigError(f"config.json has unknown fields {unknown_keys}; was it written by another tool?")
+    return cls(**payload)
 
 
 def disk_error(error: OSError, what: str) -> ConfigError:

@@ -42,6 +42,7 @@ from .seeding import step_generator
 from .parameterization import Formulation
 from .devices import make_optimizer
 from .rundir import (
+    config_from_json,
     MAX_BATCH,
     MAX_STEPS,
     RESUMABLE,
@@ -107,11 +108,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, payload: Dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown_keys = sorted(set(payload) - known)
-        if unknown_keys:
-            raise ConfigError(f"config.json has unknown fields {unknown_keys}; was it written by another tool?")
-        return cls(**payload)
+        return config_from_json(cls, payload)
 
 
 # Settings that fix the network's tensors: a checkpoint must agree with its run on them.
