@@ -22,7 +22,7 @@ from edm_space.errors import ConfigError
 from edm_space.families import bits
 from edm_space.families.gan import GAN
 from edm_space.families.nice import NICE, AdditiveCoupling
-from edm_space.families.pixelcnn import PixelCNN
+from edm_space.families.pixelcnn import PixelCNN, categorical
 
 F64 = torch.float64
 
@@ -202,6 +202,31 @@ def test_pixelcnn_with_uniform_logits_scores_exactly_8_bits_per_dim():
     x = torch.randint(0, 256, (3, 1, 4, 4), generator=seeded(19), dtype=torch.uint8)
     bpd = model.bits_per_dim(x, seeded(0)).detach()
     np.testing.assert_allclose(bpd.numpy(), 8.0, rtol=0, atol=1e-12)
+
+
+def test_pixelcnn_logits_of_the_top_rows_do_not_depend_on_the_rows_below():
+    # The sampler runs the network on rows 0..r only when it draws row r; that is exact only if the
+    # logits of those rows are the same as on whole images (masks hide lower rows; padding is zero).
+    model = PixelCNN((1, 5, 6), channels=8, blocks=2, head=8).double()
+    randomize(model, 0.6, seed=22)
+    levels = torch.randint(0, 256, (3, 1, 5, 6), generator=seeded(23))
+    with torch.no_grad():
+        full = model.logits(levels)
+        for row in range(5):
+            top = model.logits(levels[:, :, : row + 1])
+            np.testing.assert_allclose(top.numpy(), full[:, :, : row + 1].numpy(), rtol=0, atol=1e-12)
+        # ...whereas a change in row 2 does change the logits of rows 2 and below (the check can fail).
+        changed = levels.clone()
+        changed[:, :, 2] = (changed[:, :, 2] + 128) % 256
+        assert not torch.allclose(model.logits(changed)[:, :, 2:], full[:, :, 2:])
+    # The sampler (cropped rows, head on one pixel) draws exactly what whole-image logits would give.
+    generator, drawn = seeded(24), torch.zeros(4, 1, 5, 6, dtype=torch.int64)
+    with torch.no_grad():
+        for row in range(5):
+            for column in range(6):
+                probs = torch.softmax(model.logits(drawn)[:, :, row, column].double(), dim=1)
+                drawn[:, 0, row, column] = categorical(probs, generator)
+    np.testing.assert_array_equal(bits.to_levels(model.sample(4, seeded(24))).numpy(), drawn.numpy())
 
 
 def test_pixelcnn_sampler_draws_from_the_likelihood_it_evaluates():

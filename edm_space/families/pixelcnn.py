@@ -102,7 +102,10 @@ class PixelCNN(GenerativeFamily):
 
     def network(self, x: Tensor) -> Tensor:
         """Logits [B, 256, H, W] of every pixel's conditional from images x [B, 1, H, W] in [-1, 1]."""
-        h = self.blocks(self.stem(x))
+        return self.head(self.blocks(self.stem(x)))
+
+    def head(self, h: Tensor) -> Tensor:
+        """The 1x1 output layers: features [B, C, H, W] to logits [B, 256, H, W], pixel by pixel."""
         return self.output(F.relu(self.hidden(F.relu(h))))
 
     def logits(self, levels: Tensor) -> Tensor:
@@ -125,12 +128,18 @@ class PixelCNN(GenerativeFamily):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """Draw pixels one at a time in raster order, each from its softmax given the pixels drawn so far."""
-        device, _ = self.parameter_device_dtype()
+        device, dtype = self.parameter_device_dtype()
         _, height, width = self.item_shape
         levels = torch.zeros((n, *self.item_shape), dtype=torch.int64, device=device)
         for row in range(height):
             for column in range(width):
-                probs = F.softmax(self.logits(levels)[:, :, row, column].double(), dim=1)
+                # Rows below `row` cannot reach it (every mask hides the rows under its centre and the
+                # zero padding stands in for them), so the network runs on rows 0..row only: exact, and
+                # about half the work of whole images.
+                # The 1x1 head acts on each pixel alone, so it runs on the one pixel being drawn.
+                features = self.blocks(self.stem(levels_to_unit(levels[:, :, : row + 1], dtype)))
+                logits = self.head(features[:, :, row : row + 1, column : column + 1])[:, :, 0, 0]
+                probs = F.softmax(logits.double(), dim=1)
                 levels[:, 0, row, column] = categorical(probs, generator)
         return levels_to_unit(levels, self.parameter_device_dtype()[1])
 
