@@ -124,9 +124,13 @@ def _iddpm_u(M: int = 1000, C1: float = 0.001, C2: float = 0.008) -> Tensor:
     return iddpm_levels(M, C1, C2)
 
 
-def iddpm_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> Tensor:
-    """EDM Table 1, iDDPM: u_j at indices round((L-1)/(N-1) i) among the L levels inside [sigma_min, sigma_max]."""
-    u = _iddpm_u()
+def iddpm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, levels: Optional[Tensor] = None) -> Tensor:
+    """EDM Table 1, iDDPM: u_j at indices round((L-1)/(N-1) i) among the L levels inside [sigma_min, sigma_max].
+
+    `levels` are the u_0 > ... > u_M of the formulation being sampled (an iddpm preset with
+    other M, C1, C2); by default those of the paper's constants (M = 1000).
+    """
+    u = _iddpm_u() if levels is None else levels
     inside = u[(u >= sigma_min) & (u <= sigma_max)]
     if len(inside) == 0:
         raise ConfigError(f"no iDDPM level lies in [sigma_min, sigma_max] = [{sigma_min:g}, {sigma_max:g}]; levels span [{float(u[-2]):g}, {float(u[0]):g}]")
@@ -269,6 +273,8 @@ def time_steps(
             if not rho > 0:
                 raise ConfigError(f"rho = {rho!r} is invalid; it must be > 0")
             levels = edm_sigmas(num_steps, *sigma_range(f, name, sigma_min, sigma_max), rho=rho)
+        elif name == "iddpm" and f.levels is not None:  # the sampled model's own discrete levels
+            levels = iddpm_sigmas(num_steps, *sigma_range(f, name, sigma_min, sigma_max), levels=f.levels)
         else:
             levels = _LEVELS[name](num_steps, *sigma_range(f, name, sigma_min, sigma_max))
         t = torch.cat([f.sigma_inv(f.round_sigma(levels)), zero])

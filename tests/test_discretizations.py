@@ -16,7 +16,7 @@ import torch
 import presets
 import samplers
 from conftest import finite_set_denoiser, gaussian_denoiser, iddpm_u_np
-from samplers.discretizations import time_steps
+from samplers.discretizations import sigma_range, time_steps
 
 F64 = torch.float64
 ALL_PRESETS = presets.names()
@@ -65,8 +65,8 @@ def ref_ve(N, lo, hi):
     return np.sqrt(hi**2 * (lo**2 / hi**2) ** frac(N))
 
 
-def ref_iddpm(N, lo, hi):
-    u = iddpm_u_np()
+def ref_iddpm(N, lo, hi, **constants):
+    u = iddpm_u_np(**constants)
     inside = u[(u >= lo) & (u <= hi)]
     L = len(inside)
     idx = np.round((L - 1) / (N - 1) * np.arange(N)).astype(np.int64) if N > 1 else np.zeros(1, np.int64)
@@ -414,3 +414,15 @@ def test_unknown_final_step():
         samplers.sample(GAUSS, Z, solver="euler", num_steps=3, final_step="noise")
     msg = _one_line(err)
     assert "noise" in msg and "solver" in msg and "denoise" in msg
+
+
+@pytest.mark.parametrize("constants", [{"M": 300}, {"M": 1000, "C2": 0.02}])
+def test_iddpm_steps_of_an_iddpm_preset_with_other_constants_use_its_levels(constants):
+    # The iDDPM discretization picks among the sampled model's own levels (EDM Table 1 with its M, C1, C2),
+    # not the default M = 1000 ones, which an iDDPM network with other constants was never trained on.
+    f = presets.get("iddpm", **constants)
+    t = time_steps(f, 10, "iddpm")
+    lo, hi = sigma_range(f, "iddpm")
+    np.testing.assert_allclose(f.sigma(t[:-1]).numpy(), ref_iddpm(10, lo, hi, **constants), rtol=1e-12)
+    default = time_steps(presets.get("iddpm"), 10, "iddpm")
+    assert not torch.allclose(f.sigma(t[:-1]), presets.get("iddpm").sigma(default[:-1]))
