@@ -63,11 +63,12 @@ BOOTSTRAP = 200
 # patch 4, i.e. 16-value tokens, and is the weaker pixel model).
 PIXEL_NET = dict(net="unet", net_options={"channels": 16, "channel_mult": [1, 2, 4], "blocks_per_level": 1}, lr=2e-3)
 LATENT_NET = dict(net="dit", net_options={"depth": 4, "width": 96, "heads": 4, "patch": 1}, lr=1e-3)
-DEFAULT_CONFIGS = ("pixel", "kl-c2-d4", "kl-c4-d4", "vq-c4-d4")  # vq-c2-d4 with --configs
+DEFAULT_CONFIGS = ("pixel", "kl-c2-d4", "kl-c4-d4", "kl-c8-d4", "vq-c4-d4")  # vq-c2-d4 with --configs
 CONFIGS: List[Dict[str, Any]] = [
     {"name": "pixel", "space": "pixel"},
     {"name": "kl-c2-d4", "space": "latent", "kind": "kl", "latent_channels": 2, "downsample": 4},
     {"name": "kl-c4-d4", "space": "latent", "kind": "kl", "latent_channels": 4, "downsample": 4},
+    {"name": "kl-c8-d4", "space": "latent", "kind": "kl", "latent_channels": 8, "downsample": 4},
     {"name": "vq-c2-d4", "space": "latent", "kind": "vq", "latent_channels": 2, "downsample": 4},
     {"name": "vq-c4-d4", "space": "latent", "kind": "vq", "latent_channels": 4, "downsample": 4},
 ]
