@@ -348,6 +348,18 @@ def run_one(settings: Settings, model: str, seed: int, work_dir: str, digits: Di
     return result
 
 
+def training_bits(work_dir: str, model: str, seed: int) -> Optional[float]:
+    """The bits/dim a likelihood model logged on its last training batch (None if it logs none): set beside the
+    held-out NLL it shows how far the model has overfitted its training images."""
+    try:
+        with open(os.path.join(work_dir, f"{model}-seed{seed}", "run", "log.jsonl")) as file:
+            last = json.loads(file.read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+    value = last.get("losses", {}).get("bits_per_dim")
+    return None if value is None else float(value)
+
+
 def real_digits_row(settings: Settings, digits: Digits) -> Dict[str, Any]:
     """The sample-quality scores of NUM_SAMPLES real digits drawn from the same set (the floor at this sample size)."""
     pick = torch.randperm(len(digits.all_images), generator=torch.Generator().manual_seed(4242))[: settings.num_samples]
@@ -359,7 +371,7 @@ def real_digits_row(settings: Settings, digits: Digits) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- aggregation
 
 
-METRICS = ("fd", "confidence", "min_class_fraction", "max_class_fraction", "nll_bpd", "wall_s_per_sample", "cpu_s_per_sample",
+METRICS = ("fd", "confidence", "min_class_fraction", "max_class_fraction", "nll_bpd", "train_bpd", "wall_s_per_sample", "cpu_s_per_sample",
            "steps", "train_cpu_s", "parameters", "nfe_per_sample")
 
 
@@ -427,6 +439,12 @@ def conclusions(payload: Dict[str, Any]) -> List[str]:
                      "The VAE's figure is an upper bound (IWAE), the diffusion/flow figures carry the ODE's discretization and "
                      "Hutchinson noise (the standard errors in the JSON), PixelCNN's is exact on the 256 levels.")
         lines.append("- Ordering by NLL (low to high): " + ", ".join(f"{m} {table[m]['nll_bpd']['mean']:.3f}" for m in by_nll) + ".")
+    gaps = [(m, t["train_bpd"]["mean"], t["nll_bpd"]["mean"]) for m, t in table.items()
+            if t.get("train_bpd", {}).get("mean") is not None and t["nll_bpd"]["mean"] is not None]
+    if gaps:
+        lines.append("- Training against held-out bits/dim (the last training batch's figure, logged by the model, against the "
+                     "held-out NLL): " + ", ".join(f"{m} {train:.3f} vs {held:.3f}" for m, train, held in gaps)
+                     + ". A held-out figure far above the training one means the model has overfitted its training images.")
     cost = sorted(table, key=lambda m: table[m]["nfe_per_sample"]["mean"])
     lines.append("- Sampling cost: " + ", ".join(f"{m} {int(table[m]['nfe_per_sample']['mean'])} NFE "
                                                   f"({table[m]['cpu_s_per_sample']['mean'] * 1e3:.2f} ms CPU)" for m in cost)
@@ -630,6 +648,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             grid = r.pop("grid", None)
             if grid is not None and r["model"] not in grids:
                 grids[r["model"]] = grid
+        for r in results:
+            r["train_bpd"] = training_bits(work_dir, r["model"], r["seed"])
         seeds_run = sorted({r["seed"] for r in results})
         payload = {"settings": {**dataclasses.asdict(settings), "unet": settings.unet_options()}, "seeds_run": seeds_run, "real_digits": real,
                    "machine": machine, "wall_s": round(time.perf_counter() - started, 1),
