@@ -451,12 +451,16 @@ def summarize(settings: Dict[str, Any], runs: Sequence[Dict[str, Any]], data: Se
 def _pm(stat: Optional[Dict[str, Any]], digits: int = 3) -> str:
     if not stat or stat.get("mean") is None:
         return "n/a"
+    if stat.get("n", 2) < 2:  # one seed: no spread to show
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def _diff(c: Dict[str, Any], digits: int = 3) -> str:
     if c.get("diff") is None:
         return "n/a"
+    if c.get("half_width") is None or not math.isfinite(c["half_width"]):  # one seed: no interval
+        return f"{c['diff']:+.{digits}f}"
     return f"{c['diff']:+.{digits}f} ± {c['half_width']:.{digits}f}"
 
 
@@ -465,6 +469,8 @@ VERDICT_WORDS = {"fd": {"a lower": "U-Net better", "b lower": "DiT better"},
 
 
 def _verdict(metric: str, c: Dict[str, Any]) -> str:
+    if c.get("n", 2) < 2:
+        return "one seed, no interval"
     return VERDICT_WORDS[metric].get(c["verdict"], c["verdict"])
 
 
