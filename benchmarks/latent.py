@@ -1,7 +1,7 @@
 """Pixel-space against latent diffusion on MNIST (5k, 28x28) at the same total CPU budget.
 
-    python benchmarks/latent.py                 # every configuration, as parallel processes, 40 s of CPU each (the committed results)
-    python benchmarks/latent.py --budget 480    # 8 minutes of CPU per configuration, on a machine with a core per configuration
+    python benchmarks/latent.py                 # every configuration, as parallel processes, 40 s of CPU each
+    python benchmarks/latent.py --budget 480 --parallel 1   # 8 minutes of CPU per configuration, one after another (the committed results)
     python benchmarks/latent.py --quick         # the same code path at toy sizes, in a temporary folder (< 1 min)
     python benchmarks/latent.py --report-only   # rewrite the Markdown and the plot from benchmarks/results/latent_mnist.json
 
@@ -303,12 +303,15 @@ def markdown(payload: Dict[str, Any], grid: Optional[str], plot: Optional[str]) 
     s = payload["settings"]
     ref = payload["reference"]
     lines = [f"# Pixel-space vs latent diffusion on MNIST at one CPU budget" + (" (--quick smoke run)" if payload["quick"] else ""), ""]
-    lines.append(f"Command: `python benchmarks/latent.py{' --quick' if payload['quick'] else ''}`")
+    lines.append(f"Command: `{payload.get('command') or 'python benchmarks/latent.py' + (' --quick' if payload['quick'] else '')}`")
+    parallel = payload.get("parallel")
+    how = ("configurations ran one after another, beside other jobs" if parallel == 1
+           else "configurations ran as parallel processes")
     lines.append("")
     lines.append(f"Budget: **{s['budget_cpu_s']:.0f} s of process CPU time** (time.process_time, one torch thread) per configuration for "
                  f"everything before sampling: for latent configurations the autoencoder ({s['autoencoder_share']:.0%} of the budget), "
                  "encoding the 5,000 digits once, and the diffusion model. CPU time, not wall time, because the 2-core machine was "
-                 "shared with other processes (configurations ran as parallel processes; wall times are in the JSON). "
+                 f"shared with other processes ({how}; wall times are in the JSON). "
                  f"EDM preset, batch {s['batch']}, Heun {s['num_steps']} steps, {s['n_samples']} samples from seeds 0..{s['n_samples'] - 1}, "
                  "EMA weights, one training seed (0) per configuration.")
     walls = [r["train_wall_s"] for r in payload["configurations"].values()]
@@ -426,7 +429,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy sizes in a temporary folder, < 1 minute")
     parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown and the plot from the stored JSON")
-    parser.add_argument("--budget", type=float, default=None, help="CPU seconds per configuration [default: 40, what the committed results used]")
+    parser.add_argument("--budget", type=float, default=None, help="CPU seconds per configuration [default: 40; the committed results used 480]")
     parser.add_argument("--configs", default=None, help="comma-separated configuration names [default: all]")
     parser.add_argument("--parallel", type=int, default=None, help="configurations trained at once as processes [default: all; 1 with --quick]")
     parser.add_argument("--work-dir", default=None, help="runs and raw samples [default: out/latent_mnist, or a temporary folder with --quick]")
@@ -503,7 +506,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             with np.load(os.path.join(work_dir, name, "arrays.npz")) as stored:
                 arrays[name] = {key: stored[key] for key in stored.files}
         reference = score(results, arrays, classifier, real, 20 if args.quick else BOOTSTRAP)
-    payload = {"quick": args.quick, "settings": settings, "configurations": results, "reference": reference, "machine": machine,
+    command = " ".join(["python benchmarks/latent.py", *(sys.argv[1:] if argv is None else argv)])
+    payload = {"quick": args.quick, "command": command, "parallel": parallel, "settings": settings, "configurations": results,
+               "reference": reference, "machine": machine,
                "wall_s": time.perf_counter() - started}
     for path in write_report(payload, results_dir, arrays):
         print(f"wrote {path}")
