@@ -394,7 +394,7 @@ def plot_fd(payload: Dict[str, Any], path: str) -> str:
 def plot_grid(payload: Dict[str, Any], arrays: Dict[str, Dict[str, np.ndarray]], path: str) -> str:
     plt = common.pyplot("the latent benchmark's sample grid")
     names = list(payload["configurations"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.9), squeeze=False)
     for ax, name in zip(axes[0], names):
         images = arrays[name]["samples"][:64, 0]
         k = int(math.ceil(math.sqrt(len(images))))
@@ -406,7 +406,7 @@ def plot_grid(payload: Dict[str, Any], arrays: Dict[str, Dict[str, np.ndarray]],
         ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{label(payload['configurations'][name])}\nFD {payload['configurations'][name]['quality']['frechet_distance']:.2f}")
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))  # room for the two-line titles
     return common.save_png(fig, path, dpi=100)
 
 
