@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 import presets
+import samplers
 from samplers.optimize import endpoint_error, optimize_steps, save_levels, steps_to_fit
 
 from . import data, devices, families, latent
@@ -22,8 +23,9 @@ from .errors import ConfigError
 from .files import check_writable_file
 from .ideal import IdealDenoiser
 from .reference import solve_reference
-from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
+from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
 from .seeding import SeededNoise
+from .cli_options import given_options, quiet_option, show_progress
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
 from .training import load_trained, resolve_config, train
@@ -45,7 +47,8 @@ def cli() -> None:
 
 @cli.command("presets")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table instead of aligned text.")
-def presets_command(markdown: bool) -> None:
+@quiet_option
+def presets_command(markdown: bool, quiet: bool) -> None:
     """Print the preset table: s(t), sigma(t), preconditioning, lambda, p_train, default sampler."""
     rows = [presets.get(name).describe() for name in presets.names()]
     click.echo(format_table(rows, markdown=markdown))
@@ -97,10 +100,10 @@ threads_option = click.option(
 @click.option("--guide-step", type=int, default=None, help="With --guide RUN_DIR: the checkpoint of this step [default: the newest].")
 @click.option("--preset", default=None, help="Formulation whose ODE is integrated (see `edm-space presets`) [default: the model's own, with its options; or edm].")
 @click.option("--preset-option", "preset_options", multiple=True, help="Preset constant key=value for the integrated ODE, repeatable (e.g. shift=3).")
-@click.option("--solver", default=None, help="Solver name [default: the preset's own].")
+@click.option("--solver", default=None, help=f"Solver: {', '.join(samplers.names())} [default: the preset's own].")
 @click.option("--solver-option", "solver_options", multiple=True, help="Solver option key=value, repeatable (e.g. eta=0.5 for ddim, alpha=0.5 for heun).")
 @click.option("--steps", "num_steps", type=int, default=None, help="Number of steps N [default: the preset's own].")
-@click.option("--discretization", default=None, help="Time steps: a name (see the README) or FILE.json with {\"sigmas\": [...]} [default: the preset's own].")
+@click.option("--discretization", default=None, help=f"Time steps: {', '.join(samplers.discretization_names())}, or FILE.json with {{\"sigmas\": [...]}} (edm-space optimize-steps) [default: the preset's own].")
 @click.option("--sigma-min", default=None, help="Lowest noise level [default: the discretization's own].")
 @click.option("--sigma-max", default=None, help="Highest noise level [default: the discretization's own].")
 @click.option("--rho", type=float, default=7.0, show_default=True, help="Exponent of the edm discretization.")
@@ -117,12 +120,13 @@ threads_option = click.option(
 @click.option("--final-step", type=click.Choice(["solver", "denoise"]), default="solver", show_default=True, help="solver: the solver steps into sigma = 0; denoise: it stops at sigma_min and one denoiser call ends the run.")
 @click.option("--analytic-first-step", is_flag=True, help="Replace the first evaluation, at sigma_max, by its limit: the mean of the model's training data (or of --data), saving one NFE.")
 @click.option("--trajectory", is_flag=True, help="Also write every step's state and denoised estimate (STEM_trajectory.npz) and a PNG strip of the denoised estimates, each frame labelled with its sigma.")
-@click.option("--out", "out_path", default="samples.npz", show_default=True, help="FILE.npz (arrays samples, seeds; a PNG beside it) or FILE.png.")
+@click.option("--out", "out_path", default="samples.npz", show_default=True, help="FILE.npz (arrays samples, seeds; a PNG beside it) or FILE.png; missing folders are created.")
 @click.option("--sampler-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True, help="dtype of the sampler's state; float32 where float64 is slow (consumer GPUs).")
 @device_option
 @precision_option
 @compile_option
 @threads_option
+@quiet_option
 def sample_command(threads: int, preset_options, solver_options, **options) -> None:
     """Sample a trained model (--ckpt RUN_DIR) or the exact denoiser of a built-in data set.
 
@@ -131,14 +135,15 @@ def sample_command(threads: int, preset_options, solver_options, **options) -> N
     mean of the data set, so the result shows the solver's error alone.
     """
     set_threads(threads)
-    run_dir = options["run_dir"]
+    run_dir, quiet = options["run_dir"], options.pop("quiet")
     if run_dir is not None and is_model_run(run_dir):  # a family or an autoencoder run: its own sampler
+        check_family_options(run_dir, given_options(click.get_current_context()))
         sample_family_run(run_dir, options["checkpoint_step"], options["num_samples"], options["seed"], options["seeds"],
                           options["out_path"], options["device"])
         return
     request = SampleOptions(preset_options=parse_options(preset_options, "--preset-option"),
-                            solver_options=parse_options(solver_options, "--solver-option"), **options)
-    sample_to_file(request, echo=click.echo)
+                            solver_options=parse_options(solver_options, "--solver-option"), progress=show_progress(quiet), **options)
+    sample_to_file(request, echo=click.echo, warn=lambda line: click.echo(f"warning: {line}", err=True))
 
 
 # ---------------------------------------------------------------------------
@@ -175,9 +180,10 @@ def sample_command(threads: int, preset_options, solver_options, **options) -> N
 @precision_option
 @compile_option
 @threads_option
+@quiet_option
 def train_command(preset, family, family_options, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
                   ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, latent_run, latent_mode, stream_data, workers, device,
-                  precision, compile_network, threads) -> None:
+                  precision, compile_network, threads, quiet) -> None:
     """Train a network under a preset's loss; resumes the run in --out if it exists.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: the result depends on K only through
@@ -195,7 +201,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         explicit = explicit_settings(context, settings, {"data": "data_name", "options": "family_options"})
         train_family(family, data_name, parse_options(family_options, "--family-option"), out_dir, data_size=data_size, steps=steps,
                      batch=batch, lr=lr if "lr" in explicit else None, seed=seed, checkpoint_every=checkpoint_every,
-                     keep_checkpoints=keep_checkpoints, log_every=log_every, device=device, explicit=explicit)
+                     keep_checkpoints=keep_checkpoints, log_every=log_every, device=device, explicit=explicit, progress=show_progress(quiet))
         return
     given = dict(
         preset=preset, data=data_name, net=net, net_options=parse_options(net_options, "--net-option"),
@@ -214,7 +220,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
             net=("unet" if images else "mlp") if config.net is None else config.net,
             batch=(64 if images else 256) if config.batch is None else config.batch,
         )
-    summary = train(config, echo=click.echo, device=device, precision=precision, compile=compile_network,
+    summary = train(config, progress=show_progress(quiet), echo=click.echo, device=device, precision=precision, compile=compile_network,
                     stream_data=stream_data, workers=workers)
     rank = 0
     if dist.is_available() and dist.is_initialized():
@@ -244,8 +250,9 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
 @click.option("--max-evaluations", type=int, default=1000, show_default=True, help="Sampling runs the fit may use.")
 @click.option("--out", "out_path", required=True, help="FILE.json for --discretization FILE.json.")
 @threads_option
+@quiet_option
 def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, preset, solver, nfe, sigma_min, sigma_max, calibration,
-                           held_out, seed, max_evaluations, out_path, threads) -> None:
+                           held_out, seed, max_evaluations, out_path, threads, quiet) -> None:
     """Fit the time steps of a solver and NFE budget to a trained model (or an exact target).
 
     The steps minimize the error against the model's own probability-flow ODE solved to high
@@ -300,13 +307,14 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
 @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per preset.")
 @click.option("--n", "num_samples", type=int, default=2000, show_default=True, help="Samples per configuration.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and sampling.")
-def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, seed: int) -> None:
+@quiet_option
+def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, seed: int, quiet: bool) -> None:
     """Train edm and flow on a toy set, sample each with heun and euler at 5-35 NFE, and compare.
 
     Prints a table of sliced W2 to fresh data against NFE and writes demo.png
     (samples side by side, and the metric against NFE). A finished run is reused.
     """
-    results = run_demo(out_dir, data=data_name, steps=steps, num_samples=num_samples, seed=seed, echo=click.echo)
+    results = run_demo(out_dir, data=data_name, steps=steps, num_samples=num_samples, seed=seed, echo=click.echo, progress=show_progress(quiet))
     click.echo(format_results(results))
     click.echo(f"wrote {out_dir}/demo.png, {out_dir}/results.md and results.json in {results['seconds']:.0f} s")
 

@@ -13,9 +13,11 @@ from .files import StagedOutputs, save_npz_atomic
 from .plotting import image_grid_png, scatter_panels_png
 
 
-def write_samples(stage: StagedOutputs, out_path: str, samples: np.ndarray, seeds: Sequence[int], reference: Optional[torch.Tensor] = None) -> List[str]:
+def write_samples(stage: StagedOutputs, out_path: str, samples: np.ndarray, seeds: Sequence[int], reference: Optional[torch.Tensor] = None,
+                  caption: Optional[str] = None) -> List[str]:
     """FILE.npz (arrays samples, seeds) with a PNG beside it, or FILE.png alone: a scatter of 2-D points
-    (beside `reference` points when given), a grid of images; staged in `stage`. Returns the paths."""
+    (beside `reference` points when given), a grid of images captioned `caption` (default: "N samples");
+    staged in `stage`. Returns the paths."""
     extension = os.path.splitext(out_path)[1].lower()
     png_path = out_path if extension == ".png" else os.path.splitext(out_path)[0] + ".png"
     written = []
@@ -27,7 +29,7 @@ def write_samples(stage: StagedOutputs, out_path: str, samples: np.ndarray, seed
         scatter_panels_png(stage.path(png_path), panels, labels=labels)
         written.append(png_path)
     elif samples.ndim == 4 and samples.shape[1] in (1, 3):
-        image_grid_png(stage.path(png_path), np.clip(samples, -1, 1), caption=f"{len(samples)} samples")
+        image_grid_png(stage.path(png_path), np.clip(samples, -1, 1), caption=caption or f"{len(samples)} samples")
         written.append(png_path)
     elif extension == ".png":
         raise ConfigError(f"samples of shape {list(samples.shape[1:])} have no picture; write --out FILE.npz")

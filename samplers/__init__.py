@@ -104,6 +104,10 @@ def sample(
             raise ConfigError(f"{name} = {value!r} is invalid; it must be a finite number >= 0")
     if not isinstance(latents, torch.Tensor) or latents.ndim < 1 or latents.shape[0] < 1:
         raise ConfigError("latents must be a tensor of shape [batch, ...] with batch >= 1")
+    bad = (~torch.isfinite(latents.reshape(len(latents), -1)).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        rows = ", ".join(map(str, bad[:8])) + (" ..." if len(bad) > 8 else "")
+        raise ConfigError(f"latents have non-finite values (NaN or inf) in {len(bad)} of {len(latents)} rows: {rows}")
 
     check_final_step(final_step)
     first_denoised = _first_denoised(latents, analytic_first_step, data_mean)
@@ -122,9 +126,9 @@ def sample(
         bar = tqdm(total=num_steps, desc=f"{solver} x {num_steps}", unit="step", leave=False)
 
     def on_step(step, t, sigma, x_step, denoised):
-        if bar is not None:
+        if bar is not None:  # the step's numbers first, then one refresh that shows them
+            bar.set_postfix(nfe=ode.nfe, sigma=f"{float(sigma):.3g}", refresh=False)
             bar.update(1)
-            bar.set_postfix(nfe=ode.nfe, sigma=f"{float(sigma):.3g}")
         if callback is not None:
             callback(step, t, sigma, x_step, denoised)
 

@@ -231,6 +231,10 @@ def sigma_range(
     return lo, hi
 
 
+#: The most steps a sampler takes: refused before any level is allocated (DDPM's chain has 1,000).
+MAX_STEPS = 1_000_000
+
+
 def time_steps(
     formulation: Formulation,
     num_steps: int,
@@ -254,8 +258,8 @@ def time_steps(
     name = ALIASES.get(name, name)
     if name not in _NAMES:
         raise unknown("discretization", name, names() + ["FILE.json"])
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ConfigError(f"num_steps = {num_steps!r} is invalid; it must be an integer >= 1")
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= MAX_STEPS:
+        raise ConfigError(f"num_steps = {num_steps!r} is invalid; it must be an integer >= 1 and <= {MAX_STEPS:,}")
     f = formulation
     zero = torch.zeros(1, dtype=F64)
     if name == "ddpm":

@@ -109,3 +109,38 @@ def test_latent_training_refuses_a_run_that_is_not_an_autoencoder(tmp_path, caps
     with pytest.raises(ConfigError, match="not an autoencoder run"):
         train(latent_config(tmp_path / "latent", str(tmp_path / "diffusion")), progress=False, device="cpu")
     assert not (tmp_path / "latent").exists()
+
+
+def test_a_guide_on_another_autoencoder_or_an_autoencoder_run_is_refused(tmp_path, autoencoder_run, capsys):
+    from helpers_cli import cli_error
+
+    other = tmp_path / "kl-other"  # the same architecture and data, other weights: latents of the same shape
+    train_model(ModelConfig(kind="autoencoder", name="kl", options={"channels": 8, "latent_channels": 2, "downsample": 2},
+                            data="digits", steps=6, batch=32, lr=1e-3, checkpoint_every=6, seed=1, out=str(other)), progress=False, device="cpu")
+    train(latent_config(tmp_path / "a", autoencoder_run), progress=False, device="cpu")
+    train(latent_config(tmp_path / "b", str(other), seed=1), progress=False, device="cpu")
+    base = ["sample", "--ckpt", tmp_path / "a", "--n", "2", "--steps", "2", "--guidance", "2", "--out", tmp_path / "out" / "s.npz"]
+    line = cli_error([*base, "--guide", tmp_path / "b"], capsys, names=["--guide", "autoencoder", "kl-other"], roots=[tmp_path])
+    assert "same space" in line
+    line = cli_error([*base, "--guide", autoencoder_run], capsys, names=["--guide", "autoencoder", "not a diffusion run"], roots=[tmp_path])
+    assert "unknown fields" not in line
+    # a guide of the same latent space is accepted (autoguidance of an unconditional model)
+    train(latent_config(tmp_path / "c", autoencoder_run, seed=2, steps=2, checkpoint_every=2), progress=False, device="cpu")
+    main([*[str(a) for a in base], "--guide", str(tmp_path / "c")])
+    assert np.load(tmp_path / "out" / "s.npz")["samples"].shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--solver", "heun", "--steps", "10"], ["--solver", "--steps"]),
+    (["--discretization", "vp", "--churn", "1"], ["--discretization", "--churn"]),
+    (["--guidance", "2"], ["--guidance"]),
+    (["--trajectory"], ["--trajectory"]),
+    (["--precision", "bf16"], ["--precision"]),
+])
+def test_a_family_run_refuses_the_diffusion_sampler_options(argv, names, tmp_path, autoencoder_run, capsys):
+    from helpers_cli import cli_error
+
+    # a KL autoencoder run is sampled by its own sampler (its prior), as a family run is
+    line = cli_error(["sample", "--ckpt", autoencoder_run, "--n", "2", *argv, "--out", tmp_path / "s.npz"], capsys,
+                     names=names, roots=[tmp_path])
+    assert "family or autoencoder run" in line
