@@ -32,7 +32,7 @@ from .outputs import write_samples
 from .plotting import trajectory_png
 from .rundir import disk_error
 from .seeding import parse_seeds
-from .training import build_formulation, load_trained
+from .training import build_formulation, distributed_context, load_trained
 
 __all__ = ["SampleOptions", "SamplingModel", "sample_to_file", "parse_interval", "TOY_REFERENCE_SIZE", "MAX_SAMPLES"]
 
@@ -336,8 +336,6 @@ def _warn(message: str) -> None:
 
 def sample_to_file(o: SampleOptions, echo: Callable[[str], None] = print, warn: Callable[[str], None] = _warn) -> Optional[Generated]:
     """Check the options, sample, write --out (rank 0 under torchrun) and echo one line; returns the samples."""
-    from .training import distributed_context  # the process group is started only when torchrun asks for one
-
     check_options(o)
     seeds = seed_list(o)
     device = devices.resolve_device(o.device) if o.run_dir is not None else torch.device("cpu")  # exact denoisers run on the CPU
