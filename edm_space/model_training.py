@@ -42,12 +42,12 @@ from tqdm.auto import tqdm
 
 from . import autoencoders, devices, families
 from .data import load
-from .outputs import write_samples
+from .outputs import write_sample_files
 from .errors import ConfigError, unknown
 from .families.base import optimize
 from .families.bits import DEQUANTIZED_SCALE, bits_per_dim, dequantize, to_levels
 from .families.vae import generator_on, prior_samples
-from .files import StagedOutputs, check_writable_file, read_json
+from .files import check_writable_file, read_json
 from .devices import make_optimizer
 from .rundir import (
     config_from_json,
@@ -62,7 +62,6 @@ from .rundir import (
     training_run,
     checkpoint_dir,
     checkpoint_path,
-    disk_error,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -518,7 +517,7 @@ def sample_model(run: str, n: Optional[int] = None, seeds: Optional[Sequence[int
     extension = os.path.splitext(out)[1].lower()
     if extension not in (".npz", ".png"):
         raise ConfigError(f"--out {out!r} must end in .npz or .png")
-    check_writable_file(out, "--out")
+    check_writable_file(out, "--out", missing_folders=True)
     if seeds is None:
         n = 64 if n is None else n
         _check_positive_int("--n", n, high=MAX_SAMPLES)
@@ -534,9 +533,5 @@ def sample_model(run: str, n: Optional[int] = None, seeds: Optional[Sequence[int
     samples = torch.cat([draw(torch.Generator().manual_seed(s % (1 << 63))).to("cpu", torch.float32) for s in seeds]).numpy()
     if not np.isfinite(samples).all():
         raise ConfigError(f"the model of {run!r} (step {step}) produced non-finite samples")
-    try:
-        with StagedOutputs() as stage:
-            written = write_samples(stage, out, samples, seeds)
-    except OSError as error:
-        raise disk_error(error, f"--out {out!r}") from None
+    written = write_sample_files(out, samples, seeds)
     return {"written": written, "step": step, "seeds": seeds, "evaluations": evaluations * len(seeds), "config": config}

@@ -24,13 +24,12 @@ from samplers.trajectory import TrajectoryRecorder
 from . import data, devices, latent
 from .denoiser import Denoiser
 from .errors import ConfigError
-from .files import StagedOutputs, check_writable_file, make_folders, read_json, remove_stale_temporaries, save_npz_atomic
+from .files import StagedOutputs, check_writable_file, read_json, save_npz_atomic
 from .generation import Generated, Guidance, SamplerSettings, check_finite, class_labels, generate
 from .ideal import IdealDenoiser
 from .model_training import is_model_run, read_model_config
-from .outputs import write_samples
+from .outputs import write_sample_files
 from .plotting import trajectory_png
-from .rundir import disk_error
 from .seeding import parse_seeds
 from .training import build_formulation, distributed_context, load_trained
 
@@ -392,17 +391,10 @@ def caption(o: SampleOptions, model: SamplingModel, settings: SamplerSettings, g
 
 def write_outputs(out_path: str, generated: Generated, model: SamplingModel, recorder: Optional[TrajectoryRecorder],
                   picture_caption: Optional[str] = None) -> List[str]:
-    """--out (and the trajectory files), staged and replaced together; a full disk is one line naming --out."""
-    try:
-        make_folders(out_path)  # as EDM's and diffusers' scripts do
-        remove_stale_temporaries(os.path.dirname(os.path.abspath(out_path)))  # left by a sample killed while writing
-        with StagedOutputs() as stage:
-            written = write_samples(stage, out_path, generated.samples.numpy(), generated.seeds, model.reference, picture_caption)
-            if recorder is not None:
-                written += write_trajectory(stage, os.path.splitext(out_path)[0] + "_trajectory", recorder, model.decode)
-    except OSError as error:
-        raise disk_error(error, f"--out {out_path!r}") from None
-    return written
+    """--out (and the trajectory files), staged and replaced together."""
+    stem = os.path.splitext(out_path)[0] + "_trajectory"
+    more = None if recorder is None else (lambda stage: write_trajectory(stage, stem, recorder, model.decode))
+    return write_sample_files(out_path, generated.samples.numpy(), generated.seeds, model.reference, picture_caption, more)
 
 
 def summary_line(generated: Generated, model: SamplingModel, what: str, guidance: Optional[Guidance], written: List[str]) -> str:

@@ -144,3 +144,8 @@ def test_a_family_run_refuses_the_diffusion_sampler_options(argv, names, tmp_pat
     line = cli_error(["sample", "--ckpt", autoencoder_run, "--n", "2", *argv, "--out", tmp_path / "s.npz"], capsys,
                      names=names, roots=[tmp_path])
     assert "family or autoencoder run" in line
+
+
+def test_a_family_run_samples_into_a_missing_folder(tmp_path, autoencoder_run, capsys):
+    main(["sample", "--ckpt", autoencoder_run, "--n", "3", "--out", str(tmp_path / "new" / "s.npz")])
+    assert np.load(tmp_path / "new" / "s.npz")["samples"].shape == (3, 1, 8, 8)
