@@ -94,7 +94,7 @@ threads_option = click.option(
 @click.option("--step", "checkpoint_step", type=int, default=None, help="With --ckpt RUN_DIR: the checkpoint of this step [default: the newest].")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="With --ckpt: use the EMA weights.")
 @click.option("--class", "class_label", type=int, default=None, help="With a class-conditional --ckpt: the class of every sample [default: seed mod classes].")
-@click.option("--guidance", "guidance_weight", type=float, default=None, help="Guidance weight w: D_w = D_guide + w (D - D_guide); 1 is unguided. The guide is the null label (classifier-free) or --guide.")
+@click.option("--guidance", "guidance_weight", type=float, default=None, help="Guidance weight w: D_w = D_guide + w (D - D_guide); 1 is the conditional model alone (the guide is not evaluated). The guide is the null label (classifier-free) or --guide.")
 @click.option("--guidance-interval", default=None, help="SIGMA_LO,SIGMA_HI: guide only where SIGMA_LO < sigma <= SIGMA_HI [default: everywhere].")
 @click.option("--guide", "guide_dir", default=None, help="Autoguidance: a run directory (or checkpoint) of a weaker model of the same data that guides --ckpt.")
 @click.option("--guide-step", type=int, default=None, help="With --guide RUN_DIR: the checkpoint of this step [default: the newest].")
