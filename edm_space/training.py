@@ -601,8 +601,15 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
 
     `run_dir` is a run directory (its newest checkpoint, or that of `step`) or a checkpoint file.
     `network` supplies the network object for a run trained on a user's instance whose class
-    cannot be rebuilt from the recorded options; its weights are loaded into it.
+    cannot be rebuilt from the recorded options; its weights are loaded into it. A weights run
+    (edm_space.weights: config.json + weights.safetensors, exported or imported) loads the same way.
     """
+    from .weights import is_weights_run, load_weights_run
+
+    if os.path.isdir(run_dir) and is_weights_run(run_dir):
+        if step is not None:
+            raise ConfigError(f"{run_dir!r} holds one set of weights (safetensors); --step does not apply")
+        return load_weights_run(run_dir, ema=ema, network=network, device=device)
     run_dir, step, path = find_checkpoint(run_dir, step)
     config = read_run_config(run_dir)
     state = load_checkpoint(path)
@@ -625,13 +632,18 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
     if config.item_shape is None:
         raise ConfigError(f"checkpoint {path!r} does not record its item shape")
     item_shape, num_classes = tuple(config.item_shape), config.num_classes
-    net = network if network is not None else build_network(config, item_shape, num_classes)
+    net = network if network is not None else build_network(network_options_for_loading(config), item_shape, num_classes)
     try:
         net.load_state_dict(weights)
     except RuntimeError as error:
         raise ConfigError(f"checkpoint {path!r} does not fit a {config.net!r} network ({' '.join(str(error).split())[:120]})") from None
     net.eval().requires_grad_(False).to(devices.resolve_device(device))
     return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, step
+
+
+def network_options_for_loading(config: TrainConfig) -> TrainConfig:
+    """The config to rebuild a stored run's network from (conventions that changed since a run was written filled in)."""
+    return config
 
 
 def read_log(run_dir: str) -> List[Dict[str, Any]]:

@@ -1,0 +1,156 @@
+"""Weights runs: a trained denoiser as safetensors plus a JSON config, loaded without executing code.
+
+    edm-space export RUN --format safetensors --out DIR     # DIR/config.json + DIR/weights.safetensors
+    edm-space import edm-space DIR --out RUN2                # checked, then copied into a run directory
+
+A weights run is a directory with
+
+- config.json: the run's TrainConfig (the same file a training run has), and
+- weights.safetensors: the network's tensors (safetensors has no code in it, so loading runs none),
+  with string metadata: format, version, step, which weights ("ema", "raw" or "imported") and source.
+
+`edm_space.training.load_trained` (and so every command) reads a weights run as it reads a training run;
+it rebuilds the network from the config and loads the tensors strictly, so the denoiser is the same bit
+for bit. A latent run keeps its record of the autoencoder run it decodes with (not a copy of it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from .errors import ConfigError
+from .files import read_json, write_atomic
+from .optional import require
+
+WEIGHTS_NAME = "weights.safetensors"
+CONFIG_NAME = "config.json"
+WEIGHTS_FORMAT = "edm-space-weights"
+WEIGHTS_VERSION = "1"
+WEIGHT_KINDS = ("ema", "raw", "imported")
+
+
+def is_weights_run(path: str) -> bool:
+    """Whether `path` is a directory holding config.json and weights.safetensors."""
+    return os.path.isfile(os.path.join(path, WEIGHTS_NAME)) and os.path.isfile(os.path.join(path, CONFIG_NAME))
+
+
+def safetensors_bytes(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> bytes:
+    """The safetensors serialization of `tensors` (CPU, contiguous, unshared copies) with string `metadata`."""
+    st = require("safetensors.torch", "writing safetensors")
+    plain = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
+    return st.save(plain, metadata=metadata)
+
+
+def read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, or a one-line ConfigError for a file that is not one."""
+    st = require("safetensors.torch", "reading safetensors")
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+        tensors = st.load(data)
+        header_size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + header_size]).get("__metadata__") or {}
+    except FileNotFoundError:
+        raise ConfigError(f"weights file {path!r} does not exist") from None
+    except Exception as error:  # a truncated or foreign file: refused, never interpreted
+        reason = " ".join(str(error).split())[:160]
+        raise ConfigError(f"{path!r} is not a readable safetensors file ({type(error).__name__}: {reason})") from None
+    return tensors, metadata
+
+
+def write_weights_run(out_dir: str, config: Dict[str, Any], tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """Create the weights run `out_dir` whole or not at all: written into a temporary folder beside it, then renamed.
+
+    An existing `out_dir` is refused unless it is an empty directory (nothing pre-existing is replaced).
+    """
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        raise ConfigError(f"--out {out_dir!r} already exists; give a new directory")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {out_dir!r}: the directory {parent!r} does not exist")
+    payload = safetensors_bytes(tensors, {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **metadata})
+    staging = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        write_atomic(os.path.join(staging, WEIGHTS_NAME), payload)
+        write_atomic(os.path.join(staging, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_weights_run(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, str]]:
+    """(config payload, tensors, metadata) of a weights run; a foreign file is refused in one line."""
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"{run_dir!r} does not exist or is not a directory")
+    if not is_weights_run(run_dir):
+        raise ConfigError(f"{run_dir!r} is not an edm-space weights directory (it needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    tensors, metadata = read_safetensors(os.path.join(run_dir, WEIGHTS_NAME))
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise ConfigError(f"{os.path.join(run_dir, WEIGHTS_NAME)!r} is not an edm-space weights file (no {WEIGHTS_FORMAT!r} marker)")
+    if metadata.get("version") != WEIGHTS_VERSION:
+        raise ConfigError(f"{run_dir!r} has weights version {metadata.get('version')!r}; this edm-space reads version {WEIGHTS_VERSION}")
+    return read_json(os.path.join(run_dir, CONFIG_NAME), "run config"), tensors, metadata
+
+
+def load_weights_run(run_dir: str, ema: bool = True, network: Optional[torch.nn.Module] = None, device: str = "cpu"):
+    """(Denoiser, config, item_shape, num_classes, step) of a weights run, as `load_trained` returns them."""
+    from . import devices
+    from .denoiser import Denoiser
+    from .training import TrainConfig, build_formulation, build_network, network_options_for_loading
+
+    payload, tensors, metadata = read_weights_run(run_dir)
+    config = TrainConfig.from_json(payload)
+    kind = metadata.get("weights", "imported")
+    if kind != "imported" and (kind == "ema") != ema:
+        raise ConfigError(f"{run_dir!r} holds only the {kind} weights; sample it {'with --ema' if kind == 'ema' else 'with --no-ema'}")
+    if config.item_shape is None:
+        raise ConfigError(f"{os.path.join(run_dir, CONFIG_NAME)!r} does not record the item shape")
+    item_shape, num_classes = tuple(config.item_shape), config.num_classes
+    net = network if network is not None else build_network(network_options_for_loading(config), item_shape, num_classes)
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ConfigError(f"the weights in {run_dir!r} do not fit a {config.net!r} network ({' '.join(str(error).split())[:160]})") from None
+    net.eval().requires_grad_(False).to(devices.resolve_device(device))
+    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, int(metadata.get("step", "0"))
+
+
+def export_run(run: str, out_dir: str, ema: bool = True, step: Optional[int] = None) -> Dict[str, Any]:
+    """Write the weights run `out_dir` from a training run's checkpoint (newest, or `step`): EMA or raw weights."""
+    from .rundir import find_checkpoint, load_checkpoint
+    from .training import TrainConfig
+
+    if is_weights_run(run):
+        raise ConfigError(f"{run!r} is already a weights directory; copy it, or import it with `edm-space import edm-space`")
+    run_dir, found_step, path = find_checkpoint(run, step)
+    state = load_checkpoint(path)
+    try:
+        config = TrainConfig.from_json(json.loads(state.get("config", "{}")))
+    except (TypeError, ValueError):
+        raise ConfigError(f"checkpoint {path!r} has no readable diffusion run config; only diffusion runs are exported") from None
+    key = "ema" if ema else "model"
+    weights = state.get(key)
+    if not isinstance(weights, dict):
+        raise ConfigError(f"checkpoint {path!r} has no {key!r} weights; it is damaged")
+    config.out = out_dir
+    metadata = {"step": str(found_step), "weights": "ema" if ema else "raw", "source": os.path.abspath(path)}
+    write_weights_run(out_dir, config.to_json(), weights, metadata)
+    return {"out": out_dir, "step": found_step, "weights": metadata["weights"], "tensors": len(weights)}
+
+
+def import_weights_run(source: str, out_dir: str) -> Dict[str, Any]:
+    """Check that `source` (a weights directory) loads as a denoiser, then copy it into the new run directory `out_dir`."""
+    payload, tensors, metadata = read_weights_run(source)
+    load_weights_run(source, ema=metadata.get("weights", "imported") != "raw")  # refuses what does not rebuild
+    payload = dict(payload, out=out_dir)
+    write_weights_run(out_dir, payload, tensors, {k: v for k, v in metadata.items() if k not in ("format", "version")})
+    return {"out": out_dir, "step": int(metadata.get("step", "0")), "weights": metadata.get("weights", "imported"), "tensors": len(tensors)}
