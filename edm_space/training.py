@@ -369,7 +369,10 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     devices.check_precision(precision, device)
     stored = None
     if os.path.isfile(os.path.join(run_dir, "config.json")):
-        stored = read_run_config(run_dir)
+        stored = network_options_for_loading(read_run_config(run_dir))
+    # A new DiT run records the conventions it is built with; a resumed one keeps those it has.
+    config = with_recorded_convention(config, stored.net_options.get("convention", "dit") if stored is not None else "dit")
+    if stored is not None:
         _check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
@@ -619,8 +622,10 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
         raise ConfigError(f"checkpoint {path!r} has an unreadable config; it is damaged") from None
     if stored.get("preset") != config.preset:
         raise ConfigError(f"checkpoint {path!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
-    run_network = {key: getattr(config, key) for key in NETWORK_KEYS}
+    run_network = {key: getattr(network_options_for_loading(config), key) for key in NETWORK_KEYS}
     checkpoint_network = {key: stored.get(key) for key in NETWORK_KEYS}
+    if stored.get("net") == "dit" and isinstance(stored.get("net_options"), dict):
+        checkpoint_network["net_options"] = {"convention": "legacy", **stored["net_options"]}
     if any(v is not None and checkpoint_network[k] != v for k, v in run_network.items()):
         differ = ", ".join(k for k, v in run_network.items() if v is not None and checkpoint_network[k] != v)
         raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({differ} differ); it does not belong to this run")
@@ -641,9 +646,17 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
     return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, step
 
 
+def with_recorded_convention(config: TrainConfig, convention: str) -> TrainConfig:
+    """`config` with the DiT convention (networks.dit.CONVENTIONS) recorded in its net_options: its own, else `convention`."""
+    if config.net != "dit" or "convention" in config.net_options:
+        return config
+    return dataclasses.replace(config, net_options={**config.net_options, "convention": convention})
+
+
 def network_options_for_loading(config: TrainConfig) -> TrainConfig:
-    """The config to rebuild a stored run's network from (conventions that changed since a run was written filled in)."""
-    return config
+    """The config to rebuild a stored run's network from: a DiT run written before its convention was recorded
+    keeps the legacy one (position embedding row first, output features (C, p, p))."""
+    return with_recorded_convention(config, "legacy")
 
 
 def read_log(run_dir: str) -> List[Dict[str, Any]]:
