@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -64,10 +64,12 @@ def read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]
     return tensors, metadata
 
 
-def write_weights_run(out_dir: str, config: Dict[str, Any], tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+def write_weights_run(out_dir: str, config: Dict[str, Any], tensors: Dict[str, torch.Tensor], metadata: Dict[str, str],
+                      extra: Optional[Callable[[str], None]] = None) -> None:
     """Create the weights run `out_dir` whole or not at all: written into a temporary folder beside it, then renamed.
 
     An existing `out_dir` is refused unless it is an empty directory (nothing pre-existing is replaced).
+    `extra(folder)` may add more files to the temporary folder before the rename.
     """
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         raise ConfigError(f"--out {out_dir!r} already exists; give a new directory")
@@ -79,6 +81,8 @@ def write_weights_run(out_dir: str, config: Dict[str, Any], tensors: Dict[str, t
     try:
         write_atomic(os.path.join(staging, WEIGHTS_NAME), payload)
         write_atomic(os.path.join(staging, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
+        if extra is not None:
+            extra(staging)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(staging, out_dir)

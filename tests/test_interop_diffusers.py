@@ -52,19 +52,22 @@ def tiny_dit(seed=0):
         return model
 
 
-def save(tmp_path, name, model, scheduler):
+def save(tmp_path, name, model, scheduler, vae=None):
     folder = tmp_path / name
     folder.mkdir()
     model.save_pretrained(folder / ("transformer" if isinstance(model, diffusers.DiTTransformer2DModel) else "unet"))
     scheduler.save_pretrained(folder / "scheduler")
     index = {"_class_name": "DiffusionPipeline", "scheduler": ["diffusers", type(scheduler).__name__]}
+    if vae is not None:
+        vae.save_pretrained(folder / "vae")
+        index["vae"] = ["diffusers", type(vae).__name__]
     index["transformer" if isinstance(model, diffusers.DiTTransformer2DModel) else "unet"] = ["diffusers", type(model).__name__]
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
 
-def imported(tmp_path, capsys, name, model, scheduler):
-    folder = save(tmp_path, name, model, scheduler)
+def imported(tmp_path, capsys, name, model, scheduler, vae=None):
+    folder = save(tmp_path, name, model, scheduler, vae)
     run = tmp_path / f"{name}-run"
     cli_ok(["import", "diffusers", folder, "--out", run], capsys)
     return str(run)
@@ -269,3 +272,34 @@ def test_import_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     # Without diffusers the command names the extra that installs it.
     monkeypatch.setitem(sys.modules, "diffusers", None)
     cli_error(["import", "diffusers", folder, "--out", tmp_path / "r"], capsys, names=['".[diffusers]"'], roots=[tmp_path])
+
+
+def tiny_vae(kind, seed=0):
+    """A 3 x 16 x 16 image autoencoder with 4 latent channels at 8 x 8, with SD-like scaling and shift factors."""
+    common = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "kl":
+            return diffusers.AutoencoderKL(**common, shift_factor=0.1)
+        return diffusers.VQModel(**common, num_vq_embeddings=16, vq_embed_dim=4)
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_a_latent_pipeline_imports_with_its_autoencoder(kind, tmp_path, capsys):
+    from edm_space.latent import open_latent_space
+
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    vae = tiny_vae(kind).eval()
+    run = imported(tmp_path, capsys, "latent-" + kind, unet, diffusers.DDIMScheduler(), vae)
+    _, config, item_shape, _, _ = load_trained(run)
+    assert item_shape == (4, 8, 8)
+    space = open_latent_space(config.latent_space, run)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        # diffusers' pipelines decode vae.decode(latents / scaling_factor + shift_factor)
+        expected = vae.decode(z / 0.5 + (0.1 if kind == "kl" else 0.0)).sample.double()
+        torch.testing.assert_close(space.decode(z), expected, rtol=1e-5, atol=1e-5)
+    cli_ok(["sample", "--ckpt", run, "--steps", "3", "--n", "2", "--out", tmp_path / "s.npz"], capsys)
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 3, 16, 16)

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+
 from ..errors import ConfigError
 from ..optional import require
 
@@ -24,6 +26,9 @@ MODELS = {
     "DiTTransformer2DModel": ("diffusers-dit", {}),
 }
 MODEL_FOLDERS = ("unet", "transformer")
+# diffusers autoencoder class -> the edm_space.autoencoders kind that wraps it
+AUTOENCODERS = {"AutoencoderKL": "diffusers-kl", "VQModel": "diffusers-vq"}
+AUTOENCODER_FOLDER = "autoencoder"  # the imported vae's run directory, inside the latent run
 
 
 def _read_config(path: str, what: str) -> Dict[str, Any]:
@@ -42,9 +47,6 @@ def locate(folder: str) -> Tuple[Optional[str], Optional[str], str, str]:
         found = [name for name in MODEL_FOLDERS if name in index]
         if not found:
             raise ConfigError(f"pipeline {folder!r} has no unet or transformer component; it has {', '.join(k for k in index if not k.startswith('_'))}")
-        if "vae" in index and index["vae"] and index["vae"][0] is not None:
-            raise ConfigError(f"pipeline {folder!r} is a latent pipeline (it has a vae); import its unet/transformer folder with a scheduler_config.json, "
-                              "latent pipelines are not imported whole yet")
         model_sub = found[0]
     else:
         model_sub = None
@@ -86,6 +88,57 @@ def _load(cls, folder: str, subfolder: Optional[str], what: str):
         diffusers_logging.set_verbosity(verbosity)
 
 
+def _vae_class(folder: str) -> Optional[str]:
+    """The class of a pipeline's vae/ component, None without one; an unknown class is refused."""
+    path = os.path.join(folder, "vae", "config.json")
+    if not os.path.isfile(os.path.join(folder, "model_index.json")) or not os.path.isfile(path):
+        return None
+    name = _read_config(path, "vae config").get("_class_name")
+    if name not in AUTOENCODERS:
+        raise ConfigError(f"unknown autoencoder class {name!r} in {path!r}; supported: {', '.join(AUTOENCODERS)}")
+    return name
+
+
+def _autoencoder_writer(vae, name: str, run_dir: str):
+    """(write(folder), latent_space record): the vae as an autoencoder run (edm_space.model_training) at
+    run_dir/autoencoder, and the record a latent run keeps of it (diffusers' scaling_factor and shift_factor
+    as the normalization (z - shift) * scale)."""
+    import hashlib
+    import io
+
+    from ..autoencoders import build
+    from ..model_training import ModelConfig
+    from ..rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_path, write_json
+
+    config = json.loads(json.dumps({k: v for k, v in dict(vae.config).items() if not k.startswith("_")}))
+    size = config.get("sample_size")
+    size = [size, size] if isinstance(size, int) else list(size)
+    ae_dir = os.path.join(os.path.abspath(run_dir), AUTOENCODER_FOLDER)
+    model_config = ModelConfig(kind="autoencoder", name=AUTOENCODERS[name], options={"config": config}, data="imported", out=ae_dir,
+                               held_out=0, steps=0, item_shape=[int(config["in_channels"]), *size])
+    adapter = build(model_config.name, model_config.item_shape, config=config)
+    adapter.model.load_state_dict(vae.state_dict())
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": 0, "model": adapter.state_dict(),
+             "optimizers": {}, "config": json.dumps(model_config.to_json())}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    channels = int(config["latent_channels"])
+    shift, scale = float(config.get("shift_factor") or 0.0), float(config.get("scaling_factor") or 1.0)
+    record = {"run": ae_dir, "step": 0, "checksum": hashlib.sha256(payload).hexdigest(), "mode": "mean" if name == "AutoencoderKL" else "continuous",
+              "shift": [shift] * channels, "scale": [scale] * channels, "sigma_data": 1.0}
+
+    def write(folder: str) -> None:
+        target = os.path.join(folder, AUTOENCODER_FOLDER)
+        path = checkpoint_path(target, 0)
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as file:
+            file.write(payload)
+        write_json(os.path.join(target, "config.json"), dict(model_config.to_json(), out=ae_dir))
+
+    return write, record
+
+
 def _conditioning(model_class: str, config: Dict[str, Any]) -> Tuple[int, float]:
     """(num_classes, label_dropout): the classes a model is conditioned on, and whether it has a null class."""
     if model_class == "DiTTransformer2DModel":
@@ -122,11 +175,17 @@ def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
     run = TrainConfig(preset=preset, preset_options=preset_options, data="imported", out=out_dir, net=net,
                       net_options={"config": config, **extra}, steps=0, conditional=bool(num_classes),
                       label_dropout=label_dropout, item_shape=[int(config["in_channels"]), *size], num_classes=num_classes)
+    vae_class = _vae_class(folder)
+    write_extra = None
+    if vae_class is not None:
+        write_extra, record = _autoencoder_writer(_load(getattr(diffusers, vae_class), folder, "vae", vae_class), vae_class, out_dir)
+        run.latent, run.latent_space = record["run"], record
+        notes.append(f"the {vae_class} is kept in {os.path.join(out_dir, AUTOENCODER_FOLDER)}; move the run as a whole")
     tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
     if model.config.get("out_channels", config["in_channels"]) not in (None, config["in_channels"]):
         notes.append("the model's variance output channels are dropped; its mean prediction is used")
     metadata = {"step": "0", "weights": "imported", "source": os.path.abspath(folder), "model": model_class, "scheduler": scheduler_class}
-    write_weights_run(out_dir, run.to_json(), tensors, metadata)
+    write_weights_run(out_dir, run.to_json(), tensors, metadata, extra=write_extra)
     try:
         load_weights_run(out_dir)  # the adapter rebuilt from the config takes exactly these weights
     except BaseException:
@@ -134,5 +193,5 @@ def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
 
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    return {"model": model_class, "scheduler": scheduler_class, "net": net, "preset": preset, "preset_options": preset_options,
+    return {"model": model_class + (f" + {vae_class}" if vae_class else ""), "scheduler": scheduler_class, "net": net, "preset": preset, "preset_options": preset_options,
             "notes": notes, "out": out_dir}
