@@ -41,6 +41,15 @@ def tiny_unet(num_class_embeds=None, seed=0):
             down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=num_class_embeds)
 
 
+def tiny_condition_unet(seed=0):
+    """A UNet2DConditionModel without cross-attention blocks, conditioned on classes through num_class_embeds."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return diffusers.UNet2DConditionModel(
+            sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4, mid_block_type=None,
+            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=CLASSES, cross_attention_dim=8)
+
+
 def tiny_dit(seed=0):
     """A class-conditional DiT that also predicts its variance (out_channels = 2 in_channels, DiT's learn_sigma)."""
     with torch.random.fork_rng(devices=[]):
@@ -156,17 +165,23 @@ CASES = {
                                                                 prediction_type="v_prediction", use_karras_sigmas=True), levels_euler, "v_prediction", "ddim"),
     "flow-shift-3": (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), levels_flow, "flow", "sd3"),
     "edm-euler": (lambda: diffusers.EDMEulerScheduler(sigma_data=0.7), levels_edm, "epsilon", "edm"),
+    "ddim-condition-unet": (lambda: diffusers.DDIMScheduler(clip_sample=False), levels_ddpm, "epsilon", "ddim"),
 }
+CONDITIONAL = ("ddpm-linear-epsilon", "ddim-condition-unet", "flow-shift-3")
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_imported_denoiser_equals_the_schedulers_formulas(case, tmp_path, capsys):
     make_scheduler, levels, prediction, preset = CASES[case]
-    dit = case.startswith("flow")
-    model = tiny_dit() if dit else tiny_unet(num_class_embeds=CLASSES if case == "ddpm-linear-epsilon" else None)
+    if case.startswith("flow"):
+        model = tiny_dit()
+    elif case == "ddim-condition-unet":
+        model = tiny_condition_unet()
+    else:
+        model = tiny_unet(num_class_embeds=CLASSES if case in CONDITIONAL else None)
     run = imported(tmp_path, capsys, case, model, make_scheduler())
     denoiser, config, item_shape, num_classes, _ = load_trained(run)
-    assert config.preset == preset and num_classes == (CLASSES if dit or case == "ddpm-linear-epsilon" else 0)
+    assert config.preset == preset and num_classes == (CLASSES if case in CONDITIONAL else 0)
     denoiser.network.double()
     model = model.double().eval()
     generator = torch.Generator().manual_seed(1)
@@ -179,6 +194,8 @@ def test_imported_denoiser_equals_the_schedulers_formulas(case, tmp_path, capsys
         x_hat = x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
         with torch.no_grad():
             kwargs = {"class_labels": labels} if num_classes else {}
+            if case == "ddim-condition-unet":
+                kwargs["encoder_hidden_states"] = None
             out = model(input_scale * x_hat, torch.full((2,), timestep, dtype=torch.float64), **kwargs).sample[:, : item_shape[0]]
             expected = to_x0(out, x_hat)
             got = denoiser(x_hat, torch.full((2,), float(sigma), dtype=torch.float64), one_hot)
