@@ -14,6 +14,10 @@ from typing import Optional
 
 import click
 
+from .interop.diffusers_export import export_diffusers
+from .interop.diffusers_import import import_diffusers
+from .interop.own_format import export_run, import_weights_run
+
 EXPORT_FORMATS = ("safetensors", "diffusers")
 IMPORT_SOURCES = ("edm-space", "diffusers")
 
@@ -28,13 +32,9 @@ IMPORT_SOURCES = ("edm-space", "diffusers")
 def export_command(run: str, export_format: str, out_dir: str, raw: bool, checkpoint_step: Optional[int]) -> None:
     """Write a diffusion run's denoiser (RUN: a run directory or checkpoint file) to a new directory."""
     if export_format == "safetensors":
-        from .weights import export_run
-
         result = export_run(run, out_dir, ema=not raw, step=checkpoint_step)
         click.echo(f"exported {run} (step {result['step']}, {result['weights']} weights, {result['tensors']} tensors) -> {out_dir}")
         return
-    from .interop.diffusers_export import export_diffusers
-
     result = export_diffusers(run, out_dir, ema=not raw, step=checkpoint_step)
     click.echo(f"exported {run} (step {result['step']}) as diffusers {result['model']} + {result['scheduler']} -> {out_dir}")
 
@@ -46,13 +46,9 @@ def export_command(run: str, export_format: str, out_dir: str, raw: bool, checkp
 def import_command(source: str, folder: str, out_dir: str) -> None:
     """Make a run directory of a model from elsewhere (FOLDER); every command then works on it."""
     if source == "edm-space":
-        from .weights import import_weights_run
-
         result = import_weights_run(folder, out_dir)
         click.echo(f"imported {folder} ({result['weights']} weights, {result['tensors']} tensors) -> {out_dir}")
         return
-    from .interop.diffusers_import import import_diffusers
-
     result = import_diffusers(folder, out_dir)
     notes = "".join(f"; note: {note}" for note in result["notes"])
     click.echo(f"imported {result['model']} + {result['scheduler']} from {folder} as {result['net']} under preset "

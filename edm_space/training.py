@@ -40,6 +40,7 @@ from .errors import ConfigError
 from .files import read_json
 from .seeding import step_generator
 from .parameterization import Formulation
+from .weights import is_weights_run, read_weights_run
 from .devices import make_optimizer
 from .rundir import (
     config_from_json,
@@ -607,12 +608,10 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
     cannot be rebuilt from the recorded options; its weights are loaded into it. A weights run
     (edm_space.weights: config.json + weights.safetensors, exported or imported) loads the same way.
     """
-    from .weights import is_weights_run, load_weights_run
-
     if os.path.isdir(run_dir) and is_weights_run(run_dir):
         if step is not None:
             raise ConfigError(f"{run_dir!r} holds one set of weights (safetensors); --step does not apply")
-        return load_weights_run(run_dir, ema=ema, network=network, device=device)
+        return _load_weights_run(run_dir, ema, network, device)
     run_dir, step, path = find_checkpoint(run_dir, step)
     config = read_run_config(run_dir)
     state = load_checkpoint(path)
@@ -634,16 +633,31 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
     weights = state.get(key)
     if not isinstance(weights, dict):
         raise ConfigError(f"checkpoint {path!r} has no {key!r} weights; it is damaged")
+    return (*_denoiser(config, weights, network, device, f"checkpoint {path!r}"), step)
+
+
+def _denoiser(config: TrainConfig, weights: Dict[str, torch.Tensor], network: Optional[nn.Module], device: str, what: str):
+    """(Denoiser, config, item_shape, num_classes) of a stored run: its network rebuilt (or `network`), `weights` loaded strictly."""
     if config.item_shape is None:
-        raise ConfigError(f"checkpoint {path!r} does not record its item shape")
+        raise ConfigError(f"{what} does not record its item shape")
     item_shape, num_classes = tuple(config.item_shape), config.num_classes
     net = network if network is not None else build_network(network_options_for_loading(config), item_shape, num_classes)
     try:
         net.load_state_dict(weights)
     except RuntimeError as error:
-        raise ConfigError(f"checkpoint {path!r} does not fit a {config.net!r} network ({' '.join(str(error).split())[:120]})") from None
+        raise ConfigError(f"{what} does not fit a {config.net!r} network ({' '.join(str(error).split())[:160]})") from None
     net.eval().requires_grad_(False).to(devices.resolve_device(device))
-    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, step
+    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes
+
+
+def _load_weights_run(run_dir: str, ema: bool, network: Optional[nn.Module], device: str):
+    """load_trained of a weights run (edm_space.weights): config.json and weights.safetensors."""
+    payload, tensors, metadata = read_weights_run(run_dir)
+    kind = metadata.get("weights", "imported")
+    if kind != "imported" and (kind == "ema") != ema:
+        raise ConfigError(f"{run_dir!r} holds only the {kind} weights; sample it {'with --ema' if kind == 'ema' else 'with --no-ema'}")
+    what = f"the weights in {run_dir!r}"
+    return (*_denoiser(TrainConfig.from_json(payload), tensors, network, device, what), int(metadata.get("step", "0")))
 
 
 def with_recorded_convention(config: TrainConfig, convention: str) -> TrainConfig:

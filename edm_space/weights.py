@@ -12,15 +12,17 @@ A weights run is a directory with
 `edm_space.training.load_trained` (and so every command) reads a weights run as it reads a training run;
 it rebuilds the network from the config and loads the tensors strictly, so the denoiser is the same bit
 for bit. A latent run keeps its record of the autoencoder run it decodes with (not a copy of it).
+This module is the file format; edm_space.interop.own_format exports and imports such runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -64,31 +66,41 @@ def read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]
     return tensors, metadata
 
 
-def write_weights_run(out_dir: str, config: Dict[str, Any], tensors: Dict[str, torch.Tensor], metadata: Dict[str, str],
-                      extra: Optional[Callable[[str], None]] = None) -> None:
-    """Create the weights run `out_dir` whole or not at all: written into a temporary folder beside it, then renamed.
-
-    An existing `out_dir` is refused unless it is an empty directory (nothing pre-existing is replaced).
-    `extra(folder)` may add more files to the temporary folder before the rename.
-    """
+def check_new_directory(out_dir: str) -> str:
+    """Refuse an --out that exists (unless an empty directory) or whose parent does not; returns the parent."""
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         raise ConfigError(f"--out {out_dir!r} already exists; give a new directory")
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
         raise ConfigError(f"--out {out_dir!r}: the directory {parent!r} does not exist")
-    payload = safetensors_bytes(tensors, {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **metadata})
-    staging = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    return parent
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: str) -> Iterator[str]:
+    """A temporary folder beside the new directory `out_dir`, renamed to it when the block succeeds, removed when it fails:
+    the directory appears whole or not at all, and nothing that existed is replaced."""
+    staging = tempfile.mkdtemp(prefix=".tmp-", dir=check_new_directory(out_dir))
     try:
-        write_atomic(os.path.join(staging, WEIGHTS_NAME), payload)
-        write_atomic(os.path.join(staging, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
-        if extra is not None:
-            extra(staging)
+        yield staging
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_weights_run(out_dir: str, config: Dict[str, Any], tensors: Dict[str, torch.Tensor], metadata: Dict[str, str],
+                      extra: Optional[Callable[[str], None]] = None) -> None:
+    """Create the weights run `out_dir` whole or not at all (staged_directory); `extra(folder)` may add more files."""
+    check_new_directory(out_dir)
+    payload = safetensors_bytes(tensors, {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **metadata})
+    with staged_directory(out_dir) as staging:
+        write_atomic(os.path.join(staging, WEIGHTS_NAME), payload)
+        write_atomic(os.path.join(staging, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
+        if extra is not None:
+            extra(staging)
 
 
 def read_weights_run(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, str]]:
@@ -103,58 +115,3 @@ def read_weights_run(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tens
     if metadata.get("version") != WEIGHTS_VERSION:
         raise ConfigError(f"{run_dir!r} has weights version {metadata.get('version')!r}; this edm-space reads version {WEIGHTS_VERSION}")
     return read_json(os.path.join(run_dir, CONFIG_NAME), "run config"), tensors, metadata
-
-
-def load_weights_run(run_dir: str, ema: bool = True, network: Optional[torch.nn.Module] = None, device: str = "cpu"):
-    """(Denoiser, config, item_shape, num_classes, step) of a weights run, as `load_trained` returns them."""
-    from . import devices
-    from .denoiser import Denoiser
-    from .training import TrainConfig, build_formulation, build_network, network_options_for_loading
-
-    payload, tensors, metadata = read_weights_run(run_dir)
-    config = TrainConfig.from_json(payload)
-    kind = metadata.get("weights", "imported")
-    if kind != "imported" and (kind == "ema") != ema:
-        raise ConfigError(f"{run_dir!r} holds only the {kind} weights; sample it {'with --ema' if kind == 'ema' else 'with --no-ema'}")
-    if config.item_shape is None:
-        raise ConfigError(f"{os.path.join(run_dir, CONFIG_NAME)!r} does not record the item shape")
-    item_shape, num_classes = tuple(config.item_shape), config.num_classes
-    net = network if network is not None else build_network(network_options_for_loading(config), item_shape, num_classes)
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise ConfigError(f"the weights in {run_dir!r} do not fit a {config.net!r} network ({' '.join(str(error).split())[:160]})") from None
-    net.eval().requires_grad_(False).to(devices.resolve_device(device))
-    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, int(metadata.get("step", "0"))
-
-
-def export_run(run: str, out_dir: str, ema: bool = True, step: Optional[int] = None) -> Dict[str, Any]:
-    """Write the weights run `out_dir` from a training run's checkpoint (newest, or `step`): EMA or raw weights."""
-    from .rundir import find_checkpoint, load_checkpoint
-    from .training import TrainConfig
-
-    if is_weights_run(run):
-        raise ConfigError(f"{run!r} is already a weights directory; copy it, or import it with `edm-space import edm-space`")
-    run_dir, found_step, path = find_checkpoint(run, step)
-    state = load_checkpoint(path)
-    try:
-        config = TrainConfig.from_json(json.loads(state.get("config", "{}")))
-    except (TypeError, ValueError):
-        raise ConfigError(f"checkpoint {path!r} has no readable diffusion run config; only diffusion runs are exported") from None
-    key = "ema" if ema else "model"
-    weights = state.get(key)
-    if not isinstance(weights, dict):
-        raise ConfigError(f"checkpoint {path!r} has no {key!r} weights; it is damaged")
-    config.out = out_dir
-    metadata = {"step": str(found_step), "weights": "ema" if ema else "raw", "source": os.path.abspath(path)}
-    write_weights_run(out_dir, config.to_json(), weights, metadata)
-    return {"out": out_dir, "step": found_step, "weights": metadata["weights"], "tensors": len(weights)}
-
-
-def import_weights_run(source: str, out_dir: str) -> Dict[str, Any]:
-    """Check that `source` (a weights directory) loads as a denoiser, then copy it into the new run directory `out_dir`."""
-    payload, tensors, metadata = read_weights_run(source)
-    load_weights_run(source, ema=metadata.get("weights", "imported") != "raw")  # refuses what does not rebuild
-    payload = dict(payload, out=out_dir)
-    write_weights_run(out_dir, payload, tensors, {k: v for k, v in metadata.items() if k not in ("format", "version")})
-    return {"out": out_dir, "step": int(metadata.get("step", "0")), "weights": metadata.get("weights", "imported"), "tensors": len(tensors)}

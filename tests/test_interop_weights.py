@@ -97,4 +97,4 @@ def test_export_and_import_refusals(conditional_unet_run, tmp_path, capsys):
     from edm_space.weights import safetensors_bytes
 
     (damaged / WEIGHTS_NAME).write_bytes(safetensors_bytes(tensors, metadata))
-    cli_error(["import", "edm-space", damaged, "--out", tmp_path / "r"], capsys, names=["do not fit", "unet"], roots=[tmp_path])
+    cli_error(["import", "edm-space", damaged, "--out", tmp_path / "r"], capsys, names=["does not fit", "unet"], roots=[tmp_path])

@@ -24,7 +24,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
+import presets
+import samplers
+
 from ..errors import ConfigError
+from ..interop.schedulers import formulation_of
 from ..optional import require
 
 require("diffusers", "edm_space.compat.diffusers_scheduler")
@@ -61,9 +65,6 @@ class EdmSpaceScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, solver: str = "unipc-3", preset: str = "ddpm", preset_options: Optional[Dict[str, Any]] = None,
                  discretization: Optional[str] = None, solver_options: Optional[Dict[str, Any]] = None, seed: int = 0):
-        import presets
-        import samplers
-
         self.formulation = presets.get(preset, **(preset_options or {}))
         samplers.get(solver).check_options(dict(solver_options or {}))
         self.init_noise_sigma = 1.0
@@ -79,8 +80,6 @@ class EdmSpaceScheduler(SchedulerMixin, ConfigMixin):
         if scheduler is not None:
             if preset is not None:
                 raise ConfigError("give either scheduler= (whose formulation is used) or preset=, not both")
-            from ..interop.schedulers import formulation_of
-
             preset, preset_options, _ = formulation_of(type(scheduler).__name__, dict(scheduler.config))
         return cls(solver=solver, preset=preset or "ddpm", preset_options=preset_options, **kwargs)
 
@@ -91,8 +90,6 @@ class EdmSpaceScheduler(SchedulerMixin, ConfigMixin):
         self._noise_seed = int(self.config.seed)
 
     def _run(self, denoiser, latents: Tensor) -> Tensor:
-        import samplers
-
         generator = torch.Generator().manual_seed(self._noise_seed)
         randn_like = lambda x: torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)  # noqa: E731
         return samplers.sample(denoiser, latents, formulation=self.formulation, solver=self.config.solver,

@@ -23,6 +23,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+import presets
+import samplers
+
 Tensor = torch.Tensor
 
 __all__ = ["KDiffusionModel", "get_sampler", "sampler_name", "sampler_names", "sample"]
@@ -35,8 +38,6 @@ def sampler_name(solver: str) -> str:
 
 def sampler_names() -> List[str]:
     """The sample_* names of every registered solver."""
-    import samplers
-
     return [sampler_name(name) for name in samplers.names()]
 
 
@@ -49,8 +50,6 @@ def sample(solver: str, model: Callable[..., Tensor], x: Tensor, sigmas: Tensor,
     a progress bar (k-diffusion shows one unless disable is true; here none unless asked).
     """
     import presets
-    import samplers
-
     extra_args = extra_args or {}
     dtype = x.dtype
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
@@ -73,8 +72,6 @@ def sample(solver: str, model: Callable[..., Tensor], x: Tensor, sigmas: Tensor,
 
 def get_sampler(solver: str) -> Callable[..., Tensor]:
     """The solver `solver` (a name of samplers.names()) as a k-diffusion sampler function."""
-    import samplers
-
     samplers.get(solver)  # unknown names: one line listing the valid ones
     function = functools.partial(sample, solver)
     function.__name__ = sampler_name(solver)
@@ -84,8 +81,6 @@ def get_sampler(solver: str) -> Callable[..., Tensor]:
 
 def __getattr__(name: str) -> Callable[..., Tensor]:
     """sample_* names resolve to the registered solvers (also those registered after this module was imported)."""
-    import samplers
-
     for solver in samplers.names():
         if sampler_name(solver) == name:
             return get_sampler(solver)

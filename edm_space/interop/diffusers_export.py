@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from ..errors import ConfigError
 from ..optional import require
+from ..training import load_trained
+from ..weights import check_new_directory, staged_directory
 
 # The preset's prediction constant -> diffusers' prediction_type.
 PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample"}
@@ -101,14 +101,8 @@ def dit_state_dict(net, classes: int) -> Dict[str, torch.Tensor]:
 
 def export_diffusers(run: str, out_dir: str, ema: bool = True, step: Optional[int] = None) -> Dict[str, Any]:
     """Write DIR = transformer/ + scheduler/ + model_index.json of a DiT run (see the module docstring)."""
-    from ..training import load_trained
-
     diffusers = require("diffusers", "edm-space export --format diffusers")
-    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
-        raise ConfigError(f"--out {out_dir!r} already exists; give a new directory")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    if not os.path.isdir(parent):
-        raise ConfigError(f"--out {out_dir!r}: the directory {parent!r} does not exist")
+    check_new_directory(out_dir)
     denoiser, config, item_shape, num_classes, found_step = load_trained(run, ema=ema, step=step)
     net = denoiser.network
     _check_exportable(config, net)
@@ -120,18 +114,11 @@ def export_diffusers(run: str, out_dir: str, ema: bool = True, step: Optional[in
         num_layers=len(net.blocks), sample_size=item_shape[1], patch_size=net.patch, num_embeds_ada_norm=classes, norm_eps=1e-6)
     model.load_state_dict(dit_state_dict(net, classes))
     scheduler = getattr(diffusers, scheduler_class)(**scheduler_config)
-    staging = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
+    with staged_directory(out_dir) as staging:
         model.save_pretrained(os.path.join(staging, "transformer"))
         scheduler.save_pretrained(os.path.join(staging, "scheduler"))
         index = {"_class_name": "DiffusionPipeline", "_diffusers_version": diffusers.__version__,
                  "transformer": ["diffusers", "DiTTransformer2DModel"], "scheduler": ["diffusers", scheduler_class]}
         with open(os.path.join(staging, "model_index.json"), "w") as file:
             json.dump(index, file, indent=2)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"out": out_dir, "step": found_step, "model": "DiTTransformer2DModel", "scheduler": scheduler_class}

@@ -10,14 +10,23 @@ scheduler's formulas are (edm_space.interop.schedulers). Every command then work
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from ..autoencoders import build
 from ..errors import ConfigError
+from ..files import read_json
+from ..model_training import ModelConfig
 from ..optional import require
+from ..rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_path, write_json
+from ..training import TrainConfig, load_trained
+from ..weights import check_new_directory, write_weights_run
+from .schedulers import SCHEDULERS, formulation_of
 
 # diffusers model class -> (network adapter, extra network options)
 MODELS = {
@@ -32,8 +41,6 @@ AUTOENCODER_FOLDER = "autoencoder"  # the imported vae's run directory, inside t
 
 
 def _read_config(path: str, what: str) -> Dict[str, Any]:
-    from ..files import read_json
-
     return read_json(path, what)
 
 
@@ -103,13 +110,6 @@ def _autoencoder_writer(vae, name: str, run_dir: str):
     """(write(folder), latent_space record): the vae as an autoencoder run (edm_space.model_training) at
     run_dir/autoencoder, and the record a latent run keeps of it (diffusers' scaling_factor and shift_factor
     as the normalization (z - shift) * scale)."""
-    import hashlib
-    import io
-
-    from ..autoencoders import build
-    from ..model_training import ModelConfig
-    from ..rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_path, write_json
-
     config = json.loads(json.dumps({k: v for k, v in dict(vae.config).items() if not k.startswith("_")}))
     size = config.get("sample_size")
     size = [size, size] if isinstance(size, int) else list(size)
@@ -152,13 +152,8 @@ def _conditioning(model_class: str, config: Dict[str, Any]) -> Tuple[int, float]
 
 def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
     """Write the run directory `out_dir` of the diffusers model in `folder`; returns what was imported and notes."""
-    from ..training import TrainConfig
-    from ..weights import load_weights_run, write_weights_run
-    from .schedulers import SCHEDULERS, formulation_of
-
     diffusers = require("diffusers", "edm-space import diffusers")
-    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
-        raise ConfigError(f"--out {out_dir!r} already exists; give a new directory")
+    check_new_directory(out_dir)
     model_sub, scheduler_sub, model_class, scheduler_class = locate(folder)
     if scheduler_class not in SCHEDULERS:
         raise ConfigError(f"scheduler {scheduler_class!r} is not supported; supported: {', '.join(SCHEDULERS)}")
@@ -185,13 +180,12 @@ def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
     if model.config.get("out_channels", config["in_channels"]) not in (None, config["in_channels"]):
         notes.append("the model's variance output channels are dropped; its mean prediction is used")
     metadata = {"step": "0", "weights": "imported", "source": os.path.abspath(folder), "model": model_class, "scheduler": scheduler_class}
-    write_weights_run(out_dir, run.to_json(), tensors, metadata, extra=write_extra)
-    try:
-        load_weights_run(out_dir)  # the adapter rebuilt from the config takes exactly these weights
-    except BaseException:
-        import shutil
 
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    def finish(staging: str) -> None:
+        if write_extra is not None:
+            write_extra(staging)
+        load_trained(staging)  # before the run appears: the adapter rebuilt from the config takes exactly these weights
+
+    write_weights_run(out_dir, run.to_json(), tensors, metadata, extra=finish)
     return {"model": model_class + (f" + {vae_class}" if vae_class else ""), "scheduler": scheduler_class, "net": net, "preset": preset, "preset_options": preset_options,
             "notes": notes, "out": out_dir}
