@@ -66,28 +66,37 @@ def read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]
     return tensors, metadata
 
 
-def check_new_directory(out_dir: str) -> str:
-    """Refuse an --out that exists (unless an empty directory) or whose parent does not; returns the parent."""
+def check_new_directory(out_dir: str) -> None:
+    """Refuse an --out that exists, unless it is an empty directory, or one below a file."""
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         raise ConfigError(f"--out {out_dir!r} already exists; give a new directory")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    if not os.path.isdir(parent):
-        raise ConfigError(f"--out {out_dir!r}: the directory {parent!r} does not exist")
-    return parent
+    folder = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--out {out_dir!r}: {folder!r} is a file, not a directory")
 
 
 @contextlib.contextmanager
 def staged_directory(out_dir: str) -> Iterator[str]:
-    """A temporary folder beside the new directory `out_dir`, renamed to it when the block succeeds, removed when it fails:
-    the directory appears whole or not at all, and nothing that existed is replaced."""
-    staging = tempfile.mkdtemp(prefix=".tmp-", dir=check_new_directory(out_dir))
+    """A temporary folder beside the new directory `out_dir` (missing parents are made), renamed to it when the block
+    succeeds; when it fails, the folder and the parents this call made are removed. The directory appears whole or
+    not at all, and nothing that existed is replaced."""
+    check_new_directory(out_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    top = parent
+    while not os.path.exists(os.path.dirname(top)):
+        top = os.path.dirname(top)
+    made = None if os.path.isdir(parent) else top
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
         yield staging
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(staging, out_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(made or staging, ignore_errors=True)
         raise
 
 

@@ -98,3 +98,24 @@ def test_export_and_import_refusals(conditional_unet_run, tmp_path, capsys):
 
     (damaged / WEIGHTS_NAME).write_bytes(safetensors_bytes(tensors, metadata))
     cli_error(["import", "edm-space", damaged, "--out", tmp_path / "r"], capsys, names=["does not fit", "unet"], roots=[tmp_path])
+
+
+def test_a_failed_write_leaves_no_directory_behind(conditional_unet_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import edm_space.weights as weights
+
+    exported = tmp_path / "exported"
+    cli_ok(["export", conditional_unet_run, "--out", exported], capsys)
+    calls = []
+
+    def failing_write(path, data):
+        calls.append(path)
+        if len(calls) == 2:  # the weights are written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return original(path, data)
+
+    original = weights.write_atomic
+    monkeypatch.setattr(weights, "write_atomic", failing_write)
+    cli_error(["import", "edm-space", exported, "--out", tmp_path / "new" / "parents" / "run"], capsys, names=["disk is full"], roots=[tmp_path])
+    assert len(calls) == 2
