@@ -92,7 +92,8 @@ def _abar64(scheduler):
 
 
 def levels_ddpm(scheduler, prediction):
-    """DDPMScheduler / DDIMScheduler.step: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps = sqrt(abar) x_hat at integer timesteps."""
+    """DDPMScheduler / DDIMScheduler.step (and the multistep schedulers' convert_model_output): x_t = sqrt(abar) x_0 +
+    sqrt(1 - abar) eps = sqrt(abar) x_hat at integer timesteps."""
     scheduler.set_timesteps(8)
     rows = []
     for k in scheduler.timesteps.tolist():
@@ -166,6 +167,8 @@ CASES = {
     "flow-shift-3": (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), levels_flow, "flow", "sd3"),
     "edm-euler": (lambda: diffusers.EDMEulerScheduler(sigma_data=0.7), levels_edm, "epsilon", "edm"),
     "ddim-condition-unet": (lambda: diffusers.DDIMScheduler(clip_sample=False), levels_ddpm, "epsilon", "ddim"),
+    "dpmsolver-multistep-v": (lambda: diffusers.DPMSolverMultistepScheduler(prediction_type="v_prediction"), levels_ddpm, "v_prediction", "ddim"),
+    "unipc-multistep-cosine": (lambda: diffusers.UniPCMultistepScheduler(beta_schedule="squaredcos_cap_v2"), levels_ddpm, "epsilon", "ddim"),
 }
 CONDITIONAL = ("ddpm-linear-epsilon", "ddim-condition-unet", "flow-shift-3")
 
@@ -283,6 +286,7 @@ def test_import_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     # A scheduler whose formulas no preset expresses, and one this project does not know.
     for scheduler, names in ((diffusers.DDPMScheduler(rescale_betas_zero_snr=True), ["rescale_betas_zero_snr"]),
                              (diffusers.EDMEulerScheduler(sigma_schedule="exponential"), ["sigma_schedule", "exponential"]),
+                             (diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True), ["use_karras_sigmas"]),
                              (diffusers.PNDMScheduler(), ["PNDMScheduler", "DDIMScheduler"])):
         folder = save(tmp_path, type(scheduler).__name__ + str(len(names)), tiny_unet(), scheduler)
         cli_error(["import", "diffusers", folder, "--out", tmp_path / "r"], capsys, names=names, roots=[tmp_path])

@@ -7,6 +7,8 @@ preset of edm-space fixes the same through c_skip, c_out, c_in, c_noise (EDM eq.
   sample): presets ddpm / ddim with num_timesteps, beta_start, beta_end, beta_schedule, prediction, and
   precision = float32 (diffusers computes its betas and abar in float32). diffusers' timestep k is Ho's
   t = k + 1, whose c_noise t - 1 = k is the network's timestep input.
+- DPMSolverMultistepScheduler, UniPCMultistepScheduler: as DDIMScheduler (their own solvers are dpm++2m and
+  unipc-N here); with karras / exponential / beta / lu / flow sigmas they are refused.
 - EulerDiscreteScheduler: preset ddim (its deterministic Euler in sigma is the ddim solver), sigma interpolated
   linearly between timesteps as diffusers does (log-linearly when it picks karras/exponential/beta sigmas,
   which it maps back to timesteps in log sigma).
@@ -26,8 +28,10 @@ from typing import Any, Dict, List, Tuple
 
 from ..errors import ConfigError
 
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler")
-DDPM_LIKE = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler")
+# Multistep solvers of diffusers that feed the network x_t at integer DDPM timesteps, as DDIM does.
+MULTISTEP = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler") + MULTISTEP
+DDPM_LIKE = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler") + MULTISTEP
 
 
 def _inexpressible(name: str, key: str, value: Any, why: str) -> ConfigError:
@@ -56,6 +60,10 @@ def formulation_of(name: str, config: Dict[str, Any]) -> Tuple[str, Dict[str, An
         for key in ("clip_sample", "thresholding"):
             if get(key):
                 notes.append(f"the scheduler's {key} is a sampling-time change of D that is not applied here")
+        if name in MULTISTEP:
+            for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas"):
+                if get(key):
+                    raise _inexpressible(name, key, True, "it feeds rounded timesteps with sigmas off the DDPM levels, so D is no function of sigma")
         if name != "EulerDiscreteScheduler":
             return ("ddpm" if name == "DDPMScheduler" else "ddim"), options, notes
         if get("timestep_type", "discrete") != "discrete":
