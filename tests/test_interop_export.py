@@ -16,6 +16,8 @@ from helpers_cli import cli_error, cli_ok
 
 diffusers = pytest.importorskip("diffusers")
 
+from test_interop_diffusers import levels_ddpm, levels_flow  # noqa: E402
+
 EXPORTABLE = {"depth": 1, "width": 16, "heads": 2, "patch": 2, "qk_norm": False, "noise_embedding": "dit"}
 
 
@@ -36,19 +38,8 @@ def dit_run(out, preset, net_options, preset_options=None):
 
 
 def formulas(scheduler, name):
-    """Per level of the scheduler: (sigma in x_hat units, network input as a multiple of x_hat, timestep, x_0 from
-    (output, x_hat)), from diffusers' scheduler formulas."""
-    scheduler.set_timesteps(6)
-    rows = []
-    if name == "FlowMatchEulerDiscreteScheduler":
-        for s in scheduler.sigmas[1:-1].tolist():
-            s = torch.tensor(s, dtype=torch.float64)
-            rows.append((s / (1 - s), 1 - s, 1000 * float(s), lambda out, x_hat, s=s: (1 - s) * x_hat - s * out))
-    else:  # DDIMScheduler, epsilon
-        for k in scheduler.timesteps.tolist():
-            a = scheduler.alphas_cumprod[k].double()
-            rows.append((((1 - a) / a).sqrt(), a.sqrt(), float(k), lambda out, x_hat, a=a: x_hat - ((1 - a) / a).sqrt() * out))
-    return rows
+    """Per level of the scheduler: (sigma, network input / x_hat, timestep, x_0 from (output, x_hat)), diffusers' formulas."""
+    return levels_flow(scheduler, "flow") if name == "FlowMatchEulerDiscreteScheduler" else levels_ddpm(scheduler, "epsilon")
 
 
 @pytest.mark.parametrize("preset, options, scheduler_name", [

@@ -14,19 +14,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..optional import require
+from ..networks.diffusers_models import build_diffusers_model
 
 Tensor = torch.Tensor
-
-
-def _from_config(class_name: str, config: Optional[Dict[str, Any]]) -> nn.Module:
-    if not isinstance(config, dict):
-        raise ConfigError(f"autoencoder {class_name}: config must be the model's diffusers config (a dict); got {config!r}")
-    diffusers = require("diffusers", f"the {class_name} autoencoder")
-    try:
-        return getattr(diffusers, class_name).from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    except (TypeError, ValueError, RuntimeError, AttributeError) as error:
-        raise ConfigError(f"autoencoder {class_name}: its config does not build a model ({' '.join(str(error).split())[:160]})") from None
 
 
 class _Imported(nn.Module):
@@ -35,7 +25,7 @@ class _Imported(nn.Module):
     def __init__(self, item_shape: Sequence[int], config: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.item_shape = tuple(item_shape)
-        self.model = _from_config(self.class_name, config)
+        self.model = build_diffusers_model(self.class_name, config, "autoencoder")
         factor = 2 ** (len(self.model.config.block_out_channels) - 1)
         self.latent_shape = (int(self.model.config.latent_channels), self.item_shape[1] // factor, self.item_shape[2] // factor)
 

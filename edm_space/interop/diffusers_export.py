@@ -29,8 +29,8 @@ from ..optional import require
 from ..training import load_trained
 from ..weights import check_new_directory, staged_directory
 
-# The preset's prediction constant -> diffusers' prediction_type.
-PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample"}
+# The preconditioning of a ddpm/ddim preset -> diffusers' prediction_type.
+PREDICTION_TYPES = {"EpsPrecond": "epsilon", "VPredictionPrecond": "v_prediction", "SamplePredictionPrecond": "sample"}
 
 
 def _check_exportable(config, net) -> None:
@@ -62,7 +62,7 @@ def scheduler_for(formulation, noise_scale: float) -> Tuple[str, Dict[str, Any]]
         raise ConfigError(f"noise_scale = {noise_scale:g}: the {name} preset's diffusers scheduler feeds c_noise itself (noise_scale 1)")
     if name in ("ddpm", "ddim"):
         chain = formulation.noise
-        prediction = {"EpsPrecond": "epsilon", "VPredictionPrecond": "v_prediction", "SamplePredictionPrecond": "sample"}[type(formulation.preconditioning).__name__]
+        prediction = PREDICTION_TYPES[type(formulation.preconditioning).__name__]
         config = {"num_train_timesteps": chain.num_timesteps, "beta_start": chain.beta_start, "beta_end": chain.beta_end,
                   "beta_schedule": chain.beta_schedule, "prediction_type": prediction, "clip_sample": False}
         return ("DDPMScheduler" if name == "ddpm" else "DDIMScheduler"), config

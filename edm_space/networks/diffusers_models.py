@@ -28,20 +28,15 @@ from ..optional import require
 Tensor = torch.Tensor
 
 
-def _diffusers_class(name: str) -> type:
-    diffusers = require("diffusers", f"the {name} network")
-    return getattr(diffusers, name)
-
-
-def _build(class_name: str, config: Optional[Dict[str, Any]]) -> nn.Module:
+def build_diffusers_model(class_name: str, config: Optional[Dict[str, Any]], what: str = "network") -> nn.Module:
+    """diffusers' `class_name` built from its config (keys starting with "_" dropped), errors in one line."""
     if not isinstance(config, dict):
-        raise ConfigError(f"network {class_name}: config must be the model's diffusers config (a dict); got {config!r}")
-    cls = _diffusers_class(class_name)
-    known = {key: value for key, value in config.items() if not key.startswith("_")}
+        raise ConfigError(f"{what} {class_name}: config must be the model's diffusers config (a dict); got {config!r}")
+    cls = getattr(require("diffusers", f"the {class_name} {what}"), class_name)
     try:
-        return cls.from_config(known)
+        return cls.from_config({key: value for key, value in config.items() if not key.startswith("_")})
     except (TypeError, ValueError, RuntimeError, AttributeError) as error:
-        raise ConfigError(f"network {class_name}: its config does not build a model ({' '.join(str(error).split())[:160]})") from None
+        raise ConfigError(f"{what} {class_name}: its config does not build a model ({' '.join(str(error).split())[:160]})") from None
 
 
 def _class_indices(labels: Optional[Tensor], batch: int, num_classes: int, null: Optional[int], device) -> Optional[Tensor]:
@@ -70,7 +65,7 @@ class DiffusersUNet(nn.Module):
         super().__init__()
         if model_class not in ("UNet2DModel", "UNet2DConditionModel"):
             raise ConfigError(f"network diffusers-unet: model_class {model_class!r} is invalid; valid: UNet2DModel, UNet2DConditionModel")
-        self.model = _build(model_class, config)
+        self.model = build_diffusers_model(model_class, config)
         self.model_class = model_class
         self.channels = int(item_shape[0])
         self.num_classes = int(label_dim)
@@ -92,7 +87,7 @@ class DiffusersDiT(nn.Module):
 
     def __init__(self, item_shape: Sequence[int], config: Optional[Dict[str, Any]] = None, label_dim: int = 0):
         super().__init__()
-        self.model = _build("DiTTransformer2DModel", config)
+        self.model = build_diffusers_model("DiTTransformer2DModel", config)
         self.channels = int(item_shape[0])
         self.num_classes = int(label_dim) or int(self.model.config.num_embeds_ada_norm)
 
