@@ -38,6 +38,8 @@ MODEL_FOLDERS = ("unet", "transformer")
 # diffusers autoencoder class -> the edm_space.autoencoders kind that wraps it
 AUTOENCODERS = {"AutoencoderKL": "diffusers-kl", "VQModel": "diffusers-vq"}
 AUTOENCODER_FOLDER = "autoencoder"  # the imported vae's run directory, inside the latent run
+# The data set an imported run names: none (what needs the training data, e.g. --analytic-first-step, says so).
+IMPORTED_DATA = "none (imported from diffusers)"
 
 
 def _read_config(path: str, what: str) -> Dict[str, Any]:
@@ -114,7 +116,7 @@ def _autoencoder_writer(vae, name: str, run_dir: str):
     size = config.get("sample_size")
     size = [size, size] if isinstance(size, int) else list(size)
     ae_dir = os.path.join(os.path.abspath(run_dir), AUTOENCODER_FOLDER)
-    model_config = ModelConfig(kind="autoencoder", name=AUTOENCODERS[name], options={"config": config}, data="imported", out=ae_dir,
+    model_config = ModelConfig(kind="autoencoder", name=AUTOENCODERS[name], options={"config": config}, data=IMPORTED_DATA, out=ae_dir,
                                held_out=0, steps=0, item_shape=[int(config["in_channels"]), *size])
     adapter = build(model_config.name, model_config.item_shape, config=config)
     adapter.model.load_state_dict(vae.state_dict())
@@ -167,7 +169,7 @@ def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
     if len(size) != 2:
         raise ConfigError(f"{model_class} in {folder!r} has sample_size = {config.get('sample_size')!r}; an image size is needed")
     net, extra = MODELS[model_class]
-    run = TrainConfig(preset=preset, preset_options=preset_options, data="imported", out=out_dir, net=net,
+    run = TrainConfig(preset=preset, preset_options=preset_options, data=IMPORTED_DATA, out=out_dir, net=net,
                       net_options={"config": config, **extra}, steps=0, conditional=bool(num_classes),
                       label_dropout=label_dropout, item_shape=[int(config["in_channels"]), *size], num_classes=num_classes)
     vae_class = _vae_class(folder)
