@@ -42,7 +42,7 @@ def test_scaled_linear_betas_and_their_float32_table():
     abar = torch.cumprod(1 - betas, 0)
     torch.testing.assert_close(f.noise.sigmas[1:], (1 / abar - 1).sqrt(), rtol=1e-12, atol=0)
     relative = ((g.noise.sigmas[1:] - f.noise.sigmas[1:]) / f.noise.sigmas[1:]).abs()
-    assert 0 < float(relative.max()) < 1e-4  # float32 round-off, not another schedule
+    assert 1e-6 < float(relative.max()) < 1e-4  # float32 round-off (1.3e-5 here), not another schedule
 
 
 def test_linear_interpolation_is_linear_in_sigma_and_inverts():
