@@ -42,17 +42,13 @@ AUTOENCODER_FOLDER = "autoencoder"  # the imported vae's run directory, inside t
 IMPORTED_DATA = "none (imported from diffusers)"
 
 
-def _read_config(path: str, what: str) -> Dict[str, Any]:
-    return read_json(path, what)
-
-
 def locate(folder: str) -> Tuple[Optional[str], Optional[str], str, str]:
     """(model subfolder or None, scheduler subfolder or None, model class, scheduler class) of a diffusers folder."""
     if not os.path.isdir(folder):
         raise ConfigError(f"diffusers folder {folder!r} does not exist or is not a directory")
     index_path = os.path.join(folder, "model_index.json")
     if os.path.isfile(index_path):
-        index = _read_config(index_path, "pipeline index")
+        index = read_json(index_path, "pipeline index")
         found = [name for name in MODEL_FOLDERS if name in index]
         if not found:
             raise ConfigError(f"pipeline {folder!r} has no unet or transformer component; it has {', '.join(k for k in index if not k.startswith('_'))}")
@@ -63,13 +59,13 @@ def locate(folder: str) -> Tuple[Optional[str], Optional[str], str, str]:
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(config_path):
         raise ConfigError(f"{folder!r} is neither a diffusers pipeline (model_index.json) nor a model folder (config.json)")
-    model_class = _read_config(config_path, "model config").get("_class_name")
+    model_class = read_json(config_path, "model config").get("_class_name")
     scheduler_sub = None
     for candidate in ("scheduler", None):
         path = os.path.join(folder, candidate, "scheduler_config.json") if candidate else os.path.join(folder, "scheduler_config.json")
         if os.path.isfile(path):
             scheduler_sub = candidate
-            scheduler_class = _read_config(path, "scheduler config").get("_class_name")
+            scheduler_class = read_json(path, "scheduler config").get("_class_name")
             break
     else:
         raise ConfigError(f"{folder!r} has no scheduler (scheduler/scheduler_config.json or scheduler_config.json); "
@@ -102,7 +98,7 @@ def _vae_class(folder: str) -> Optional[str]:
     path = os.path.join(folder, "vae", "config.json")
     if not os.path.isfile(os.path.join(folder, "model_index.json")) or not os.path.isfile(path):
         return None
-    name = _read_config(path, "vae config").get("_class_name")
+    name = read_json(path, "vae config").get("_class_name")
     if name not in AUTOENCODERS:
         raise ConfigError(f"unknown autoencoder class {name!r} in {path!r}; supported: {', '.join(AUTOENCODERS)}")
     return name
@@ -177,7 +173,7 @@ def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
     if vae_class is not None:
         write_extra, record = _autoencoder_writer(_load(getattr(diffusers, vae_class), folder, "vae", vae_class), vae_class, out_dir)
         run.latent, run.latent_space = record["run"], record
-        notes.append(f"the {vae_class} is kept in {os.path.join(out_dir, AUTOENCODER_FOLDER)}; move the run as a whole")
+        notes.append(f"the {vae_class} is the autoencoder run {record['run']}, which the run refers to by that path")
     tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
     if model.config.get("out_channels", config["in_channels"]) not in (None, config["in_channels"]):
         notes.append("the model's variance output channels are dropped; its mean prediction is used")
