@@ -324,3 +324,15 @@ def test_a_latent_pipeline_imports_with_its_autoencoder(kind, tmp_path, capsys):
         torch.testing.assert_close(space.decode(z), expected, rtol=1e-5, atol=1e-5)
     cli_ok(["sample", "--ckpt", run, "--steps", "3", "--n", "2", "--out", tmp_path / "s.npz"], capsys)
     assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 3, 16, 16)
+
+
+def test_a_model_folder_with_its_scheduler_config_beside_it_imports(tmp_path, capsys):
+    unet = tiny_unet()
+    folder = tmp_path / "model"
+    unet.save_pretrained(folder)
+    cli_error(["import", "diffusers", folder, "--out", tmp_path / "r"], capsys, names=["no scheduler"], roots=[tmp_path])
+    diffusers.DDIMScheduler(prediction_type="v_prediction").save_pretrained(folder)  # scheduler_config.json beside config.json
+    out = cli_ok(["import", "diffusers", folder, "--out", tmp_path / "r"], capsys)
+    assert "UNet2DModel + DDIMScheduler" in out
+    _, config, item_shape, _, _ = load_trained(str(tmp_path / "r"))
+    assert (config.preset, config.preset_options["prediction"], item_shape) == ("ddim", "v_prediction", (1, 8, 8))
