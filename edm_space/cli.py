@@ -26,6 +26,7 @@ from .reference import solve_reference
 from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
 from .seeding import SeededNoise
 from .cli_options import given_options, quiet_option, show_progress
+from .cli_interop import register as register_interop
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
 from .training import load_trained, resolve_config, train
@@ -320,6 +321,7 @@ def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, see
 
 
 cli.add_command(autoencoder_group)
+register_interop(cli)
 
 
 # ---------------------------------------------------------------------------

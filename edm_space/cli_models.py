@@ -117,7 +117,7 @@ def autoencoder_group() -> None:
 
 
 @autoencoder_group.command("train")
-@click.option("--kind", type=click.Choice(autoencoders.names()), required=True, help="kl (a VAE) or vq (a VQ-VAE).")
+@click.option("--kind", type=click.Choice(list(autoencoders.TRAINABLE)), required=True, help="kl (a VAE) or vq (a VQ-VAE).")
 @click.option("--data", "data_name", default="mnist", show_default=True, help="Image data set (digits, mnist), FILE.npy/.npz or a PNG folder.")
 @click.option("--data-size", type=int, default=None, help="Train on a seeded subset of this many of the items not held out [default: all of them].")
 @click.option("--held-out", type=int, default=None, help="Items set aside for `autoencoder eval`, the same for every run of the data [default: a tenth].")

@@ -40,6 +40,7 @@ from .errors import ConfigError
 from .files import read_json
 from .seeding import step_generator
 from .parameterization import Formulation
+from .weights import is_weights_run, read_weights_run
 from .devices import make_optimizer
 from .rundir import (
     config_from_json,
@@ -369,7 +370,10 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     devices.check_precision(precision, device)
     stored = None
     if os.path.isfile(os.path.join(run_dir, "config.json")):
-        stored = read_run_config(run_dir)
+        stored = network_options_for_loading(read_run_config(run_dir))
+    # A new DiT run records the conventions it is built with; a resumed one keeps those it has.
+    config = with_recorded_convention(config, stored.net_options.get("convention", "dit") if stored is not None else "dit")
+    if stored is not None:
         _check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
@@ -601,8 +605,13 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
 
     `run_dir` is a run directory (its newest checkpoint, or that of `step`) or a checkpoint file.
     `network` supplies the network object for a run trained on a user's instance whose class
-    cannot be rebuilt from the recorded options; its weights are loaded into it.
+    cannot be rebuilt from the recorded options; its weights are loaded into it. A weights run
+    (edm_space.weights: config.json + weights.safetensors, exported or imported) loads the same way.
     """
+    if os.path.isdir(run_dir) and is_weights_run(run_dir):
+        if step is not None:
+            raise ConfigError(f"{run_dir!r} holds one set of weights (safetensors); --step does not apply")
+        return _load_weights_run(run_dir, ema, network, device)
     run_dir, step, path = find_checkpoint(run_dir, step)
     config = read_run_config(run_dir)
     state = load_checkpoint(path)
@@ -612,8 +621,10 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
         raise ConfigError(f"checkpoint {path!r} has an unreadable config; it is damaged") from None
     if stored.get("preset") != config.preset:
         raise ConfigError(f"checkpoint {path!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
-    run_network = {key: getattr(config, key) for key in NETWORK_KEYS}
+    run_network = {key: getattr(network_options_for_loading(config), key) for key in NETWORK_KEYS}
     checkpoint_network = {key: stored.get(key) for key in NETWORK_KEYS}
+    if stored.get("net") == "dit" and isinstance(stored.get("net_options"), dict):
+        checkpoint_network["net_options"] = {"convention": "legacy", **stored["net_options"]}
     if any(v is not None and checkpoint_network[k] != v for k, v in run_network.items()):
         differ = ", ".join(k for k, v in run_network.items() if v is not None and checkpoint_network[k] != v)
         raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({differ} differ); it does not belong to this run")
@@ -622,16 +633,44 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
     weights = state.get(key)
     if not isinstance(weights, dict):
         raise ConfigError(f"checkpoint {path!r} has no {key!r} weights; it is damaged")
+    return (*_denoiser(config, weights, network, device, f"checkpoint {path!r}"), step)
+
+
+def _denoiser(config: TrainConfig, weights: Dict[str, torch.Tensor], network: Optional[nn.Module], device: str, what: str):
+    """(Denoiser, config, item_shape, num_classes) of a stored run: its network rebuilt (or `network`), `weights` loaded strictly."""
     if config.item_shape is None:
-        raise ConfigError(f"checkpoint {path!r} does not record its item shape")
+        raise ConfigError(f"{what} does not record its item shape")
     item_shape, num_classes = tuple(config.item_shape), config.num_classes
-    net = network if network is not None else build_network(config, item_shape, num_classes)
+    net = network if network is not None else build_network(network_options_for_loading(config), item_shape, num_classes)
     try:
         net.load_state_dict(weights)
     except RuntimeError as error:
-        raise ConfigError(f"checkpoint {path!r} does not fit a {config.net!r} network ({' '.join(str(error).split())[:120]})") from None
+        raise ConfigError(f"{what} does not fit a {config.net!r} network ({' '.join(str(error).split())[:160]})") from None
     net.eval().requires_grad_(False).to(devices.resolve_device(device))
-    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, step
+    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes
+
+
+def _load_weights_run(run_dir: str, ema: bool, network: Optional[nn.Module], device: str):
+    """load_trained of a weights run (edm_space.weights): config.json and weights.safetensors."""
+    payload, tensors, metadata = read_weights_run(run_dir)
+    kind = metadata.get("weights", "imported")
+    if kind != "imported" and (kind == "ema") != ema:
+        raise ConfigError(f"{run_dir!r} holds only the {kind} weights; sample it {'with --ema' if kind == 'ema' else 'with --no-ema'}")
+    what = f"the weights in {run_dir!r}"
+    return (*_denoiser(TrainConfig.from_json(payload), tensors, network, device, what), int(metadata.get("step", "0")))
+
+
+def with_recorded_convention(config: TrainConfig, convention: str) -> TrainConfig:
+    """`config` with the DiT convention (networks.dit.CONVENTIONS) recorded in its net_options: its own, else `convention`."""
+    if config.net != "dit" or "convention" in config.net_options:
+        return config
+    return dataclasses.replace(config, net_options={**config.net_options, "convention": convention})
+
+
+def network_options_for_loading(config: TrainConfig) -> TrainConfig:
+    """The config to rebuild a stored run's network from: a DiT run written before its convention was recorded
+    keeps the legacy one (position embedding row first, output features (C, p, p))."""
+    return with_recorded_convention(config, "legacy")
 
 
 def read_log(run_dir: str) -> List[Dict[str, Any]]:

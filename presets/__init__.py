@@ -36,14 +36,21 @@ from edm_space.parameterization import (
     LogNormalSigma,
     LogUniformSigma,
     NearestLevelIndex,
+    SamplePredictionPrecond,
     ScaledTime,
     SqrtSigma,
     UniformTime,
     UnitScale,
+    UnitWeight,
     VEPrecond,
+    VPredictionPrecond,
+    VPredictionWeight,
     VPScale,
     VPSigma,
     iddpm_levels,
+    BETA_SCHEDULES,
+    INTERPOLATIONS,
+    SCHEDULE_PRECISIONS,
 )
 
 __all__ = ["get", "names", "parameters", "Formulation"]
@@ -130,34 +137,54 @@ def iddpm(M: int = 1000, C1: float = 0.001, C2: float = 0.008) -> Formulation:
     )
 
 
-def ddpm(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Formulation:
-    """DDPM (Ho et al. 2020): linear betas, T = 1000, eps-prediction with the 0-based timestep as input."""
-    return _ddpm_family("ddpm", num_timesteps, beta_start, beta_end, solver="ancestral", steps=1000)
+def ddpm(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, beta_schedule: str = "linear",
+         prediction: str = "epsilon", precision: str = "float64", interpolation: str = "log") -> Formulation:
+    """DDPM (Ho et al. 2020): linear betas, T = 1000, eps-prediction with the 0-based timestep as input.
+
+    The other constants express the DDPM-family models of diffusers (see `_ddpm_family`).
+    """
+    return _ddpm_family("ddpm", num_timesteps, beta_start, beta_end, beta_schedule, prediction, precision, interpolation,
+                        solver="ancestral", steps=1000)
 
 
-def ddim(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Formulation:
+def ddim(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, beta_schedule: str = "linear",
+         prediction: str = "epsilon", precision: str = "float64", interpolation: str = "log") -> Formulation:
     """DDPM's formulation sampled with deterministic DDIM (Song et al. 2021a; EDM Appendix)."""
-    return _ddpm_family("ddim", num_timesteps, beta_start, beta_end, solver="ddim", steps=50)
+    return _ddpm_family("ddim", num_timesteps, beta_start, beta_end, beta_schedule, prediction, precision, interpolation,
+                        solver="ddim", steps=50)
 
 
-def _ddpm_family(name: str, num_timesteps: int, beta_start: float, beta_end: float, solver: str, steps: int) -> Formulation:
+# What the network of a DDPM chain predicts -> (preconditioning, loss weighting lambda = 1/c_out^2), diffusers' names.
+_PREDICTIONS = {
+    "epsilon": (EpsPrecond, InverseSigmaSquared),
+    "v_prediction": (VPredictionPrecond, VPredictionWeight),  # Salimans & Ho 2022
+    "sample": (SamplePredictionPrecond, UnitWeight),
+}
+
+
+def _ddpm_family(name: str, num_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str, prediction: str,
+                 precision: str, interpolation: str, solver: str, steps: int) -> Formulation:
+    """The DDPM chain with `beta_schedule` betas (ddpm_betas), a network predicting eps, v or x_0 from the 0-based timestep,
+    the schedule computed in `precision` and interpolated between timesteps in log sigma or sigma (DiscreteSigma)."""
     if not beta_start <= beta_end:
         raise ConfigError(f"preset {name!r}: beta_start = {beta_start!r} must not exceed beta_end = {beta_end!r}")
-    noise = DiscreteSigma(num_timesteps, beta_start, beta_end)
+    noise = DiscreteSigma(num_timesteps, beta_start, beta_end, beta_schedule, precision, interpolation)
+    precond, weight = _PREDICTIONS[prediction]
+    what = "" if (beta_schedule, prediction) == ("linear", "epsilon") else f", {beta_schedule} betas, {prediction}"
     return Formulation(
         name=name,
         noise=noise,
         scale_schedule=VPScale(),
-        preconditioning=EpsPrecond(ScaledTime(factor=1.0, offset=-1.0)),
-        loss_weighting=InverseSigmaSquared(),
+        preconditioning=precond(ScaledTime(factor=1.0, offset=-1.0)),
+        loss_weighting=weight(),
         p_train=DiscreteTimesteps(num_timesteps),
         sigma_min=float(noise.sigmas[1]),
         sigma_max=float(noise.sigmas[-1]),
         support=(float(noise.sigmas[1]), float(noise.sigmas[-1])),
         default_solver=solver,
         default_discretization="ddpm",
-        default_steps=steps,
-        description=f"DDPM chain, T = {num_timesteps}, sampled with {solver}",
+        default_steps=min(steps, num_timesteps),
+        description=f"DDPM chain, T = {num_timesteps}{what}, sampled with {solver}",
     )
 
 
@@ -166,17 +193,21 @@ def flow() -> Formulation:
     return _flow_family("flow", UniformTime(0.0, 1.0), 1.0, "rectified flow: x_t = (1-t) x_0 + t eps, velocity-prediction")
 
 
-def sd3(shift: float = 1.0, mean: float = 0.0, std: float = 1.0) -> Formulation:
-    """Flow with logit-normal training times and a time shift t' = a t / (1 + (a-1) t) for training and sampling (Esser et al. 2024, SD3)."""
-    return _flow_family("sd3", LogitNormalTime(mean, std, shift), shift, "SD3: flow with logit-normal t and time shift")
+def sd3(shift: float = 1.0, mean: float = 0.0, std: float = 1.0, time_scale: float = 1.0) -> Formulation:
+    """Flow with logit-normal training times and a time shift t' = a t / (1 + (a-1) t) for training and sampling (Esser et al. 2024, SD3).
+
+    time_scale multiplies the network's time input: diffusers' flow-matching models take the timestep 1000 t
+    (FlowMatchEulerDiscreteScheduler with num_train_timesteps = 1000).
+    """
+    return _flow_family("sd3", LogitNormalTime(mean, std, shift), shift, "SD3: flow with logit-normal t and time shift", time_scale)
 
 
-def _flow_family(name: str, p_train, shift: float, description: str) -> Formulation:
+def _flow_family(name: str, p_train, shift: float, description: str, time_scale: float = 1.0) -> Formulation:
     return Formulation(
         name=name,
         noise=FlowSigma(),
         scale_schedule=FlowScale(),
-        preconditioning=FlowPrecond(),
+        preconditioning=FlowPrecond(time_scale),
         loss_weighting=FlowWeight(),
         p_train=p_train,
         sigma_min=0.0,
@@ -221,11 +252,23 @@ _CONSTANTS = {
     "shift": ("number", 0.0, math.inf, True),
     "mean": ("number", -math.inf, math.inf, True),
     "std": ("number", 0.0, math.inf, True),
+    "time_scale": ("number", 0.0, math.inf, True),
+}
+# Constants that are names: the allowed ones.
+_CHOICES = {
+    "beta_schedule": BETA_SCHEDULES,
+    "prediction": tuple(_PREDICTIONS),
+    "precision": SCHEDULE_PRECISIONS,
+    "interpolation": INTERPOLATIONS,
 }
 
 
 def _checked_constant(preset: str, key: str, value):
-    """`value` as the number preset constant `key` must be, or a one-line ConfigError saying what is allowed."""
+    """`value` as the number (or name) preset constant `key` must be, or a one-line ConfigError saying what is allowed."""
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise ConfigError(f"preset {preset!r}: {key} = {value!r} is invalid; valid: {', '.join(_CHOICES[key])}")
+        return value
     kind, low, high, open_low = _CONSTANTS[key]
     bound = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
     article = "an" if kind == "integer" else "a"

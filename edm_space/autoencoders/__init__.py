@@ -15,10 +15,15 @@ from typing import Dict, List, Sequence
 from torch import nn
 
 from ..errors import ConfigError, unknown
+from .diffusers_models import DiffusersKL, DiffusersVQ
 from .kl import KLAutoencoder
 from .vq import VQAutoencoder
 
-AUTOENCODERS: Dict[str, type] = {"kl": KLAutoencoder, "vq": VQAutoencoder}
+# diffusers-kl / diffusers-vq: imported by `edm-space import diffusers`, never trained here.
+AUTOENCODERS: Dict[str, type] = {"kl": KLAutoencoder, "vq": VQAutoencoder, "diffusers-kl": DiffusersKL, "diffusers-vq": DiffusersVQ}
+
+
+TRAINABLE = ("kl", "vq")  # the kinds `edm-space autoencoder train` trains
 
 
 def names() -> List[str]:

@@ -20,12 +20,13 @@ from typing import Any, Dict, List, Sequence
 from torch import nn
 
 from ..errors import ConfigError, unknown
+from .diffusers_models import DiffusersDiT, DiffusersUNet
 from .dit import DiT
 from .mlp import MLP
 from .unet import UNet
 
-NETWORKS: Dict[str, type] = {"mlp": MLP, "unet": UNet, "dit": DiT}
-IMAGE_NETWORKS = ("unet", "dit")  # need items [C, H, W]
+NETWORKS: Dict[str, type] = {"mlp": MLP, "unet": UNet, "dit": DiT, "diffusers-unet": DiffusersUNet, "diffusers-dit": DiffusersDiT}
+IMAGE_NETWORKS = ("unet", "dit", "diffusers-unet", "diffusers-dit")  # need items [C, H, W]
 
 
 def names() -> List[str]:
