@@ -94,7 +94,7 @@ def test_order_of_convergence(solver, options, order, D, preset, disc, steps):
 
 def test_deis_log_sigma_basis_at_least_third_order_on_equal_lambda_steps():
     """On equal steps in ln sigma this problem lets third-order multistep methods in lambda converge faster than
-    third order at these N (measured ~3.9; dpm++3m likewise, which tests/test_solvers.py checks as > 2.7)."""
+    third order at these N (measured ~3.9; dpm++3m with taylor=True likewise, which tests/test_solvers.py checks as > 2.7)."""
     errors = [denoised_end_error(NARROW, "deis", "edm", "log-sigma", n, basis="log-sigma") for n in SMALL]
     assert all(a > b for a, b in zip(errors, errors[1:])) and fitted_order(errors, SMALL) > 2.7, errors
 

@@ -21,6 +21,11 @@ network answers from our denoiser at x_hat = x / alpha:
   correction). (b) Ending at sigma_min with lower_order_final=False (every step at full
   order, no corrector after the last) is ours with final_step="denoise" before its final
   D call: compared for orders 2, 3 and both variants.
+- DPMSolverMultistepScheduler (algorithm_type="dpmsolver++", solver_order=3, prediction_type="sample",
+  solver_type="midpoint", final_sigmas_type="zero", lower_order_final=False) is our published dpm++3m: its
+  orders warm up 1, 2, 3 and the step into sigma = 0 is first order (returns D). With solver_type="heun" its
+  warm-up step is our taylor=True one, but its third-order steps stay the published ones, so taylor=True is
+  compared only there. (Its default lower_order_final=True also lowers the last two steps below 15 steps.)
 - DEISMultistepScheduler ("logrho": eps fitted in ln sigma) is our deis with
   basis="log-sigma". It cannot step into sigma = 0 (its first-order update there computes
   0 * inf), so it runs to sigma_min with lower_order_final=False and is compared with
@@ -33,6 +38,8 @@ preset must give the same x_hat as on edm.
 """
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -59,12 +66,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def schedulers():
-    """(IPNDMScheduler, UniPCMultistepScheduler, DEISMultistepScheduler) of the installed diffusers."""
+    """(IPNDMScheduler, UniPCMultistepScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler) of diffusers."""
     diffusers_schedulers()  # the reference tests' gate on diffusers being installed
     ipndm = pytest.importorskip("diffusers.schedulers.scheduling_ipndm")
     unipc = pytest.importorskip("diffusers.schedulers.scheduling_unipc_multistep")
     deis = pytest.importorskip("diffusers.schedulers.scheduling_deis_multistep")
-    return ipndm.IPNDMScheduler, unipc.UniPCMultistepScheduler, deis.DEISMultistepScheduler
+    dpm = pytest.importorskip("diffusers.schedulers.scheduling_dpmsolver_multistep")
+    return ipndm.IPNDMScheduler, unipc.UniPCMultistepScheduler, deis.DEISMultistepScheduler, dpm.DPMSolverMultistepScheduler
 
 
 def edm_levels(num_steps: int) -> torch.Tensor:
@@ -214,3 +222,62 @@ def test_deis_t_basis_is_not_diffusers_log_rho(schedulers):
     ours = ours_at_sigma_min("deis", "edm", levels)
     ref = run_data_prediction_scheduler(deis_scheduler(schedulers[2], 3), levels[:-1], F64)
     assert rel_err(ours, ref) > 1e-4
+
+
+# ---------------------------------------------------------------------------
+# DPMSolverMultistepScheduler
+
+
+def dpm_scheduler(DPM, solver_type: str = "midpoint"):
+    return DPM(
+        num_train_timesteps=1000, solver_order=3, algorithm_type="dpmsolver++", prediction_type="sample",
+        solver_type=solver_type, lower_order_final=False, final_sigmas_type="zero",
+    )
+
+
+class _Float64Torch:
+    """torch with float32 read as float64: DPMSolverMultistepScheduler.step casts its state with
+    sample.to(torch.float32) on every step; seen through this, its float64 state stays float64."""
+
+    float32 = torch.float64
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+@pytest.fixture
+def dpm_float64(schedulers, monkeypatch):
+    monkeypatch.setattr(sys.modules[schedulers[3].__module__], "torch", _Float64Torch())
+    return schedulers[3]
+
+
+@pytest.mark.parametrize("preset", ["edm", "vp"])
+@pytest.mark.parametrize("num_steps", [2, 3, 5, 12, 20])
+def test_diffusers_dpmpp_3m_float64(dpm_float64, preset, num_steps):
+    levels = edm_levels(num_steps)
+    ours = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels)
+    ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64), levels, F64)
+    assert rel_err(ours, ref) < TIGHT
+    # The exact-Taylor form is another method (measured 2e-3 to 0.25 away from 3 steps on).
+    taylor = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels, taylor=True)
+    assert num_steps < 3 or rel_err(taylor, ref) > 1e-3
+
+
+@pytest.mark.parametrize("num_steps", [3, 12])
+def test_diffusers_dpmpp_3m_heun_warm_up(dpm_float64, num_steps):
+    """solver_type="heun" takes taylor=True's warm-up step (phi_2 d1), then the published third-order steps:
+    with three steps (DDIM, the warm-up, the step into 0 that returns D) it is our taylor=True; with more it is
+    neither of ours."""
+    levels = edm_levels(num_steps)
+    ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64, "heun"), levels, F64)
+    taylor = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels, taylor=True)
+    published = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels)
+    assert (rel_err(taylor, ref) < TIGHT) == (num_steps == 3)
+    assert rel_err(published, ref) > 1e-6
+
+
+def test_diffusers_dpmpp_3m_float32_state(schedulers):
+    """Unpatched, diffusers keeps a float32 state: equal to float32 accuracy (measured <= 2e-7 up to 40 steps)."""
+    levels = edm_levels(12)
+    ours = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels)
+    assert rel_err(ours, run_data_prediction_scheduler(dpm_scheduler(schedulers[3]), levels, F64)) < FLOAT32
