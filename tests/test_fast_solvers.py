@@ -67,15 +67,16 @@ ORDER_CASES = [
     ("ipndm-v", {}, 4, NARROW, "edm", "edm", LARGE),
     ("ipndm-v", {"max_order": 3}, 3, NARROW, "edm", "edm", LARGE),
     ("ipndm", {"max_order": 2}, 2, NARROW, "edm", "edm", SMALL),
-    # Exponential integrators in lambda = -ln sigma: equal steps are log-sigma; unequal ones edm's.
-    ("unipc-2", {"variant": "bh1"}, 3, NARROW, "edm", "log-sigma", SMALL),
-    ("unipc-2", {"variant": "bh2"}, 3, NARROW, "edm", "log-sigma", SMALL),
-    ("unipc-2", {"variant": "bh1"}, 3, NARROW, "vp", "edm", LARGE),
-    ("unipc-2", {"variant": "bh2"}, 3, NARROW, "vp", "edm", LARGE),
-    ("unipc-3", {"variant": "bh1"}, 4, NARROW, "edm", "log-sigma", FINE),
-    ("unipc-3", {"variant": "bh2"}, 4, NARROW, "edm", "log-sigma", FINE),
-    ("unipc-3", {"variant": "bh1"}, 4, NARROW, "vp", "edm", LARGE),
-    ("unipc-3", {"variant": "bh2"}, 4, NARROW, "vp", "edm", LARGE),
+    # Exponential integrators in lambda = -ln sigma: equal steps are log-sigma; unequal ones edm's. UniPC at full
+    # order to the end (lower_order_final=False): its default lowers the last steps, which costs order (below).
+    ("unipc-2", {"variant": "bh1", "lower_order_final": False}, 3, NARROW, "edm", "log-sigma", SMALL),
+    ("unipc-2", {"variant": "bh2", "lower_order_final": False}, 3, NARROW, "edm", "log-sigma", SMALL),
+    ("unipc-2", {"variant": "bh1", "lower_order_final": False}, 3, NARROW, "vp", "edm", LARGE),
+    ("unipc-2", {"variant": "bh2", "lower_order_final": False}, 3, NARROW, "vp", "edm", LARGE),
+    ("unipc-3", {"variant": "bh1", "lower_order_final": False}, 4, NARROW, "edm", "log-sigma", FINE),
+    ("unipc-3", {"variant": "bh2", "lower_order_final": False}, 4, NARROW, "edm", "log-sigma", FINE),
+    ("unipc-3", {"variant": "bh1", "lower_order_final": False}, 4, NARROW, "vp", "edm", LARGE),
+    ("unipc-3", {"variant": "bh2", "lower_order_final": False}, 4, NARROW, "vp", "edm", LARGE),
     ("deis", {"max_order": 2}, 2, NARROW, "vp", "log-sigma", SMALL),
     ("deis", {"max_order": 2}, 2, NARROW, "vp", "edm", SMALL),
     ("deis", {"max_order": 3}, 3, NARROW, "vp", "log-sigma", SMALL),
@@ -286,7 +287,7 @@ def test_nfe_matches_the_registry(solver, num_steps, final_step):
 
 def test_options_are_discoverable_and_checked():
     assert samplers.get("ipndm").options == ("max_order",) == samplers.get("ipndm-v").options
-    assert samplers.get("unipc-2").options == ("variant",) == samplers.get("unipc-3").options
+    assert samplers.get("unipc-2").options == ("variant", "lower_order_final") == samplers.get("unipc-3").options
     assert samplers.get("deis").options == ("max_order", "basis")
     assert [samplers.get(name).order for name in NEW_SOLVERS] == [4, 4, 3, 4, 3]
     z = latents_2d(2)
@@ -392,3 +393,13 @@ def test_analytic_first_step_with_flow_from_pure_noise():
     assert (plain - afs).abs().max() < 1e-7
     wrong = samplers.sample(D, z, formulation="flow", solver="ipndm", num_steps=10, analytic_first_step=True)  # mean 0, not mu
     assert (plain - wrong).abs().max() > 1e-2
+
+
+def test_unipc_3_lower_order_final_costs_order_at_many_steps():
+    """diffusers' default lowers the last steps' order (for stability at few steps); at many steps the second-to-last
+    step's UniPC-2 then dominates: measured ~3.6 on these N (tending to 3) against ~4 at full order."""
+    full = [denoised_end_error(NARROW, "unipc-3", "edm", "log-sigma", n, lower_order_final=False) for n in FINE]
+    lowered = [denoised_end_error(NARROW, "unipc-3", "edm", "log-sigma", n) for n in FINE]
+    assert fitted_order(full, FINE) > 3.8, full
+    assert 2.7 < fitted_order(lowered, FINE) < 3.75, lowered
+    assert lowered[-1] > 1.5 * full[-1]

@@ -13,14 +13,12 @@ network answers from our denoiser at x_hat = x / alpha:
   constant-step iPNDM on EDM's ODE, i.e. our ipndm on the edm preset (t = sigma). Both
   take the full fourth-order step into sigma = 0.
 - UniPCMultistepScheduler (data prediction, prediction_type="sample", solver_order =
-  our p, solver_type = our variant): its `sigmas` replaced by our levels after
-  set_timesteps. Final-step conventions: (a) final_sigmas_type="zero" with
-  lower_order_final=True is our default (the step into 0 returns D) for order 2 with
-  bh2; for order 3 its lower_order_final also lowers the second-to-last step to order 2,
-  which ours does not, and with bh1 it returns NaN there (B(h) = -h = -inf times a 0
-  correction). (b) Ending at sigma_min with lower_order_final=False (every step at full
-  order, no corrector after the last) is ours with final_step="denoise" before its final
-  D call: compared for orders 2, 3 and both variants.
+  our p, solver_type = our variant, lower_order_final = ours): its `sigmas` replaced by our
+  levels after set_timesteps. Into sigma = 0 (final_sigmas_type="zero") with
+  lower_order_final=True, our default, for orders 2 and 3 with bh2: the step into 0 returns D
+  and, for order 3, the step before it is second order. (With bh1 diffusers returns NaN there:
+  B(h) = -h = -inf times a 0 correction.) Ending at sigma_min (ours with final_step="denoise"
+  before its final D call), both variants and both lower_order_final settings.
 - DPMSolverMultistepScheduler (algorithm_type="dpmsolver++", solver_order=3, prediction_type="sample",
   solver_type="midpoint", final_sigmas_type="zero", lower_order_final=False) is our published dpm++3m: its
   orders warm up 1, 2, 3 and the step into sigma = 0 is first order (returns D). With solver_type="heun" its
@@ -150,41 +148,55 @@ def test_diffusers_ipndm_float32(schedulers):
 # UniPCMultistepScheduler
 
 
-def unipc_scheduler(UniPC, order: int, variant: str, to_zero: bool):
+def unipc_scheduler(UniPC, order: int, variant: str, lower_order_final: bool):
     return UniPC(
         num_train_timesteps=1000,
         solver_order=order,
         solver_type=variant,
         prediction_type="sample",
         predict_x0=True,
-        lower_order_final=to_zero,
+        lower_order_final=lower_order_final,
         final_sigmas_type="zero",
         disable_corrector=[],
     )
 
 
-@pytest.mark.parametrize("num_steps", [4, 12])
-def test_diffusers_unipc_into_zero(schedulers, num_steps):
-    """Order 2, bh2, final_sigmas_type="zero" with lower_order_final: the step into sigma = 0 returns D."""
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("num_steps", [2, 4, 12])
+def test_diffusers_unipc_into_zero(schedulers, order, num_steps):
+    """bh2, final_sigmas_type="zero" and diffusers' default lower_order_final=True: our defaults."""
     levels = edm_levels(num_steps)
-    ours = samplers.sample(denoiser, _latents(), formulation="edm", solver="unipc-2", discretization=levels, variant="bh2")
-    assert rel_err(ours, run_data_prediction_scheduler(unipc_scheduler(schedulers[1], 2, "bh2", True), levels, F64)) < TIGHT
+    ours = samplers.sample(denoiser, _latents(), formulation="edm", solver=f"unipc-{order}", discretization=levels)
+    assert rel_err(ours, run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, "bh2", True), levels, F64)) < TIGHT
 
 
 @pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("preset", ["edm", "vp"])
-def test_diffusers_unipc_to_sigma_min(schedulers, order, variant, preset):
+@pytest.mark.parametrize("lower_order_final", [True, False])
+def test_diffusers_unipc_to_sigma_min(schedulers, order, variant, preset, lower_order_final):
     levels = edm_levels(12)
-    ours = ours_at_sigma_min(f"unipc-{order}", preset, levels, variant=variant)
-    ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, variant, False), levels[:-1], F64)
+    ours = ours_at_sigma_min(f"unipc-{order}", preset, levels, variant=variant, lower_order_final=lower_order_final)
+    ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, variant, lower_order_final), levels[:-1], F64)
     assert rel_err(ours, ref) < TIGHT
+    # The option changes the result: the last step (and for order 3 the one before) at lower order.
+    other = ours_at_sigma_min(f"unipc-{order}", preset, levels, variant=variant, lower_order_final=not lower_order_final)
+    assert rel_err(other, ref) > 1e-8
+
+
+def test_unipc_3_lower_order_final_into_zero_changes_the_second_to_last_step(schedulers):
+    """Into sigma = 0 the last step returns D either way; unipc-3's option decides the order of the step before."""
+    levels = edm_levels(6)
+    lowered = samplers.sample(denoiser, _latents(), formulation="edm", solver="unipc-3", discretization=levels)
+    full = samplers.sample(denoiser, _latents(), formulation="edm", solver="unipc-3", discretization=levels, lower_order_final=False)
+    ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], 3, "bh2", True), levels, F64)
+    assert rel_err(lowered, ref) < TIGHT < rel_err(full, ref)
 
 
 @pytest.mark.parametrize("order", [2, 3])
 def test_diffusers_unipc_float32(schedulers, order):
     levels = edm_levels(12)
-    ours = ours_at_sigma_min(f"unipc-{order}", "edm", levels)
+    ours = ours_at_sigma_min(f"unipc-{order}", "edm", levels, lower_order_final=False)
     ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, "bh2", False), levels[:-1], F32)
     assert rel_err(ours, ref) < FLOAT32
 
