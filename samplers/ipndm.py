@@ -20,13 +20,14 @@ with l_j the Lagrange basis polynomials on the nodes t_i, ..., t_{i-k+1}
   derivatives integrated exactly over the step (order k on smooth unequal steps).
 - `ipndm-v` with weights="published" is the `ipndm_v` sampler of the published
   code (zju-pi/diff-sampler's diff-solvers, used in the AMED and GITS papers'
-  comparisons and copied into k-diffusion forks as sample_ipndm_v): its weights,
-  written with the step ratios, reduce to Adams-Bashforth's on equal steps for
-  k <= 3 but not the exact variable-step ones (`published_weights`); at k = 4 its
+  comparisons and copied into k-diffusion forks as sample_ipndm_v), weights in
+  `published_weights`. With 2 derivatives they are variable-step AB2; with 3,
+  AB3's on equal steps but not the variable-step ones; with 4 the
   third-difference coefficient is 11/24 where Adams-Bashforth has 9/24 (57, -65,
-  43, -11 over 24 on equal steps: a third-order rule), and on unequal steps its
-  four weights do not even sum to one (its last weight has h_{i-1}/h_{i-2} where
-  h_{i-2}/h_{i-3} would make them). Like the published code it returns D on a
+  43, -11 over 24 on equal steps: a third-order rule), and on unequal steps the
+  four weights do not even sum to one (the last has h_{i-1}/h_{i-2} where
+  h_{i-2}/h_{i-3} would make them), which leaves second order on edm's steps
+  (measured; third with max_order=3). Like the published code it returns D on a
   step into sigma = 0.
 
 `ipndm` and exact `ipndm-v` take the full multistep step into t_N = 0 as well
