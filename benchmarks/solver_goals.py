@@ -164,11 +164,12 @@ def run_untuned(h: Harness, variants, schedules) -> List[dict]:
     return records
 
 
-def run_optimized(h: Harness, variants, untuned: List[dict], goal: dict, maxfev: int) -> List[dict]:
-    """Part 2: per one-evaluation variant, steps fitted at OPTIMIZED_NFE with AFS from its best untuned schedule."""
+def run_optimized(h: Harness, variants, untuned: List[dict], goal: dict, maxfev: int, only: Optional[Sequence[str]] = None) -> List[dict]:
+    """Part 2: per one-evaluation variant (or those named in `only`), steps fitted at OPTIMIZED_NFE with AFS from its
+    best untuned schedule."""
     records = []
     for label, solver, options in variants:
-        if samplers.get(solver).evaluations_per_step != 1:
+        if samplers.get(solver).evaluations_per_step != 1 or (only is not None and label not in only):
             continue
         mine = [r for r in untuned if r["variant"] == label and r["afs"]]
         start_schedule = min(mine, key=lambda r: worse_ratio(r, goal))["schedule"]
@@ -377,23 +378,26 @@ def write_outputs(results: dict, out_dir: str, plot_it: bool = True) -> List[str
 # --------------------------------------------------------------------------- running
 
 
-def run(target: str, quick: bool, maxfev: int, log: Callable[[str], None] = print) -> dict:
-    """All three parts; the results dict that write_outputs writes."""
+def run(target: str, quick: bool, maxfev: int, fit: Optional[Sequence[str]] = None, num_calibration: Optional[int] = None,
+        log: Callable[[str], None] = print) -> dict:
+    """All parts; the results dict that write_outputs writes. `fit`: the variants whose steps are fitted (default:
+    every one-evaluation variant)."""
     start = time.perf_counter()
-    num_latents, num_calibration, order_latents = (64, 32, 16) if quick else (256, 128, 64)
+    num_latents, calibration_default, order_latents = (64, 32, 16) if quick else (256, 128, 64)
+    num_calibration = num_calibration or calibration_default
     variants = VARIANTS[:4] + VARIANTS[8:] if quick else VARIANTS
     h = Harness(target, num_latents, num_calibration, log)
     goal_levels = edm_sigmas(steps_for(GOAL[0], GOAL[1], False), *EDM_RANGE)
     goal = h.score(GOAL[0], goal_levels, {}, False)
     results = {
         "study": "goals", "target": target, "goal": {"solver": GOAL[0], "nfe": goal["nfe"], "rms": {n: goal[n] for n in SETS}},
-        "settings": {"quick": quick, "num_latents": num_latents, "num_calibration": num_calibration, "maxfev": maxfev,
+        "settings": {"quick": quick, "num_latents": num_latents, "num_calibration": num_calibration, "maxfev": maxfev, "fit": fit,
                      "order_latents": order_latents, "sets": SETS, "calibration_seed": CALIBRATION_SEED},
         "variants": [list(v) for v in variants], "schedules": [s[0] for s in SCHEDULES],
         "machine": common.machine_info(),
     }
     untuned = run_untuned(h, variants, results["schedules"])
-    optimized = run_optimized(h, variants, untuned, results["goal"]["rms"], maxfev)
+    optimized = run_optimized(h, variants, untuned, results["goal"]["rms"], maxfev, fit)
     others = run_other_budgets(h, untuned, results["goal"]["rms"])
     dpm3m, orders = run_dpm3m(h, order_latents)
     results.update(records=untuned + optimized + others + dpm3m, orders=orders, seconds=time.perf_counter() - start)
@@ -417,6 +421,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--target", default=None, help="target [default: digits-gmm; gmm2d with --quick]")
     parser.add_argument("--quick", action="store_true", help="the 2-D mixture, fewer variants and latents (seconds)")
     parser.add_argument("--maxfev", type=int, default=300, help="sampling runs per step fit [default: 300]")
+    parser.add_argument("--fit", default=None, help="comma-separated variants whose steps are fitted [default: every one-evaluation variant]")
+    parser.add_argument("--calibration", type=int, default=None, help="calibration latents of the fits [default: 128; 32 with --quick]")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--out-dir", default=common.RESULTS, help="where results are written [default: benchmarks/results]")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report of OUT_DIR/solver_goals_TARGET.json; run nothing")
@@ -434,7 +440,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ConfigError(f"--report-only: {path!r} does not exist; run the benchmark first")
             print("wrote " + ", ".join(rebuild(path, not args.no_plot)))
             return 0
-        results = run(target, args.quick, args.maxfev)
+        fit = None
+        if args.fit is not None:
+            fit = tuple(v.strip() for v in args.fit.split(",") if v.strip())
+            for label in fit:
+                if label not in [v[0] for v in VARIANTS]:
+                    raise unknown("variant", label, [v[0] for v in VARIANTS])
+        if args.calibration is not None and args.calibration < 2:
+            raise ConfigError(f"--calibration {args.calibration} is invalid; need at least 2")
+        results = run(target, args.quick, args.maxfev, fit, args.calibration)
         print("wrote " + ", ".join(write_outputs(results, args.out_dir, not args.no_plot)))
     return 0
 
