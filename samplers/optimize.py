@@ -116,7 +116,7 @@ def steps_to_fit(solver: str, nfe: int, analytic_first_step: bool = False) -> in
 def initial_levels(
     formulation: Formulation,
     num_steps: int,
-    initial: Union[None, str, Tensor, Sequence[float]],
+    initial: Union[None, str, Tensor, Sequence[float], np.ndarray],
     sigma_min: float,
     sigma_max: float,
     rho: float = 7.0,
@@ -127,8 +127,10 @@ def initial_levels(
         return edm_sigmas(num_steps, sigma_min, sigma_max, rho).numpy()
     if isinstance(initial, str) and not initial.endswith(".json"):
         t = time_steps(formulation, num_steps, initial, sigma_min, sigma_max, rho=rho)
-    else:
+    elif isinstance(initial, str):
         t = time_steps(formulation, num_steps, initial)
+    else:
+        t = time_steps(formulation, num_steps, torch.as_tensor(np.asarray(initial, dtype=np.float64)))
     levels = formulation.sigma(t[:-1]).numpy().copy()
     what = initial if isinstance(initial, str) else "the initial levels"
     if len(levels) != num_steps:
