@@ -15,12 +15,13 @@ import torch.distributed as dist
 
 import presets
 import samplers
-from samplers.optimize import endpoint_error, optimize_steps, save_levels, steps_to_fit
+from samplers.discretizations import load_levels
+from samplers.optimize import MAX_NFE as MAX_FIT_NFE, endpoint_error, initial_levels, optimize_steps, save_levels, steps_to_fit
 
 from . import data, devices, families, latent
 from .demo import format_results, run_demo
 from .errors import ConfigError
-from .files import check_writable_file
+from .files import check_writable_file, remove_stale_temporaries
 from .ideal import IdealDenoiser
 from .reference import solve_reference
 from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
@@ -242,9 +243,13 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
 @click.option("--data-size", type=int, default=None, help="Without --ckpt: items the exact denoiser averages over [default: 5,000 for toy sets, all of an image set].")
 @click.option("--preset", default=None, help="Formulation whose ODE the solver integrates [default: the model's own, or edm].")
 @click.option("--solver", required=True, help="A deterministic solver (see the README's solver table).")
-@click.option("--nfe", type=int, required=True, help="Denoiser evaluations per sample to fit the steps for.")
-@click.option("--sigma-min", type=float, default=0.002, show_default=True, help="Lowest level of the starting (EDM rho) steps.")
-@click.option("--sigma-max", type=float, default=80.0, show_default=True, help="The first level, kept fixed.")
+@click.option("--solver-option", "solver_options", multiple=True, help="Solver option key=value, repeatable (e.g. taylor=true for dpm++3m); recorded in the output.")
+@click.option("--nfe", type=int, required=True, help=f"Denoiser evaluations per sample to fit the steps for (at most {MAX_FIT_NFE}).")
+@click.option("--discretization", "initial", default="edm", show_default=True,
+              help="The levels the fit starts from: a discretization name on [--sigma-min, --sigma-max], or FILE.json (its levels, first at sigma-max).")
+@click.option("--analytic-first-step", is_flag=True, help="Replace the first evaluation by the data mean (one NFE saved, so one more step).")
+@click.option("--sigma-min", type=float, default=0.002, show_default=True, help="Lowest level of the starting steps (for a discretization name).")
+@click.option("--sigma-max", type=float, default=None, help="The first level, kept fixed [default: 80, or the first level of --discretization FILE.json].")
 @click.option("--calibration", type=int, default=64, show_default=True, help="Latents the steps are fitted on (seeds seed ..).")
 @click.option("--held-out", type=int, default=256, show_default=True, help="Other latents the fitted steps are scored on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed of the calibration latents.")
@@ -252,8 +257,8 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
 @click.option("--out", "out_path", required=True, help="FILE.json for --discretization FILE.json.")
 @threads_option
 @quiet_option
-def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, preset, solver, nfe, sigma_min, sigma_max, calibration,
-                           held_out, seed, max_evaluations, out_path, threads, quiet) -> None:
+def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, preset, solver, solver_options, nfe, initial, analytic_first_step,
+                           sigma_min, sigma_max, calibration, held_out, seed, max_evaluations, out_path, threads, quiet) -> None:
     """Fit the time steps of a solver and NFE budget to a trained model (or an exact target).
 
     The steps minimize the error against the model's own probability-flow ODE solved to high
@@ -264,7 +269,12 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     if not out_path.endswith(".json"):
         raise ConfigError(f"--out {out_path!r} must end in .json")
     check_writable_file(out_path, "--out")
-    steps_to_fit(solver, nfe)  # before the reference solve: a bad solver or budget fails at once
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(out_path)))  # left by a run killed while writing
+    options = parse_options(solver_options, "--solver-option")
+    samplers.get(solver).check_options(options)
+    num_steps = steps_to_fit(solver, nfe, analytic_first_step)  # before the reference solve: a bad solver or budget fails at once
+    if sigma_max is None:
+        sigma_max = float(load_levels(initial)[0]) if initial.endswith(".json") else 80.0
     for name, value in (("--calibration", calibration), ("--held-out", held_out)):
         if not 1 <= value <= 100_000:
             raise ConfigError(f"{name} {value} is invalid; it must be between 1 and 100,000")
@@ -274,14 +284,20 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
             raise ConfigError("--ckpt is class-conditional; optimize-steps fits unconditional models for now")
         f = presets.get(preset) if preset else denoiser.formulation
         source = f"{run_dir} (step {step})"
+        training_data = data.load(config.data, n=config.data_size, seed=config.seed) if analytic_first_step else None
     else:
         size = data_size if data_size is not None else (TOY_REFERENCE_SIZE if data_name in data.TOY_SETS else None)
         points = data.load(data_name, n=size, seed=seed)
         denoiser, item_shape = IdealDenoiser(points.to(torch.float64)), tuple(points.shape[1:])
         f = presets.get(preset or "edm")
         source = f"the exact denoiser of {data_name}"
+        training_data = points
     if not sigma_max <= f.support[1]:
         raise ConfigError(f"--sigma-max {sigma_max:g} is beyond what the {f.name} preset supports (<= {f.support[1]:g})")
+    initial_levels(f, num_steps, initial, sigma_min, sigma_max)  # a bad --discretization fails before the reference solve
+    sampling = dict(options)
+    if analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
+        sampling.update(analytic_first_step=True, data_mean=training_data.to(torch.float64).mean(dim=0))
     seeds = list(range(seed, seed + calibration + held_out))
     latents = SeededNoise(seeds).randn([len(seeds), *item_shape], dtype=torch.float64)
     sigma_end = min(1e-4, sigma_min / 10)
@@ -293,12 +309,15 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     with torch.no_grad():
         reference = solve_reference(denoiser, latents, sigma_0=sigma_max, sigma_end=sigma_end, rtol=1e-8, finish=finish).x
         fit = optimize_steps(denoiser, f, solver, nfe, latents[:calibration], reference[:calibration], sigma_min=sigma_min,
-                             sigma_max=sigma_max, max_evaluations=max_evaluations, log=lambda line: click.echo(line, err=True))
-        before = endpoint_error(denoiser, latents[calibration:], reference[calibration:], f, solver, fit.initial_sigmas)
-        after = endpoint_error(denoiser, latents[calibration:], reference[calibration:], f, solver, fit.sigmas)
-    save_levels(out_path, fit.sigmas, solver=solver, nfe=fit.nfe, formulation=f.name, source=source,
-                held_out_error_before=before, held_out_error_after=after)
-    click.echo(f"{solver} at {fit.nfe} NFE on {f.name}: held-out RMS error {before:.3g} with EDM's rho = 7 steps -> "
+                             sigma_max=sigma_max, max_evaluations=max_evaluations, log=None if quiet else (lambda line: click.echo(line, err=True)),
+                             initial=initial, solver_options=options, analytic_first_step=analytic_first_step,
+                             data_mean=sampling.get("data_mean"))
+        held = latents[calibration:], reference[calibration:], f, solver
+        before = endpoint_error(denoiser, *held, fit.initial_sigmas, **sampling)
+        after = endpoint_error(denoiser, *held, fit.sigmas, **sampling)
+    save_levels(out_path, fit.sigmas, solver=solver, nfe=fit.nfe, formulation=f.name, source=source, solver_options=options,
+                analytic_first_step=analytic_first_step, initial=initial, held_out_error_before=before, held_out_error_after=after)
+    click.echo(f"{solver} at {fit.nfe} NFE on {f.name}: held-out RMS error {before:.3g} with the {initial} steps -> "
                f"{after:.3g} with the fitted steps ({len(seeds) - calibration} latents); wrote {out_path}")
 
 

@@ -21,6 +21,11 @@ def _umask() -> int:
     return mask
 
 
+# write_atomic's temporaries: .tmp-PID-RANDOM.EXT, named by the writing process so that a later run can
+# tell one whose writer was killed (remove_stale_temporaries) from one being written.
+_OWNED_TEMPORARY = re.compile(r"\.tmp-(\d+)-[^/]*")
+
+
 def write_atomic(path: "str | os.PathLike[str]", data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = os.fspath(path)
@@ -39,6 +44,37 @@ def write_atomic(path: "str | os.PathLike[str]", data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def remove_stale_temporaries(directory: "str | os.PathLike[str]") -> List[str]:
+    """Remove write_atomic's temporaries in `directory` whose writing process no longer runs (killed mid-write,
+    e.g. by SIGKILL, which no handler sees); returns the removed paths. Temporaries of live processes stay."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _OWNED_TEMPORARY.fullmatch(name)
+        path = os.path.join(directory, name)
+        if match and not process_alive(int(match.group(1))) and os.path.isfile(path):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # exists, owned by someone else (or not a pid at all)
+        return True
+    return True
 
 
 def save_npz_atomic(path: "str | os.PathLike[str]", arrays: Dict[str, np.ndarray]) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from .errors import ConfigError
+from .files import process_alive as _process_alive
 from .files import write_atomic
 
 CHECKPOINT_FORMAT = "edm-space-checkpoint"
@@ -42,16 +43,6 @@ _TEMPORARY_NAME = re.compile(r"(\.tmp-.*|.*\.tmp-\d+)")
 
 # ---------------------------------------------------------------------------
 # The lock.
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunLock:
