@@ -32,7 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .convolutional import ConvDecoder, ConvEncoder, latent_grid
+from ..registry import Option
+from .convolutional import CONV_OPTIONS, ConvDecoder, ConvEncoder, latent_grid
 
 Tensor = torch.Tensor
 
@@ -76,6 +77,9 @@ class KLAutoencoder(nn.Module):
         beta: weight of the KL term; None gives 2 decoder_std^2 (the rescaled negative ELBO).
         decoder_std: the fixed sigma_x of p(x|z) = N(decode(z), sigma_x^2 I).
     """
+
+    # Bounds of the options (edm_space.registry), checked before the autoencoder is built.
+    OPTIONS = {**CONV_OPTIONS, "beta": Option.number(0.0, optional=True), "decoder_std": Option.number(0.0, open_low=True)}
 
     def __init__(
         self,

@@ -40,7 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .convolutional import ConvDecoder, ConvEncoder, latent_grid
+from ..registry import Option
+from .convolutional import CONV_OPTIONS, ConvDecoder, ConvEncoder, latent_grid
 
 Tensor = torch.Tensor
 
@@ -61,6 +62,11 @@ class VQAutoencoder(nn.Module):
         epsilon: Laplace smoothing of the EMA cluster sizes.
         restart_after: steps a code may go unused before it is restarted; 0 disables restarts.
     """
+
+    # Bounds of the options (edm_space.registry), checked before the autoencoder is built.
+    OPTIONS = {**CONV_OPTIONS, "num_codes": Option.integer(2, 1 << 16), "beta": Option.number(0.0), "ema": Option.flag(),
+               "decay": Option.number(0.0, 1.0, open_low=True, open_high=True), "epsilon": Option.number(0.0, open_low=True),
+               "restart_after": Option.integer(0, 1 << 30)}
 
     def __init__(
         self,

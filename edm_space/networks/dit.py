@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, unknown
 from .embedding import LabelEmbedding, NoiseEmbedding
+from ..registry import Option
 
 POSITIONS = ("sincos", "rope")
 FREQUENCY_BASE = 10000.0  # of the sin-cos embedding (Vaswani et al. 2017) and of RoPE (Su et al. 2021, eq. 15)
@@ -159,6 +160,11 @@ class DiT(nn.Module):
     queries and keys per head), label_dim (number of classes; 0 = unconditional).
     DiT-S is depth=12, width=384, heads=6; DiT-B is depth=12, width=768, heads=12.
     """
+
+    # Bounds of the options (edm_space.registry), checked before the network is built.
+    OPTIONS = {"depth": Option.integer(1, 1024), "width": Option.integer(1, 1 << 16), "heads": Option.integer(1, 1024),
+               "patch": Option.integer(1, 1024), "mlp_ratio": Option.number(0.0, 64.0, open_low=True), "pos": Option.name(*POSITIONS, label="position encoding pos"),
+               "qk_norm": Option.flag(), "label_dim": Option.integer(0, 1 << 20)}
 
     def __init__(
         self,
