@@ -145,10 +145,10 @@ def autoencoder_train_command(kind, data_name, data_size, held_out, options, ste
 @autoencoder_group.command("eval")
 @click.option("--ckpt", "run_dir", required=True, help="An autoencoder run directory, or one of its checkpoint files.")
 @click.option("--step", "checkpoint_step", type=int, default=None, help="With a run directory: the checkpoint of this step [default: the newest].")
-@click.option("--n", "num_items", type=int, default=1000, show_default=True, help="Held-out items to score (all of them if fewer).")
+@click.option("--n", "num_items", type=int, default=1000, show_default=True, help="Held-out items to score, a seeded random subset (all of them if fewer).")
 @click.option("--iwae-samples", type=int, default=32, show_default=True, help="KL autoencoder: posterior draws of the IWAE bound.")
 @click.option("--out", "out_path", default="recon.png", show_default=True, help="PNG of held-out originals (top row) above their reconstructions.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
 def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, out_path, device, threads) -> None:
     """Reconstruction MSE and PSNR of an autoencoder on held-out items; bits/dim (kl) or codebook use (vq)."""

@@ -26,11 +26,13 @@ import torch
 
 from .errors import ConfigError
 from .files import save_npz_atomic
-from .model_training import autoencoder_checksum, is_model_run, load_model
+from .model_training import autoencoder_checksum, is_model_run, load_model, read_model_config, training_items
 
 LATENT_SIGMA_DATA = 0.5
 LATENT_MODES = ("mean", "sample")
 CACHE_NAME = "latents.npz"
+# The latent record's "data" when the run trains on its autoencoder's own training items (no --data given).
+AUTOENCODER_DATA = "autoencoder"
 
 
 @dataclass
@@ -74,8 +76,7 @@ def _per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _load_autoencoder(run: str, step: Optional[int]) -> Tuple[torch.nn.Module, int, str]:
-    if not os.path.isdir(run) or not is_model_run(run):
-        raise ConfigError(f"--latent {run!r} is not an autoencoder run (train one with `edm-space autoencoder train`)")
+    _autoencoder_config(run)
     model, config, step = load_model(run, step=step)
     if config.kind != "autoencoder":
         raise ConfigError(f"--latent {run!r} is not an autoencoder run (train one with `edm-space autoencoder train`)")
@@ -97,6 +98,38 @@ def _encode(autoencoder: torch.nn.Module, x: torch.Tensor, mode: str, seed: int,
             else:
                 parts.append(autoencoder.latents(chunk))
     return torch.cat(parts).to(torch.float64)
+
+
+def takes_autoencoder_data(config) -> bool:
+    """Whether a latent run trains on its autoencoder's training items: a new run without a data set of its own,
+    or one that recorded so."""
+    if config.latent_space is not None:
+        return config.latent_space.get("data") == AUTOENCODER_DATA
+    return config.latent is not None and config.data is None
+
+
+def _autoencoder_config(run: str):
+    if not os.path.isdir(run) or not is_model_run(run):
+        raise ConfigError(f"--latent {run!r} is not an autoencoder run (train one with `edm-space autoencoder train`)")
+    return read_model_config(run)
+
+
+def autoencoder_data_name(run: str) -> str:
+    """The data set the autoencoder run trained on."""
+    return _autoencoder_config(run).data
+
+
+def autoencoder_data(run: str, seed: int, n: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor], str]:
+    """(items, labels, data set name) the autoencoder run trained on (its held-out items left out); with `n`, a
+    seeded subset of n of them in their order."""
+    config = _autoencoder_config(run)
+    x, labels = training_items(config)
+    if n is not None:
+        if n > len(x):
+            raise ConfigError(f"data_size = {n} is too many: the autoencoder {run!r} trained on {len(x)} items")
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        x, labels = x[keep], None if labels is None else labels[keep]
+    return x, labels, config.data
 
 
 def encode_data(x: torch.Tensor, run: str, mode: str, seed: int) -> Tuple[LatentSpace, torch.Tensor]:
@@ -161,6 +194,8 @@ def training_latents(run_dir: str, config, x: torch.Tensor, labels: Optional[tor
     if record is None:
         space, z = encode_data(x, config.latent, config.latent_mode, config.seed)
         record = space.record()
+        if config.data is None:
+            record["data"] = AUTOENCODER_DATA
     else:
         space = open_latent_space(record, run_dir)  # refuses a changed autoencoder
         cached = cached_latents(run_dir, record)

@@ -74,7 +74,7 @@ from .seeding import step_generator
 __all__ = [
     "ModelConfig", "KINDS", "train_model", "load_model", "autoencoder_checksum", "evaluate_autoencoder",
     "sample_model", "is_model_run", "read_model_config", "resolve_model_config", "split_indices",
-    "load_split", "default_lr",
+    "load_split", "training_items", "default_lr",
 ]
 
 KINDS = ("family", "autoencoder")
@@ -88,6 +88,8 @@ DERIVED = ("held_out", "item_shape")
 DEFAULT_LR = {("family", "gan"): 2e-4}
 FALLBACK_LR = 1e-3
 MAX_SAMPLES = 10**7
+# Posterior draws of the IWAE bound per item: far past where the bound stops moving (Burda et al. 2016 use 5000).
+MAX_IWAE_SAMPLES = 10_000
 
 
 @dataclass
@@ -178,6 +180,7 @@ def check_model_config(config: ModelConfig) -> None:
         raise unknown(config.kind, config.name, valid)
     if not isinstance(config.options, dict):
         raise ConfigError(f"options = {config.options!r} is invalid; it must be a dict of the model's arguments")
+    (families if config.kind == "family" else autoencoders).check_options(config.name, config.options)
     _check_positive_int("steps", config.steps, high=MAX_STEPS)
     _check_positive_int("batch", config.batch, high=MAX_BATCH)
     for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
@@ -233,6 +236,14 @@ def load_split(config: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor, int]:
     held_out = len(x) // 10 if config.held_out is None else config.held_out
     train_index, held_index = split_indices(len(x), held_out, config.data_size, config.seed)
     return x[torch.from_numpy(train_index)], x[torch.from_numpy(held_index)], held_out
+
+
+def training_items(config: ModelConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(items, labels or None) the run trained on: its data set less the held-out items, as load_split draws them."""
+    x, labels = load(config.data, seed=config.seed, with_labels=True)
+    held_out = len(x) // 10 if config.held_out is None else config.held_out
+    index = torch.from_numpy(split_indices(len(x), held_out, config.data_size, config.seed)[0])
+    return x[index], None if labels is None else labels[index]
 
 
 def build_model(config: ModelConfig, item_shape: Sequence[int]) -> nn.Module:
@@ -445,7 +456,7 @@ def autoencoder_checksum(run_dir: str, step: Optional[int] = None) -> str:
 @torch.no_grad()
 def evaluate_autoencoder(run: str, step: Optional[int] = None, n: int = 1000, iwae_samples: int = 32, batch: int = 250,
                          device: str = "cpu", seed: int = 0) -> Dict[str, Any]:
-    """Reconstruction error of an autoencoder run on its first `n` held-out items (all of them if fewer).
+    """Reconstruction error of an autoencoder run on `n` held-out items drawn with `seed` (all of them, in order, if fewer).
 
     Returns step, n, mse (mean over every element), psnr = 10 log10(4 / mse) (data in [-1, 1], so
     the peak-to-peak range is 2), the originals and reconstructions (CPU tensors); for a KL
@@ -455,14 +466,16 @@ def evaluate_autoencoder(run: str, step: Optional[int] = None, n: int = 1000, iw
     reconstruction of a KL autoencoder decodes the posterior mean; a VQ one its quantized latents.
     """
     _check_positive_int("--n", n, high=MAX_SAMPLES)
-    _check_positive_int("--iwae-samples", iwae_samples)
+    _check_positive_int("--iwae-samples", iwae_samples, high=MAX_IWAE_SAMPLES)
     model, config, step = load_model(run, step, device)
     if config.kind != "autoencoder":
         raise ConfigError(f"run {run!r} holds the {config.describe()} model, not an autoencoder")
     _, held, _ = load_split(config)
     if not len(held):
         raise ConfigError(f"run {run!r} holds out no items (trained with held_out = 0), so it has nothing to evaluate on")
-    originals = held[:n]
+    # A seeded random subset: data sets may be sorted by class (MNIST is), so the first n would not be representative.
+    subset = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:n] if n < len(held) else slice(None)
+    originals = held[subset]
     target = devices.resolve_device(device)
     latent_mode = "mean" if config.name == "kl" else "continuous"
     generator = torch.Generator().manual_seed(seed)

@@ -189,8 +189,12 @@ def network_path(network: nn.Module) -> str:
 
 
 def load_training_data(config: TrainConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The training set (float32) and its labels (or None)."""
-    x, labels = load(config.data, n=config.data_size, seed=config.seed, with_labels=True)
+    """The training set (float32) and its labels (or None); a latent run without a data set of its own takes
+    the items its autoencoder trained on."""
+    if latent.takes_autoencoder_data(config):
+        x, labels, _ = latent.autoencoder_data(config.latent, config.seed, config.data_size)
+    else:
+        x, labels = load(config.data, n=config.data_size, seed=config.seed, with_labels=True)
     if config.conditional and labels is None:
         raise ConfigError(f"--conditional needs class labels; data set {config.data!r} has none")
     return x, labels
@@ -272,6 +276,8 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"data_size = {config.data_size!r} is invalid; it must be an integer >= 1")
     if not isinstance(config.net, str) or not config.net:
         raise ConfigError(f"net = {config.net!r} is invalid; give a network name ({', '.join(networks.names())}) or package.module:Class")
+    if ":" not in config.net:  # a registered network: its options against their declared bounds, before any work
+        networks.NETWORKS.check_options(networks.NETWORKS.resolve(config.net), config.net_options, skip=("item_shape",))
     presets.get(config.preset, **config.preset_options)  # validates the preset and its constants
 
 
@@ -396,7 +402,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         if config.latent is not None or config.latent_space is not None:
             # Latent diffusion: the data set encoded once by the autoencoder run, normalized per channel.
             x_data, labels, record = latent.training_latents(run_dir, config, x_data, labels, write_cache_file=rank == 0)
-            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"])
+            data_name = config.data or latent.autoencoder_data_name(config.latent)
+            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"], data=data_name)
         num_items, item_shape = len(x_data), tuple(x_data.shape[1:])
     if config.sigma_data is None:
         sigma_data = round(streamed_sigma_data(streamed) if stream_data else estimate_sigma_data(x_data), 6)

@@ -318,6 +318,32 @@ def test_presets_get_refuses_impossible_constants(name, options, names):
     assert_names(message, names)
 
 
+# Plug-in options outside the bounds declared next to each plug-in: refused before any data is read or anything
+# built, with no run directory left behind.
+PLUGIN_OPTIONS_BAD = [
+    (["autoencoder", "train", "--kind", "kl", "--option", "channels=0"], ["channels", "0"]),
+    (["autoencoder", "train", "--kind", "kl", "--option", "blocks=-1"], ["blocks", "-1"]),
+    (["autoencoder", "train", "--kind", "vq", "--option", "num_codes=2.5"], ["num_codes", "2.5"]),
+    (["autoencoder", "train", "--kind", "kl", "--option", "beta=nan"], ["beta", "nan"]),
+    (["autoencoder", "train", "--kind", "vq", "--option", "ema=maybe"], ["ema", "maybe"]),
+    (["train", "--family", "nice", "--family-option", "width=0"], ["width", "0"]),
+    (["train", "--family", "gan", "--family-option", "channels=0"], ["channels", "0"]),
+    (["train", "--family", "pixelcnn", "--family-option", "channels=0"], ["channels", "0"]),
+    (["train", "--family", "gan", "--family-option", "latent_dim=0"], ["latent_dim", "0"]),
+    (["train", "--net", "dit", "--net-option", "mlp_ratio=0"], ["mlp_ratio", "0"]),
+]
+
+
+@pytest.mark.parametrize("args, names", PLUGIN_OPTIONS_BAD, ids=[" ".join(a) for a, _ in PLUGIN_OPTIONS_BAD])
+def test_plugin_options_out_of_bounds_are_refused_before_any_work(work, capsys, args, names):
+    cli_error([*args, "--data", "digits", "--steps", "1", "--out", "run"], capsys, names=names, roots=[work])
+
+
+def test_autoencoder_eval_bounds_the_iwae_samples(work, capsys):
+    cli_error(["autoencoder", "eval", "--ckpt", "nowhere", "--iwae-samples", "1000000000"], capsys,
+              names=["--iwae-samples", "1000000000", "10,000"], roots=[work])
+
+
 # ---------------------------------------------------------------------------
 # Output paths and full disks.
 

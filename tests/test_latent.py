@@ -10,7 +10,7 @@ from edm_space import latent
 from edm_space.cli import main
 from edm_space.data import load
 from edm_space.errors import ConfigError
-from edm_space.model_training import ModelConfig, train_model
+from edm_space.model_training import HOLDOUT_SEED, ModelConfig, train_model
 from edm_space.rundir import list_checkpoints, load_checkpoint, save_checkpoint
 from edm_space.training import TrainConfig, read_run_config, train
 from conftest import one_torch_thread
@@ -109,3 +109,22 @@ def test_latent_training_refuses_a_run_that_is_not_an_autoencoder(tmp_path, caps
     with pytest.raises(ConfigError, match="not an autoencoder run"):
         train(latent_config(tmp_path / "latent", str(tmp_path / "diffusion")), progress=False, device="cpu")
     assert not (tmp_path / "latent").exists()
+
+
+def test_train_latent_without_data_takes_the_autoencoders_training_items(tmp_path, autoencoder_run, capsys):
+    out = tmp_path / "latent"
+    main(["train", "--latent", autoencoder_run, "--net", "dit", *[f"--net-option={k}={v}" for k, v in DIT.items()],
+          "--steps", "2", "--batch", "16", "--warmup", "0", "--out", str(out)])
+    config = read_run_config(str(out))
+    assert config.data == "digits" and config.latent_space["data"] == latent.AUTOENCODER_DATA
+    # The autoencoder's training items by the documented split (a tenth held out by HOLDOUT_SEED), encoded by hand.
+    held = np.random.default_rng(HOLDOUT_SEED).permutation(1797)[:179]
+    x = load("digits")[torch.from_numpy(np.setdiff1d(np.arange(1797), held))]
+    space = latent.open_latent_space(config.latent_space, str(out))
+    with torch.no_grad():
+        expected = space.normalize(space.autoencoder.encode(x)[0].double()).float()
+    with np.load(out / "latents.npz") as cache:
+        torch.testing.assert_close(torch.from_numpy(cache["latents"]), expected, rtol=1e-5, atol=1e-5)
+    # Resumed without --data, it keeps training on the same items (the cache, checked by the encoder not being called).
+    main(["train", "--latent", autoencoder_run, "--steps", "3", "--out", str(out)])
+    assert list_checkpoints(str(out))[-1][0] == 3 and read_run_config(str(out)).data == "digits"

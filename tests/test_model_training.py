@@ -20,7 +20,7 @@ from edm_space.cli_models import autoencoder_group, train_family
 from edm_space.data import load
 from edm_space.errors import ConfigError
 from edm_space.families.nice import NICE
-from edm_space.model_training import HOLDOUT_SEED, autoencoder_checksum, ModelConfig, load_model, sample_model, split_indices, train_model
+from edm_space.model_training import HOLDOUT_SEED, autoencoder_checksum, evaluate_autoencoder, ModelConfig, load_model, sample_model, split_indices, train_model
 from edm_space.rundir import list_checkpoints, load_checkpoint
 from edm_space.training import TrainingDiverged, read_log
 
@@ -71,8 +71,8 @@ def test_autoencoder_train_then_eval_reports_held_out_mse_and_psnr(tmp_path):
     assert psnr == pytest.approx(10 * math.log10(4 / mse), abs=1e-3)  # peak-to-peak 2 of data in [-1, 1]
     assert re.search(r"ELBO [0-9.]+ bits/dim, IWAE \(k=2\) [0-9.]+ bits/dim", result.output)
 
-    # The same MSE from the first 12 held-out items (a tenth of the set, recomputed by the documented rule),
-    # reconstructed through the posterior mean, as a plain mean of squared differences.
+    # The same MSE from the 12 held-out items the documented rule draws (the held-out tenth recomputed, then the
+    # first 12 of torch.randperm under seed 0), reconstructed through the posterior mean, as a plain mean of squared differences.
     model, config, step = load_model(run)
     assert config.held_out == DIGITS // 10
     # Latent diffusion's change detection: the SHA-256 of the very checkpoint file read.
@@ -81,7 +81,7 @@ def test_autoencoder_train_then_eval_reports_held_out_mse_and_psnr(tmp_path):
         with open(checkpoints[at], "rb") as file:
             assert autoencoder_checksum(run, at) == hashlib.sha256(file.read()).hexdigest()
     assert step == 4 and autoencoder_checksum(run) == autoencoder_checksum(run, 4) != autoencoder_checksum(run, 2)
-    x = held_out_digits(DIGITS // 10)[:12]
+    x = held_out_digits(DIGITS // 10)[torch.randperm(DIGITS // 10, generator=torch.Generator().manual_seed(0))[:12]]
     with torch.no_grad():
         expected = float(((model.decode(model.encode(x)[0]) - x) ** 2).mean())
     assert mse == pytest.approx(expected, rel=1e-5)
@@ -99,6 +99,29 @@ def test_autoencoder_train_then_eval_reports_held_out_mse_and_psnr(tmp_path):
             tile = image[top + 4:top + 64:8, left + 4:left + 64:8]
             levels = np.rint((images[column, 0].numpy().astype(np.float64) + 1) * 127.5)
             assert np.abs(tile - levels).max() <= 1
+
+
+def test_autoencoder_eval_scores_a_seeded_random_subset_of_class_sorted_data(tmp_path):
+    # Data sorted by class, as MNIST's held-out order is: the first items held out are all of one class.
+    x, labels = load("digits", with_labels=True)
+    order = torch.argsort(labels, stable=True)
+    path = str(tmp_path / "sorted.npz")
+    np.savez(path, x=x[order].numpy(), labels=labels[order].numpy())
+    run = str(tmp_path / "ae")
+    train_model(tiny_config(run, "autoencoder", "kl", steps=1, data=path, data_size=None), progress=False, device="cpu")
+    held = x[order][torch.from_numpy(np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(DIGITS)[:DIGITS // 10]))]
+    classes = lambda items: {int(labels[order][int(torch.where((x[order] == item).flatten(1).all(1))[0][0])]) for item in items}  # noqa: E731
+    assert classes(held[:20]) == {0, 1}  # what scoring the first 20 would see
+    first = evaluate_autoencoder(run, n=20, iwae_samples=1)
+    assert len(classes(first["originals"])) >= 6 and first["n"] == 20
+    assert torch.equal(evaluate_autoencoder(run, n=20, iwae_samples=1)["originals"], first["originals"])  # seeded
+    assert not torch.equal(evaluate_autoencoder(run, n=20, iwae_samples=1, seed=1)["originals"], first["originals"])
+    assert torch.equal(evaluate_autoencoder(run, n=10**6, iwae_samples=1)["originals"], held)  # all of them, in order
+
+
+def test_autoencoder_eval_device_defaults_to_auto():
+    option = next(p for p in autoencoder_group.commands["eval"].params if p.name == "device")
+    assert option.default == "auto"
 
 
 def test_training_items_are_disjoint_from_held_out_items(tmp_path):
