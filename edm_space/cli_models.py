@@ -158,10 +158,7 @@ def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, 
     check_writable_file(out_path, "--out")
     result = evaluate_autoencoder(run_dir, step=checkpoint_step, n=num_items, iwae_samples=iwae_samples, device=device)
     line = f"held-out reconstruction of {run_dir} (step {result['step']}, {result['n']} items): MSE {result['mse']:.6g}, PSNR {result['psnr']:.4f} dB"
-    if "iwae_bits_per_dim" in result:
-        line += f"; ELBO {result['elbo_bits_per_dim']:.4f} bits/dim, IWAE (k={result['iwae_samples']}) {result['iwae_bits_per_dim']:.4f} bits/dim"
-    if "perplexity" in result:
-        line += f"; codebook usage {result['codebook_usage']:.1%} of {result['num_codes']} codes, perplexity {result['perplexity']:.2f}"
+    line += result["details"]
     columns = min(RECONSTRUCTION_COLUMNS, result["n"])
     pictures = torch.cat([result["originals"][:columns], result["reconstructions"][:columns]]).clamp(-1, 1)
     image_grid_png(out_path, pictures, ncols=columns,

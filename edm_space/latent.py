@@ -18,6 +18,8 @@ silently with other weights.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -26,6 +28,7 @@ import torch
 
 from .errors import ConfigError
 from .files import save_npz_atomic
+from .rundir import find_checkpoint, pin_checkpoint
 from .model_training import autoencoder_checksum, is_model_run, load_model, read_model_config, training_items
 
 LATENT_SIGMA_DATA = 0.5
@@ -89,6 +92,9 @@ def _encode(autoencoder: torch.nn.Module, x: torch.Tensor, mode: str, seed: int,
         raise ConfigError(f"latent mode {mode!r} is invalid; valid: {', '.join(LATENT_MODES)}")
     if tuple(x.shape[1:]) != tuple(autoencoder.item_shape):
         raise ConfigError(f"the autoencoder encodes items {list(autoencoder.item_shape)}; this data has {list(x.shape[1:])}")
+    if mode == "sample" and "sample" not in getattr(autoencoder, "latent_modes", ("mean", "sample")):
+        raise ConfigError(f"--latent-mode sample draws from a KL autoencoder's posterior; this {type(autoencoder).__name__} "
+                          f"encodes deterministically (use --latent-mode mean)")
     generator = torch.Generator().manual_seed(seed)
     parts = []
     with torch.no_grad():
@@ -132,9 +138,21 @@ def autoencoder_data(run: str, seed: int, n: Optional[int] = None) -> Tuple[torc
     return x, labels, config.data
 
 
-def encode_data(x: torch.Tensor, run: str, mode: str, seed: int) -> Tuple[LatentSpace, torch.Tensor]:
-    """Encode images with the newest checkpoint of the autoencoder run; (latent space, normalized float32 latents)."""
-    autoencoder, step, checksum = _load_autoencoder(run, None)
+def encode_data(x: torch.Tensor, run: str, mode: str, seed: int, owner: Optional[str] = None) -> Tuple[LatentSpace, torch.Tensor]:
+    """Encode images with the newest checkpoint of the autoencoder run; (latent space, normalized float32 latents).
+
+    With `owner` (the latent run), that checkpoint is first pinned (rundir.pin_checkpoint), so that an autoencoder
+    still training never prunes the checkpoint the latent run records.
+    """
+    step = None
+    if owner is not None:
+        _autoencoder_config(run)
+        step = find_checkpoint(run)[1]
+        try:
+            pin_checkpoint(run, step, owner)
+        except OSError:
+            pass  # a read-only autoencoder run: nothing trains in it; the recorded checksum still guards its weights
+    autoencoder, step, checksum = _load_autoencoder(run, step)
     z = _encode(autoencoder, x, mode, seed)
     shift = z.mean(dim=(0, *range(2, z.ndim)))
     std = z.transpose(0, 1).reshape(z.shape[1], -1).std(dim=1, correction=0)
@@ -144,9 +162,23 @@ def encode_data(x: torch.Tensor, run: str, mode: str, seed: int) -> Tuple[Latent
     return space, space.normalize(z).to(torch.float32)
 
 
+def record_path(autoencoder_run: str, run_dir: str) -> str:
+    """The autoencoder's run directory as a latent run records it: relative to the latent run's directory, so that
+    the pair may be used from any working directory (and moved together)."""
+    return os.path.relpath(os.path.abspath(autoencoder_run), os.path.abspath(run_dir))
+
+
+def autoencoder_path(record: Dict[str, Any], owner: str) -> str:
+    """The recorded autoencoder's run directory, seen from here: relative to the latent run `owner` (records that say
+    so), else as recorded (older runs recorded it relative to the directory training ran in)."""
+    if record.get("run_base") == "run directory" and not os.path.isabs(record["run"]):
+        return os.path.normpath(os.path.join(owner, record["run"]))
+    return record["run"]
+
+
 def open_latent_space(record: Dict[str, Any], owner: str) -> LatentSpace:
     """The latent space a run recorded; refused with one line if the autoencoder changed since."""
-    run, step = record["run"], int(record["step"])
+    run, step = autoencoder_path(record, owner), int(record["step"])
     try:
         autoencoder, step, checksum = _load_autoencoder(run, step)
     except ConfigError as error:
@@ -171,8 +203,8 @@ def cached_latents(run_dir: str, record: Dict[str, Any]) -> Optional[Tuple[torch
                 return None
             labels = torch.from_numpy(cache["labels"]) if "labels" in cache.files else None
             return torch.from_numpy(cache["latents"]), labels
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged cache is encoded again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # a damaged cache (truncated, a flipped bit: bad CRC) is encoded again
 
 
 def write_cache(run_dir: str, record: Dict[str, Any], latents: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
@@ -192,8 +224,8 @@ def training_latents(run_dir: str, config, x: torch.Tensor, labels: Optional[tor
     """
     record = config.latent_space
     if record is None:
-        space, z = encode_data(x, config.latent, config.latent_mode, config.seed)
-        record = space.record()
+        space, z = encode_data(x, config.latent, config.latent_mode, config.seed, owner=run_dir if write_cache_file else None)
+        record = dict(space.record(), run=record_path(config.latent, run_dir), run_base="run directory")
         if config.data is None:
             record["data"] = AUTOENCODER_DATA
     else:

@@ -189,8 +189,11 @@ class Registry(dict):
         valid = self.names() + [a for a in self.aliases if a not in self]
         raise unknown(self.kind, name, valid)
 
-    def get(self, name: Any, default: Any = None) -> Any:  # type: ignore[override]
-        """The plug-in registered as `name` or as an alias of it; an unknown name is refused in one line."""
+    def get(self, name: Any, *default: Any) -> Any:  # type: ignore[override]
+        """The plug-in registered as `name` or as an alias of it; an unknown name is refused in one line
+        (or, as dict.get does, gives `default` when one is passed)."""
+        if default and not (isinstance(name, str) and (name in self or name in self.aliases)):
+            return default[0]
         return self[self.resolve(name)]
 
     def check_options(self, name: str, options: Mapping[str, Any], target: Optional[Callable] = None,

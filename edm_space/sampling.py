@@ -187,8 +187,9 @@ def open_run(o: SampleOptions, device: torch.device) -> SamplingModel:
     source = f"{o.run_dir} (step {step}, {'EMA' if o.ema else 'raw'} weights)"
     decode = None
     if config.latent_space is not None:  # a latent model: its samples are latents, the images come from the decoder
-        decode = latent.open_latent_space(config.latent_space, o.run_dir).decode
-        source += f", decoded by {config.latent_space['run']}"
+        space = latent.open_latent_space(config.latent_space, o.run_dir)
+        decode = space.decode
+        source += f", decoded by {space.run}"
     model = SamplingModel(denoiser, _integrated_formulation(o, config, build_formulation(config)), item_shape, num_classes,
                           source, decode=decode, config=config)
     if o.guidance_weight is not None and o.guide_dir is None and config.conditional and not config.label_dropout:

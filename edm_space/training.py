@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import math
@@ -34,15 +36,15 @@ from tqdm.auto import tqdm
 import presets
 
 from . import devices, latent, networks
-from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
+from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data, worker_error
 from .denoiser import Denoiser
 from .errors import ConfigError
-from .files import read_json
 from .seeding import step_generator
 from .parameterization import Formulation
 from .devices import make_optimizer
 from .rundir import (
     config_from_json,
+    read_run_payload,
     MAX_BATCH,
     MAX_STEPS,
     RESUMABLE,
@@ -132,13 +134,32 @@ def build_formulation(config: TrainConfig) -> Formulation:
     return presets.get(config.preset, **options)
 
 
-def import_network_class(path: str) -> type:
-    """The class named "package.module:Class" (a user's own network)."""
-    module_name, _, class_name = path.partition(":")
-    if os.getcwd() not in sys.path:  # the console script does not look in the working directory by itself
-        sys.path.append(os.getcwd())
+def _import_module(module_name: str):
+    """importlib.import_module, where a top-level package not on sys.path is also looked for in the working
+    directory (the console script does not search it by itself); sys.path is left as it is."""
     try:
-        target = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        top = module_name.split(".")[0]
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) if error.name == top else None
+        if spec is None or spec.loader is None:
+            raise
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module  # an import registers its module, as importlib.import_module would
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(module_name)
+
+
+def import_network_class(path: str) -> type:
+    """The class named "package.module:Class" (a user's own network): the module is imported from sys.path or,
+    failing that, from the working directory."""
+    module_name, _, class_name = path.partition(":")
+    try:
+        target = _import_module(module_name)
         for part in class_name.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as error:
@@ -234,11 +255,8 @@ def bucket_labels() -> List[str]:
 
 
 def read_run_config(run_dir: str) -> TrainConfig:
-    """The TrainConfig stored in a run directory."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"{run_dir!r} is not a run directory (no config.json)")
-    return TrainConfig.from_json(read_json(path, "run config"))
+    """The TrainConfig stored in a run directory; a family or autoencoder run is refused in one line naming its kind."""
+    return TrainConfig.from_json(read_run_payload(run_dir, ("diffusion",), "this needs a diffusion run"))
 
 
 def resolve_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> TrainConfig:
@@ -364,7 +382,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True, netwo
     run_dir = config.out
     echo = echo or tqdm.write
 
-    with training_run(run_dir, owner=rank == 0):
+    # Weights are initialised under torch.manual_seed(config.seed); the fork gives the caller's RNG state back afterwards.
+    with training_run(run_dir, owner=rank == 0), torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         return _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile, stream_data, workers)
 
 def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, resume: bool,
@@ -413,7 +432,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     num_classes = int(labels.max()) + 1 if labels is not None else 0
     config = dataclasses.replace(config, item_shape=list(item_shape), num_classes=num_classes)
     formulation = build_formulation(config)
-    torch.manual_seed(config.seed)  # weight initialisation
+    torch.manual_seed(config.seed)  # weight initialisation (and dropout), inside train()'s fork of the global RNG
     net = network if network is not None else build_network(config, item_shape, num_classes)
     net = net.to(device)
     if x_data is not None:
@@ -462,7 +481,10 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         if streamed_batches is None:
             x0 = x_data[index[part]]
         else:  # the loader read exactly index[part] (StepIndices draws it the same way)
-            x0 = next(streamed_batches).to(device, non_blocking=True)
+            try:
+                x0 = next(streamed_batches).to(device, non_blocking=True)
+            except ConfigError as error:  # e.g. an image removed while the run reads the folder
+                raise worker_error(error) from None
         batch_labels = None
         if config.conditional:
             batch_labels = nn.functional.one_hot(labels[index[part]], num_classes).float()

@@ -128,3 +128,72 @@ def test_train_latent_without_data_takes_the_autoencoders_training_items(tmp_pat
     # Resumed without --data, it keeps training on the same items (the cache, checked by the encoder not being called).
     main(["train", "--latent", autoencoder_run, "--steps", "3", "--out", str(out)])
     assert list_checkpoints(str(out))[-1][0] == 3 and read_run_config(str(out)).data == "digits"
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vq") / "vq"
+    with one_torch_thread():
+        train_model(ModelConfig(kind="autoencoder", name="vq", options={"channels": 8, "latent_channels": 2, "num_codes": 8},
+                                data="digits", steps=2, batch=16, checkpoint_every=2, out=str(out)), progress=False, device="cpu")
+    return str(out)
+
+
+def test_a_vq_autoencoder_has_no_sample_mode_and_says_so_in_one_line(tmp_path, vq_run, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--latent", vq_run, "--latent-mode", "sample", "--data", "digits", "--data-size", "64", "--steps", "1",
+              "--out", str(tmp_path / "latent")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "--latent-mode sample" in err and "VQAutoencoder" in err and "--latent-mode mean" in err
+    assert not (tmp_path / "latent").exists()
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the stored latents: the member's CRC-32 no longer matches
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_bit], ids=["truncated", "bit-flipped"])
+def test_a_damaged_latent_cache_is_encoded_again_on_resume(tmp_path, autoencoder_run, damage):
+    out = tmp_path / "latent"
+    train(latent_config(out, autoencoder_run, steps=2, checkpoint_every=2), progress=False, device="cpu")
+    with np.load(out / "latents.npz") as cache:
+        original = cache["latents"].copy()
+    damage(out / "latents.npz")
+    train(latent_config(out, autoencoder_run), progress=False, device="cpu")
+    assert list_checkpoints(str(out))[-1][0] == 4
+    with np.load(out / "latents.npz") as cache:  # written again, with the same latents
+        assert np.array_equal(cache["latents"], original)
+
+
+def test_a_latent_run_samples_from_another_working_directory(tmp_path, autoencoder_run, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(autoencoder_run, tmp_path / "work" / "ae")
+    monkeypatch.chdir(tmp_path / "work")
+    train(latent_config("lat", "ae", steps=2, checkpoint_every=2), progress=False, device="cpu")  # relative paths
+    assert read_run_config("lat").latent_space["run"] == "../ae"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    main(["sample", "--ckpt", "../work/lat", "--n", "2", "--steps", "2", "--out", "s.npz"])
+    assert np.load("s.npz")["samples"].shape == (2, 1, 8, 8)
+
+
+def test_an_autoencoder_still_training_keeps_the_checkpoint_a_latent_run_recorded(tmp_path):
+    ae = str(tmp_path / "ae")
+    config = ModelConfig(kind="autoencoder", name="kl", options={"channels": 8, "latent_channels": 2}, data="digits", data_size=64,
+                         steps=2, batch=16, checkpoint_every=2, keep_checkpoints=1, out=ae)
+    train_model(config, progress=False, device="cpu")
+    out = tmp_path / "latent"
+    train(latent_config(out, ae, steps=2, checkpoint_every=2), progress=False, device="cpu")
+    assert read_run_config(str(out)).latent_space["step"] == 2
+    train_model(ModelConfig(**{**config.to_json(), "steps": 6}), progress=False, device="cpu")  # the autoencoder goes on
+    assert [step for step, _ in list_checkpoints(ae)] == [2, 6]  # keep_checkpoints=1, and the pinned step 2
+    main(["sample", "--ckpt", str(out), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.npz")])
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 1, 8, 8)

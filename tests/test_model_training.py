@@ -124,6 +124,26 @@ def test_autoencoder_eval_device_defaults_to_auto():
     assert option.default == "auto"
 
 
+def test_model_training_under_torchrun_is_refused_before_any_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for kind, name in (("family", "nice"), ("autoencoder", "kl")):
+        with pytest.raises(ConfigError, match="without torchrun"):
+            train_model(tiny_config(tmp_path / name, kind, name, steps=2), progress=False, device="cpu")
+        assert not (tmp_path / name).exists()  # no directory, no lock left behind
+
+
+def test_a_diffusion_command_on_a_family_or_autoencoder_run_names_its_kind(tmp_path):
+    from edm_space.training import read_run_config
+
+    for kind, name, command in (("family", "nice", "train --family nice"), ("autoencoder", "kl", "autoencoder train --kind kl")):
+        run = tmp_path / name
+        train_model(tiny_config(run, kind, name, steps=1), progress=False, device="cpu")
+        with pytest.raises(ConfigError) as refused:
+            read_run_config(str(run))
+        message = str(refused.value)
+        assert f"a {name} {kind} run" in message and f"edm-space {command} --out {run}" in message and "unknown fields" not in message
+
+
 def test_training_items_are_disjoint_from_held_out_items(tmp_path):
     train, held = split_indices(DIGITS, 179, 64, seed=3)
     assert len(train) == 64 and len(held) == 179
