@@ -289,7 +289,8 @@ def test_sample_refuses_bad_explicit_sigma_levels(work, capsys, sigmas, problem)
 @pytest.mark.parametrize("array, problem", [
     (np.zeros((5, 0), dtype=np.float32), "[5, 0]"),
     (np.full((8, 2), 1e300, dtype=np.float64), ("float32", "overflow")),
-], ids=["no-features", "overflows-float32"])
+    (np.where(np.arange(16).reshape(8, 2) == 5, 1e39, 0.5), ("float32", "overflow")),  # just past float32's largest
+], ids=["no-features", "overflows-float32", "one-value-just-past-float32"])
 def test_train_refuses_a_bad_data_file(work, capsys, array, problem):
     np.save(work / "points.npy", array)
     cli_error(["train", *TINY_TRAIN, "--data", "points.npy", "--data-size", "5", "--out", "run"], capsys,

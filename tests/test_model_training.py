@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from edm_space.model_training import HOLDOUT_SEED, autoencoder_checksum, evaluat
 from edm_space.rundir import list_checkpoints, load_checkpoint
 from edm_space.training import TrainingDiverged, read_log
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = 1797  # items of scikit-learn's 8x8 digits
 # Tiny models of 8x8 digits, each a few thousand weights.
 TINY = {
@@ -130,6 +132,20 @@ def test_model_training_under_torchrun_is_refused_before_any_lock(tmp_path, monk
         with pytest.raises(ConfigError, match="without torchrun"):
             train_model(tiny_config(tmp_path / name, kind, name, steps=2), progress=False, device="cpu")
         assert not (tmp_path / name).exists()  # no directory, no lock left behind
+
+
+def test_torchrun_on_family_training_leaves_no_lock_and_no_run(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                           "-m", "edm_space.cli", "train", "--family", "nice", "--data", "digits", "--steps", "1", "--out", "run"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("error: family 'nice' trains in one process; run it without torchrun") == 2  # each rank, one line
+    assert "in use by process" not in done.stderr  # no rank refused the other's lock
+    assert os.listdir(tmp_path) == []  # no run directory, no lock
 
 
 def test_a_diffusion_command_on_a_family_or_autoencoder_run_names_its_kind(tmp_path):
