@@ -134,6 +134,17 @@ def test_model_training_under_torchrun_is_refused_before_any_lock(tmp_path, monk
         assert not (tmp_path / name).exists()  # no directory, no lock left behind
 
 
+def test_model_training_leaves_the_callers_config_and_global_rng_alone(tmp_path):
+    import copy
+
+    config = tiny_config(tmp_path / "gan", "family", "gan", steps=2)
+    given = copy.deepcopy(config)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    train_model(config, progress=False, device="cpu")
+    assert config == given and torch.equal(torch.get_rng_state(), before)
+
+
 def test_torchrun_on_family_training_leaves_no_lock_and_no_run(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
