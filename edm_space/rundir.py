@@ -359,10 +359,18 @@ def pin_checkpoint(run_dir: str, step: int, by: str) -> None:
 
 
 def pinned_steps(run_dir: str) -> List[int]:
-    """The steps of the checkpoints other runs have pinned."""
+    """The steps of the checkpoints other runs have pinned; a pin whose run directory is gone holds nothing."""
     folder = os.path.join(checkpoint_dir(run_dir), PINNED)
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted({int(name.split("-")[0]) for name in names if re.fullmatch(r"\d+-[0-9a-f]+", name)})
+    steps = set()
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name)) as file:
+                owner = file.read().strip()
+        except OSError:
+            continue
+        if re.fullmatch(r"\d+-[0-9a-f]+", name) and os.path.isdir(owner):
+            steps.add(int(name.split("-")[0]))
+    return sorted(steps)
 
 
 def confirm_checkpoint(run_dir: str, good: Tuple[int, str], keep: int, rank: int) -> None:

@@ -197,3 +197,6 @@ def test_an_autoencoder_still_training_keeps_the_checkpoint_a_latent_run_recorde
     assert [step for step, _ in list_checkpoints(ae)] == [2, 6]  # keep_checkpoints=1, and the pinned step 2
     main(["sample", "--ckpt", str(out), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.npz")])
     assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 1, 8, 8)
+    shutil.rmtree(out)  # the latent run is gone: its pin no longer holds
+    train_model(ModelConfig(**{**config.to_json(), "steps": 8}), progress=False, device="cpu")
+    assert [step for step, _ in list_checkpoints(ae)] == [8]
