@@ -49,9 +49,10 @@ def test_solver_aliases_sample_exactly_as_their_targets_and_say_so(alias, target
     generator = torch.Generator().manual_seed(1)
     expected = samplers.sample(denoiser, latents, "edm", solver=target, num_steps=6, randn_like=noise)
     generator = torch.Generator().manual_seed(1)
+    info = {}
     with caplog.at_level(logging.WARNING, logger="edm_space"):
-        got = samplers.sample(denoiser, latents, "edm", solver=alias, num_steps=6, randn_like=noise)
-    assert torch.equal(got, expected)
+        got = samplers.sample(denoiser, latents, "edm", solver=alias, num_steps=6, randn_like=noise, info=info)
+    assert torch.equal(got, expected) and info["solver"] == target  # the record names what ran
     notes = [r.getMessage() for r in caplog.records if r.name == "edm_space"]
     assert len(notes) == 1 and alias in notes[0] and target in notes[0]
     assert alias not in samplers.names()
