@@ -194,7 +194,8 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
     set_threads(threads)
     context = click.get_current_context()
     if family is not None:
-        for option, value in (("--net", net), ("--conditional", conditional or None), ("--stream-data", stream_data or None)):
+        for option, value in (("--net", net), ("--conditional", conditional or None), ("--stream-data", stream_data or None),
+                              ("--latent", latent_run), ("--precision", None if precision == "fp32" else precision)):
             if value is not None:
                 raise ConfigError(f"{option} is for diffusion training; --family {family} takes its settings as --family-option key=value")
         if context.get_parameter_source("preset").name == "COMMANDLINE":
@@ -214,6 +215,8 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
     )
     sources = {"data": "data_name", "latent": "latent_run"}
     explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
+    if latent_run is not None and "data" not in explicit:
+        given["data"] = None  # the autoencoder's own training items (edm_space.latent.takes_autoencoder_data)
     config = resolve_config(out_dir, given, explicit)
     if config.net is None or config.batch is None:
         images = stream_data or config.latent is not None or data.load(config.data, n=1).ndim == 4
@@ -231,7 +234,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         dist.destroy_process_group()
     if rank == 0:
         click.echo(
-            f"trained {config.preset} on {config.data} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
+            f"trained {config.preset} on {config.data or 'the data of ' + str(config.latent)} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
             f"checkpoint {summary['checkpoint']}. Sample it: edm-space sample --ckpt {out_dir} --out samples.png"
         )
 

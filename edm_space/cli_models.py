@@ -147,10 +147,10 @@ def autoencoder_train_command(kind, data_name, data_size, held_out, options, ste
 @autoencoder_group.command("eval")
 @click.option("--ckpt", "run_dir", required=True, help="An autoencoder run directory, or one of its checkpoint files.")
 @click.option("--step", "checkpoint_step", type=int, default=None, help="With a run directory: the checkpoint of this step [default: the newest].")
-@click.option("--n", "num_items", type=int, default=1000, show_default=True, help="Held-out items to score (all of them if fewer).")
+@click.option("--n", "num_items", type=int, default=1000, show_default=True, help="Held-out items to score, a seeded random subset (all of them if fewer).")
 @click.option("--iwae-samples", type=int, default=32, show_default=True, help="KL autoencoder: posterior draws of the IWAE bound.")
 @click.option("--out", "out_path", default="recon.png", show_default=True, help="PNG of held-out originals (top row) above their reconstructions.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
 @quiet_option
 def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, out_path, device, threads, quiet) -> None:
@@ -161,10 +161,7 @@ def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, 
     check_writable_file(out_path, "--out")
     result = evaluate_autoencoder(run_dir, step=checkpoint_step, n=num_items, iwae_samples=iwae_samples, device=device)
     line = f"held-out reconstruction of {run_dir} (step {result['step']}, {result['n']} items): MSE {result['mse']:.6g}, PSNR {result['psnr']:.4f} dB"
-    if "iwae_bits_per_dim" in result:
-        line += f"; ELBO {result['elbo_bits_per_dim']:.4f} bits/dim, IWAE (k={result['iwae_samples']}) {result['iwae_bits_per_dim']:.4f} bits/dim"
-    if "perplexity" in result:
-        line += f"; codebook usage {result['codebook_usage']:.1%} of {result['num_codes']} codes, perplexity {result['perplexity']:.2f}"
+    line += result["details"]
     columns = min(RECONSTRUCTION_COLUMNS, result["n"])
     pictures = torch.cat([result["originals"][:columns], result["reconstructions"][:columns]]).clamp(-1, 1)
     image_grid_png(out_path, pictures, ncols=columns,

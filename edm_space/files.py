@@ -155,32 +155,6 @@ def make_folders(path: "str | os.PathLike[str]") -> None:
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: "str | os.PathLike[str]") -> List[str]:
-    """Remove the temporary files that killed writers left in `directory` (named .tmp-PID-..., PID no longer
-    running); a running writer's temporaries are kept. Returns the removed paths."""
-    directory = os.fspath(directory)
-    removed = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        match = re.match(r"\.tmp-(\d+)-", name)
-        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
-            try:
-                os.unlink(os.path.join(directory, name))
-                removed.append(os.path.join(directory, name))
-            except OSError:
-                pass
-    return removed
-
-
 def read_json(path: str, what: str) -> Dict[str, Any]:
     """A JSON object from `path`, or a one-line ConfigError saying why not."""
     try:

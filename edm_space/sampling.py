@@ -207,8 +207,9 @@ def open_run(o: SampleOptions, device: torch.device) -> SamplingModel:
     source = f"{o.run_dir} (step {step}, {'EMA' if o.ema else 'raw'} weights)"
     decode = None
     if config.latent_space is not None:  # a latent model: its samples are latents, the images come from the decoder
-        decode = latent.open_latent_space(config.latent_space, o.run_dir).decode
-        source += f", decoded by {config.latent_space['run']}"
+        space = latent.open_latent_space(config.latent_space, o.run_dir)
+        decode = space.decode
+        source += f", decoded by {space.run}"
     model = SamplingModel(denoiser, _integrated_formulation(o, config, build_formulation(config)), item_shape, num_classes,
                           source, decode=decode, config=config, name=f"{os.path.basename(os.path.normpath(o.run_dir))} step {step}")
     if not config.conditional:  # a run on labelled data trained without --conditional records its classes, unused

@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import math
@@ -34,16 +36,16 @@ from tqdm.auto import tqdm
 import presets
 
 from . import devices, latent, networks
-from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
+from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data, worker_error
 from .denoiser import Denoiser
 from .errors import ConfigError
-from .files import read_json
 from .seeding import step_generator
 from .parameterization import Formulation
 from .weights import is_weights_run, read_weights_run
 from .devices import make_optimizer
 from .rundir import (
     config_from_json,
+    read_run_payload,
     MAX_BATCH,
     MAX_STEPS,
     RESUMABLE,
@@ -133,13 +135,32 @@ def build_formulation(config: TrainConfig) -> Formulation:
     return presets.get(config.preset, **options)
 
 
-def import_network_class(path: str) -> type:
-    """The class named "package.module:Class" (a user's own network)."""
-    module_name, _, class_name = path.partition(":")
-    if os.getcwd() not in sys.path:  # the console script does not look in the working directory by itself
-        sys.path.append(os.getcwd())
+def _import_module(module_name: str):
+    """importlib.import_module, where a top-level package not on sys.path is also looked for in the working
+    directory (the console script does not search it by itself); sys.path is left as it is."""
     try:
-        target = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        top = module_name.split(".")[0]
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) if error.name == top else None
+        if spec is None or spec.loader is None:
+            raise
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module  # an import registers its module, as importlib.import_module would
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(module_name)
+
+
+def import_network_class(path: str) -> type:
+    """The class named "package.module:Class" (a user's own network): the module is imported from sys.path or,
+    failing that, from the working directory."""
+    module_name, _, class_name = path.partition(":")
+    try:
+        target = _import_module(module_name)
         for part in class_name.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as error:
@@ -190,8 +211,12 @@ def network_path(network: nn.Module) -> str:
 
 
 def load_training_data(config: TrainConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The training set (float32) and its labels (or None)."""
-    x, labels = load(config.data, n=config.data_size, seed=config.seed, with_labels=True)
+    """The training set (float32) and its labels (or None); a latent run without a data set of its own takes
+    the items its autoencoder trained on."""
+    if latent.takes_autoencoder_data(config):
+        x, labels, _ = latent.autoencoder_data(config.latent, config.seed, config.data_size)
+    else:
+        x, labels = load(config.data, n=config.data_size, seed=config.seed, with_labels=True)
     if config.conditional and labels is None:
         raise ConfigError(f"--conditional needs class labels; data set {config.data!r} has none")
     return x, labels
@@ -231,11 +256,8 @@ def bucket_labels() -> List[str]:
 
 
 def read_run_config(run_dir: str) -> TrainConfig:
-    """The TrainConfig stored in a run directory."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"{run_dir!r} is not a run directory (no config.json)")
-    return TrainConfig.from_json(read_json(path, "run config"))
+    """The TrainConfig stored in a run directory; a family or autoencoder run is refused in one line naming its kind."""
+    return TrainConfig.from_json(read_run_payload(run_dir, ("diffusion",), "this needs a diffusion run"))
 
 
 def resolve_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> TrainConfig:
@@ -273,6 +295,8 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"data_size = {config.data_size!r} is invalid; it must be an integer >= 1")
     if not isinstance(config.net, str) or not config.net:
         raise ConfigError(f"net = {config.net!r} is invalid; give a network name ({', '.join(networks.names())}) or package.module:Class")
+    if ":" not in config.net:  # a registered network: its options against their declared bounds, before any work
+        networks.NETWORKS.check_options(networks.NETWORKS.resolve(config.net), config.net_options, skip=("item_shape",))
     presets.get(config.preset, **config.preset_options)  # validates the preset and its constants
 
 
@@ -359,7 +383,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True, netwo
     run_dir = config.out
     echo = echo or tqdm.write
 
-    with training_run(run_dir, owner=rank == 0):
+    # Weights are initialised under torch.manual_seed(config.seed); the fork gives the caller's RNG state back afterwards.
+    with training_run(run_dir, owner=rank == 0), torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         return _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile, stream_data, workers)
 
 def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, resume: bool,
@@ -400,7 +425,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         if config.latent is not None or config.latent_space is not None:
             # Latent diffusion: the data set encoded once by the autoencoder run, normalized per channel.
             x_data, labels, record = latent.training_latents(run_dir, config, x_data, labels, write_cache_file=rank == 0)
-            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"])
+            data_name = config.data or latent.autoencoder_data_name(config.latent)
+            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"], data=data_name)
         num_items, item_shape = len(x_data), tuple(x_data.shape[1:])
     if config.sigma_data is None:
         sigma_data = round(streamed_sigma_data(streamed) if stream_data else estimate_sigma_data(x_data), 6)
@@ -410,7 +436,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     num_classes = int(labels.max()) + 1 if labels is not None else 0
     config = dataclasses.replace(config, item_shape=list(item_shape), num_classes=num_classes)
     formulation = build_formulation(config)
-    torch.manual_seed(config.seed)  # weight initialisation
+    torch.manual_seed(config.seed)  # weight initialisation (and dropout), inside train()'s fork of the global RNG
     net = network if network is not None else build_network(config, item_shape, num_classes)
     net = net.to(device)
     if x_data is not None:
@@ -459,7 +485,10 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         if streamed_batches is None:
             x0 = x_data[index[part]]
         else:  # the loader read exactly index[part] (StepIndices draws it the same way)
-            x0 = next(streamed_batches).to(device, non_blocking=True)
+            try:
+                x0 = next(streamed_batches).to(device, non_blocking=True)
+            except ConfigError as error:  # e.g. an image removed while the run reads the folder
+                raise worker_error(error) from None
         batch_labels = None
         if config.conditional:
             batch_labels = nn.functional.one_hot(labels[index[part]], num_classes).float()

@@ -11,13 +11,15 @@ A preset is data: a function that fills in a Formulation. Keyword arguments of
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 
-from edm_space.errors import ConfigError, unknown
+from edm_space.errors import ConfigError
+from edm_space.registry import Option, Registry
 from edm_space.parameterization import (
     DiscreteLevels,
     DiscreteSigma,
@@ -116,9 +118,15 @@ def ve(sigma_min: float = 0.02, sigma_max: float = 100.0) -> Formulation:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _iddpm_levels(M: int, C1: float, C2: float) -> torch.Tensor:
+    """iDDPM's levels u_j (a loop over M; computed once per constants, never handed out uncopied)."""
+    return iddpm_levels(M, C1, C2)
+
+
 def iddpm(M: int = 1000, C1: float = 0.001, C2: float = 0.008) -> Formulation:
     """Improved DDPM (Nichol & Dhariwal 2021; EDM Table 1, "iDDPM" column): discrete levels u_j."""
-    levels = iddpm_levels(M, C1, C2)
+    levels = _iddpm_levels(M, C1, C2).clone()  # the formulation's own copy
     return Formulation(
         name="iddpm",
         noise=LinearSigma(),
@@ -220,7 +228,7 @@ def _flow_family(name: str, p_train, shift: float, description: str, time_scale:
     )
 
 
-_PRESETS: Dict[str, Callable[..., Formulation]] = {
+_PRESETS: Registry = Registry("preset", {
     "edm": edm,
     "vp": vp,
     "ve": ve,
@@ -229,85 +237,59 @@ _PRESETS: Dict[str, Callable[..., Formulation]] = {
     "ddim": ddim,
     "flow": flow,
     "sd3": sd3,
+})
+
+
+# What each paper constant may be, checked by get() before a preset is built (the presets share these names).
+_INTEGER_STEPS = Option.integer(2, 10**7 - 1)
+_CONSTANTS: Dict[str, Option] = {
+    "sigma_data": Option.number(0.0, open_low=True),
+    "p_mean": Option.number(),
+    "p_std": Option.number(0.0, open_low=True),
+    "beta_d": Option.number(0.0, open_low=True),
+    "beta_min": Option.number(0.0),
+    "epsilon_t": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "M": _INTEGER_STEPS,
+    "sigma_min": Option.number(0.0, open_low=True),
+    "sigma_max": Option.number(0.0, open_low=True),
+    "C1": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "C2": Option.number(0.0),
+    "num_timesteps": _INTEGER_STEPS,
+    "beta_start": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "beta_end": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "shift": Option.number(0.0, open_low=True),
+    "mean": Option.number(),
+    "std": Option.number(0.0, open_low=True),
 }
-_CACHE: Dict[str, Formulation] = {}
-
-
-# What each paper constant may be, checked by get() before a preset is built: (kind, low, high, open at low).
-_CONSTANTS = {
-    "sigma_data": ("number", 0.0, math.inf, True),
-    "p_mean": ("number", -math.inf, math.inf, True),
-    "p_std": ("number", 0.0, math.inf, True),
-    "beta_d": ("number", 0.0, math.inf, True),
-    "beta_min": ("number", 0.0, math.inf, False),
-    "epsilon_t": ("number", 0.0, 1.0, True),
-    "M": ("integer", 2, 10**7, False),
-    "sigma_min": ("number", 0.0, math.inf, True),
-    "sigma_max": ("number", 0.0, math.inf, True),
-    "C1": ("number", 0.0, 1.0, True),
-    "C2": ("number", 0.0, math.inf, False),
-    "num_timesteps": ("integer", 2, 10**7, False),
-    "beta_start": ("number", 0.0, 1.0, True),
-    "beta_end": ("number", 0.0, 1.0, True),
-    "shift": ("number", 0.0, math.inf, True),
-    "mean": ("number", -math.inf, math.inf, True),
-    "std": ("number", 0.0, math.inf, True),
-    "time_scale": ("number", 0.0, math.inf, True),
-}
-# Constants that are names: the allowed ones.
-_CHOICES = {
-    "beta_schedule": BETA_SCHEDULES,
-    "prediction": tuple(_PREDICTIONS),
-    "precision": SCHEDULE_PRECISIONS,
-    "interpolation": INTERPOLATIONS,
-}
-
-
-def _checked_constant(preset: str, key: str, value):
-    """`value` as the number (or name) preset constant `key` must be, or a one-line ConfigError saying what is allowed."""
-    if key in _CHOICES:
-        if value not in _CHOICES[key]:
-            raise ConfigError(f"preset {preset!r}: {key} = {value!r} is invalid; valid: {', '.join(_CHOICES[key])}")
-        return value
-    kind, low, high, open_low = _CONSTANTS[key]
-    bound = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
-    article = "an" if kind == "integer" else "a"
-    allowed = f"{article} {kind} {bound}" if math.isfinite(low) else f"a finite {kind}"
-    integral = kind == "integer" and isinstance(value, int) and not isinstance(value, bool)
-    number = kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (integral or number) or not math.isfinite(value) or value < low or (open_low and value == low) or value >= high:
-        raise ConfigError(f"preset {preset!r}: {key} = {value!r} is invalid; it must be {allowed}")
-    return value
+_CONSTANTS.update({
+    "time_scale": Option.number(0.0, open_low=True),
+    "beta_schedule": Option.name(*BETA_SCHEDULES),
+    "prediction": Option.name(*_PREDICTIONS),
+    "precision": Option.name(*SCHEDULE_PRECISIONS),
+    "interpolation": Option.name(*INTERPOLATIONS),
+})
+for _build in _PRESETS.values():
+    _build.OPTIONS = {key: _CONSTANTS[key] for key in inspect.signature(_build).parameters}
 
 
 def parameters(name: str) -> List[str]:
     """The paper constants preset `name` lets `get` override."""
-    if name not in _PRESETS:
-        raise unknown("preset", name, names())
-    return list(inspect.signature(_PRESETS[name]).parameters)
+    return list(inspect.signature(_PRESETS.get(name)).parameters)
 
 
 def names() -> List[str]:
     """The preset names, in the order of the design table."""
-    return list(_PRESETS)
+    return _PRESETS.names()
 
 
 def get(name, **overrides) -> Formulation:
     """The formulation of preset `name`; keyword arguments override its paper constants.
 
-    A Formulation passed as `name` is returned unchanged.
+    A Formulation passed as `name` is returned unchanged. Each call builds a new Formulation, so
+    changing one (or one of its tensors) never reaches another caller.
     """
     if isinstance(name, Formulation):
         return name
-    if name not in _PRESETS:
-        raise unknown("preset", name, names())
+    name = _PRESETS.resolve(name)
     build = _PRESETS[name]
-    if overrides:
-        allowed = parameters(name)
-        bad = [key for key in overrides if key not in allowed]
-        if bad:
-            raise ConfigError(f"preset {name!r} has no parameter {bad[0]!r}; valid: {', '.join(allowed) or 'none'}")
-        return build(**{key: _checked_constant(name, key, value) for key, value in overrides.items()})
-    if name not in _CACHE:
-        _CACHE[name] = build()
-    return _CACHE[name]
+    return build(**_PRESETS.check_options(name, overrides))

@@ -138,7 +138,7 @@ def sample(
         if bar is not None:
             bar.close()
     if info is not None:
-        info.update(nfe=ode.nfe, t_steps=t_steps, sigma_steps=f.sigma(t_steps), solver=solver, formulation=f.name)
+        info.update(nfe=ode.nfe, t_steps=t_steps, sigma_steps=f.sigma(t_steps), solver=entry.name, formulation=f.name)  # an alias gives its solver
     return x
 
 

@@ -289,7 +289,8 @@ def test_sample_refuses_bad_explicit_sigma_levels(work, capsys, sigmas, problem)
 @pytest.mark.parametrize("array, problem", [
     (np.zeros((5, 0), dtype=np.float32), "[5, 0]"),
     (np.full((8, 2), 1e300, dtype=np.float64), ("float32", "overflow")),
-], ids=["no-features", "overflows-float32"])
+    (np.where(np.arange(16).reshape(8, 2) == 5, 1e39, 0.5), ("float32", "overflow")),  # just past float32's largest
+], ids=["no-features", "overflows-float32", "one-value-just-past-float32"])
 def test_train_refuses_a_bad_data_file(work, capsys, array, problem):
     np.save(work / "points.npy", array)
     cli_error(["train", *TINY_TRAIN, "--data", "points.npy", "--data-size", "5", "--out", "run"], capsys,
@@ -316,6 +317,81 @@ def test_presets_get_refuses_impossible_constants(name, options, names):
     message = str(refused.value)
     assert "\n" not in message
     assert_names(message, names)
+
+
+# Plug-in options outside the bounds declared next to each plug-in: refused before any data is read or anything
+# built, with no run directory left behind.
+PLUGIN_OPTIONS_BAD = [
+    (["autoencoder", "train", "--kind", "kl", "--option", "channels=0"], ["channels", "0"]),
+    (["autoencoder", "train", "--kind", "kl", "--option", "blocks=-1"], ["blocks", "-1"]),
+    (["autoencoder", "train", "--kind", "vq", "--option", "num_codes=2.5"], ["num_codes", "2.5"]),
+    (["autoencoder", "train", "--kind", "kl", "--option", "beta=nan"], ["beta", "nan"]),
+    (["autoencoder", "train", "--kind", "vq", "--option", "ema=maybe"], ["ema", "maybe"]),
+    (["train", "--family", "nice", "--family-option", "width=0"], ["width", "0"]),
+    (["train", "--family", "gan", "--family-option", "channels=0"], ["channels", "0"]),
+    (["train", "--family", "pixelcnn", "--family-option", "channels=0"], ["channels", "0"]),
+    (["train", "--family", "gan", "--family-option", "latent_dim=0"], ["latent_dim", "0"]),
+    (["train", "--net", "dit", "--net-option", "mlp_ratio=0"], ["mlp_ratio", "0"]),
+]
+
+
+@pytest.mark.parametrize("args, names", PLUGIN_OPTIONS_BAD, ids=[" ".join(a) for a, _ in PLUGIN_OPTIONS_BAD])
+def test_plugin_options_out_of_bounds_are_refused_before_any_work(work, capsys, args, names):
+    cli_error([*args, "--data", "digits", "--steps", "1", "--out", "run"], capsys, names=names, roots=[work])
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--latent", "ae"], ["--latent", "--family"]),
+    (["--precision", "bf16"], ["--precision", "--family"]),
+], ids=["latent", "precision"])
+def test_train_family_refuses_diffusion_options(work, capsys, args, names):
+    cli_error(["train", "--family", "nice", "--data", "digits", "--steps", "1", *args, "--out", "run"], capsys, names=names, roots=[work])
+
+
+@pytest.fixture(scope="module")
+def family_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("family") / "nice"
+    with one_torch_thread():
+        main(["train", "--family", "nice", "--data", "digits", "--data-size", "64", "--family-option", "couplings=1",
+              "--family-option", "width=8", "--family-option", "depth=1", "--steps", "2", "--batch", "8", "--out", str(run)])
+    return run
+
+
+@pytest.mark.parametrize("command", [["train", *TINY_TRAIN, "--out"], ["optimize-steps", "--solver", "euler", "--nfe", "4", "--out", "s.json", "--ckpt"]],
+                         ids=["train-without-family", "optimize-steps"])
+def test_a_family_run_given_to_a_diffusion_command_names_its_kind(family_run, work, capsys, command):
+    before = tree_state(family_run)
+    line = cli_error([*command, str(family_run)], capsys, names=["nice family run", "--family nice"], roots=[work])
+    assert "unknown fields" not in line
+    assert_tree_unchanged(before, family_run)
+
+
+def test_a_streamed_png_folder_whose_files_vanish_mid_run_is_one_line(work, capsys, monkeypatch):
+    from PIL import Image
+
+    from edm_space import training
+
+    folder = work / "pngs"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 20 * i, dtype=np.uint8), mode="L").save(folder / f"{i:02d}.png")
+    read_once = training.streamed_sigma_data
+
+    def then_remove_the_images(dataset):  # the run has read the folder once; now its files vanish
+        sigma = read_once(dataset)
+        for name in os.listdir(folder):
+            os.unlink(folder / name)
+        return sigma
+
+    monkeypatch.setattr(training, "streamed_sigma_data", then_remove_the_images)
+    line = cli_error(["train", "--data", str(folder), "--stream-data", "--workers", "1", "--net", "unet", "--net-option", "channels=8",
+                      "--net-option", "channel_mult=[1]", "--steps", "2", "--batch", "4", "--out", "run"], capsys, names=["cannot read image", ".png"])
+    assert "Traceback" not in line and "worker" not in line
+
+
+def test_autoencoder_eval_bounds_the_iwae_samples(work, capsys):
+    cli_error(["autoencoder", "eval", "--ckpt", "nowhere", "--iwae-samples", "1000000000"], capsys,
+              names=["--iwae-samples", "1000000000", "10,000"], roots=[work])
 
 
 # ---------------------------------------------------------------------------

@@ -15,11 +15,12 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..networks.diffusers_models import build_diffusers_model
+from .base import Autoencoder
 
 Tensor = torch.Tensor
 
 
-class _Imported(nn.Module):
+class _Imported(Autoencoder):
     class_name = ""
 
     def __init__(self, item_shape: Sequence[int], config: Optional[Dict[str, Any]] = None):
@@ -37,6 +38,7 @@ class DiffusersKL(_Imported):
     """diffusers' AutoencoderKL: a diagonal Gaussian posterior (Rombach et al. 2022, LDM's KL-regularized first stage)."""
 
     class_name = "AutoencoderKL"
+    latent_modes = ("mean", "sample")
 
     def encode(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """(mean, log-variance) of the posterior q(z | x)."""
@@ -46,8 +48,9 @@ class DiffusersKL(_Imported):
     def decode(self, z: Tensor) -> Tensor:
         return self.model.decode(z).sample
 
-    def latents(self, x: Tensor, mode: str = "mean", generator: Optional[torch.Generator] = None) -> Tensor:
+    def latents(self, x: Tensor, mode: Optional[str] = None, generator: Optional[torch.Generator] = None) -> Tensor:
         """The posterior mean, or with mode="sample" a draw mean + exp(logvar / 2) n."""
+        mode = self.check_latent_mode(mode)
         mean, logvar = self.encode(x)
         if mode == "mean":
             return mean
@@ -59,6 +62,7 @@ class DiffusersVQ(_Imported):
     """diffusers' VQModel (VQGAN's first stage, Esser et al. 2021): decode snaps latents to the codebook."""
 
     class_name = "VQModel"
+    latent_modes = ("continuous",)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.model.encode(x).latents
@@ -66,5 +70,7 @@ class DiffusersVQ(_Imported):
     def decode(self, z: Tensor, quantize: bool = True) -> Tensor:
         return self.model.decode(z, force_not_quantize=not quantize).sample
 
-    def latents(self, x: Tensor, mode: str = "continuous", generator: Optional[torch.Generator] = None) -> Tensor:
+    def latents(self, x: Tensor, mode: Optional[str] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The encoder's continuous latents (the codebook snaps them in decode)."""
+        self.check_latent_mode(mode)
         return self.encode(x)

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, unknown
 from .embedding import LabelEmbedding, NoiseEmbedding, SinusoidalNoiseEmbedding
+from ..registry import Option
 
 POSITIONS = ("sincos", "rope")
 # "dit": the conventions of DiT / MAE / diffusers (position embedding column first, output tokens read as (p, p, C));
@@ -172,6 +173,13 @@ class DiT(nn.Module):
     DiT-S is depth=12, width=384, heads=6; DiT-B is depth=12, width=768, heads=12. A run with
     pos="sincos", qk_norm=false, mlp_ratio=4, noise_embedding="dit" exports to diffusers' DiTTransformer2DModel.
     """
+
+    # Bounds of the options (edm_space.registry), checked before the network is built.
+    OPTIONS = {"depth": Option.integer(1, 1024), "width": Option.integer(1, 1 << 16), "heads": Option.integer(1, 1024),
+               "patch": Option.integer(1, 1024), "mlp_ratio": Option.number(0.0, 64.0, open_low=True), "pos": Option.name(*POSITIONS, label="position encoding pos"),
+               "qk_norm": Option.flag(), "label_dim": Option.integer(0, 1 << 20),
+               "convention": Option.name(*CONVENTIONS, label="convention"), "noise_embedding": Option.name(*NOISE_EMBEDDINGS, label="noise_embedding"),
+               "noise_scale": Option.number(0.0, open_low=True)}
 
     def __init__(
         self,
