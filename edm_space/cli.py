@@ -29,6 +29,7 @@ from .reference import solve_reference
 from .plotting import trajectory_png
 from .rundir import disk_error
 from .seeding import SeededNoise, parse_seeds
+from .cli_recipe import recipe_options, recipe_settings
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
 from .outputs import write_samples
@@ -395,9 +396,10 @@ def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecor
 @precision_option
 @compile_option
 @threads_option
+@recipe_options
 def train_command(preset, family, family_options, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
                   ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, latent_run, latent_mode, stream_data, workers, device,
-                  precision, compile_network, threads) -> None:
+                  precision, compile_network, threads, **recipe) -> None:
     """Train a network under a preset's loss; resumes the run in --out if it exists.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: the result depends on K only through
@@ -423,6 +425,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         lr=lr, warmup_images=warmup_images, grad_clip=grad_clip, ema_halflife_images=ema_halflife_images, conditional=conditional,
         label_dropout=label_dropout, seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
         latent=latent_run, latent_mode=latent_mode,
+        **recipe_settings(recipe),  # edm_space/cli_recipe.py
     )
     sources = {"data": "data_name", "latent": "latent_run"}
     explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
@@ -532,6 +535,8 @@ def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, see
 
 
 cli.add_command(autoencoder_group)
+from .cli_ema import ema_command  # noqa: E402 - post-hoc EMA reconstruction
+cli.add_command(ema_command)
 
 
 # ---------------------------------------------------------------------------

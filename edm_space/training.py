@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import presets
 
-from . import devices, latent, networks
+from . import devices, latent, networks, posthoc_ema
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
 from .denoiser import Denoiser
 from .errors import ConfigError
@@ -102,6 +102,9 @@ class TrainConfig:
     sigma_data: Optional[float] = None
     item_shape: Optional[List[int]] = None
     num_classes: int = 0
+    # Post-hoc EMA (edm_space/posthoc_ema.py): relative stds tracked, snapshot cadence in images (None: with checkpoints).
+    ema_stds: List[float] = field(default_factory=lambda: list(posthoc_ema.DEFAULT_STDS))
+    ema_snapshot_images: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,6 +276,7 @@ def check_config(config: TrainConfig) -> None:
     if not isinstance(config.net, str) or not config.net:
         raise ConfigError(f"net = {config.net!r} is invalid; give a network name ({', '.join(networks.names())}) or package.module:Class")
     presets.get(config.preset, **config.preset_options)  # validates the preset and its constants
+    posthoc_ema.check_settings(config.ema_stds, config.ema_snapshot_images)
 
 
 def warmup_notice(config: TrainConfig) -> Optional[str]:
@@ -422,6 +426,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as error:
             raise ConfigError(f"checkpoint of step {start_step} in {run_dir!r} does not fit this network ({type(error).__name__})") from None
+    profiles = posthoc_ema.TrainingProfiles(run_dir, net, config.ema_stds, config.ema_snapshot_images, state, start_step, rank == 0)
     if rank == 0 and start_step < config.steps:
         echo(f"network {config.net}: {sum(p.numel() for p in net.parameters()):,} parameters on {device}")
         notice = warmup_notice(config)
@@ -517,6 +522,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 beta = ema_beta(config, images_seen)
                 # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
                 torch._foreach_lerp_(ema_params, net_params, 1.0 - beta)
+            profiles.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, step + 1 == config.steps)
 
             # Logging: mean loss and loss per sigma bucket since the last entry (this process's slice).
             with torch.no_grad():
@@ -549,7 +555,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if done % config.checkpoint_every == 0 or done == config.steps:
                 if rank == 0:
-                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config))
+                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config, profiles.checkpoint_state()))
                 if world > 1:
                     dist.barrier()
         if start_step < config.steps:
@@ -572,7 +578,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
 
 
 
-def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig) -> str:
+def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig,
+                      extra: Optional[Dict[str, Any]] = None) -> str:
     """The checkpoint of `step`, then config.json (the run's settings, steps included), both atomically."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -582,6 +589,7 @@ def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, o
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "config": json.dumps(config.to_json()),
+        **(extra or {}),
     }
     os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
     path = checkpoint_path(run_dir, step)
