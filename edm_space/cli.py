@@ -30,6 +30,7 @@ from .plotting import trajectory_png
 from .rundir import disk_error
 from .seeding import SeededNoise, parse_seeds
 from .cli_recipe import recipe_options, recipe_settings
+from .cli_ema import ema_weights
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
 from .outputs import write_samples
@@ -115,6 +116,7 @@ MAX_SAMPLES = 10**7
 @click.option("--ckpt", "run_dir", default=None, help="A training run directory, or one of its checkpoint files: sample its trained model (default: the exact denoiser of --data).")
 @click.option("--step", "checkpoint_step", type=int, default=None, help="With --ckpt RUN_DIR: the checkpoint of this step [default: the newest].")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="With --ckpt: use the EMA weights.")
+@click.option("--ema-std", type=float, default=None, help="With --ckpt: post-hoc EMA of this relative std, rebuilt from the run's snapshots at --step (see `edm-space ema`).")
 @click.option("--class", "class_label", type=int, default=None, help="With a class-conditional --ckpt: the class of every sample [default: seed mod classes].")
 @click.option("--guidance", "guidance_weight", type=float, default=None, help="Guidance weight w: D_w = D_guide + w (D - D_guide); 1 is unguided. The guide is the null label (classifier-free) or --guide.")
 @click.option("--guidance-interval", default=None, help="SIGMA_LO,SIGMA_HI: guide only where SIGMA_LO < sigma <= SIGMA_HI [default: everywhere].")
@@ -148,7 +150,7 @@ MAX_SAMPLES = 10**7
 @precision_option
 @compile_option
 @threads_option
-def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, guidance_interval, guide_dir, guide_step, preset, preset_options, solver, solver_options, num_steps,
+def sample_command(run_dir, checkpoint_step, ema, ema_std, class_label, guidance_weight, guidance_interval, guide_dir, guide_step, preset, preset_options, solver, solver_options, num_steps,
                    discretization, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax, s_noise, data_name, data_size,
                    num_samples, seed, seeds, batch_size, final_step, analytic_first_step, trajectory, out_path, sampler_dtype, device, precision,
                    compile_network, threads) -> None:
@@ -193,6 +195,8 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
     num_classes, guide, source, latent_space = 0, None, "", None
     if run_dir is not None:
         denoiser, config, item_shape, num_classes, step = load_trained(run_dir, ema=ema, step=checkpoint_step, device=str(device))
+        if ema_std is not None:  # post-hoc EMA (edm_space/cli_ema.py)
+            denoiser.network.load_state_dict(ema_weights(run_dir, ema_std, step))
         denoiser.network = devices.compiled(denoiser.network, compile_network)
         denoiser.precision = precision
         source, reference = f"{run_dir} (step {step}, {'EMA' if ema else 'raw'} weights)", None

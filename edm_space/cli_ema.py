@@ -18,7 +18,7 @@ import torch
 
 from .errors import ConfigError
 from .posthoc_ema import check_std, reconstruct
-from .rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_dir, checkpoint_path, prepare_run_dir, save_checkpoint, write_json
+from .rundir import CHECKPOINT_FORMAT, find_checkpoint, CHECKPOINT_VERSION, checkpoint_dir, checkpoint_path, prepare_run_dir, save_checkpoint, write_json
 
 OUT_FOLDER = "posthoc-ema"
 
@@ -58,8 +58,11 @@ def write_reconstruction(run_dir: str, out_dir: str, std: float, step: int, weig
 
 
 def ema_weights(run_dir: str, std: float, step: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """The network weights of relative EMA std `std` at snapshot `step` (default: the newest) of a run."""
-    return reconstruct(run_dir, [std], at=step)[1][std]
+    """The network weights of relative EMA std `std` at snapshot `step` (default: the newest) of a run
+    (a run directory or one of its checkpoint files)."""
+    if os.path.isfile(run_dir):
+        run_dir = find_checkpoint(run_dir)[0]
+    return reconstruct(run_dir, [check_std(std, "--ema-std")], at=step)[1][std]
 
 
 @click.command("ema")

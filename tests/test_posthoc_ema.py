@@ -213,3 +213,13 @@ def test_ema_command_refuses_bad_input_in_one_line(tracked_run, tmp_path, capsys
 
 def test_train_refuses_a_bad_ema_std_in_one_line(tmp_path, capsys):
     cli_error(["train", *TINY_TRAIN, "--ema-stds", "0.05,0.4", "--out", str(tmp_path / "run")], capsys, ["--ema-stds", "0.4"], roots=[tmp_path])
+
+
+def test_sample_ema_std_is_the_reconstructed_run(tracked_run, tmp_path, capsys):
+    cli_ok(["ema", "--ckpt", str(tracked_run), "--std", "0.07", "--at", "6", "--out", str(tmp_path / "ema")], capsys)
+    common = ["--n", "4", "--steps", "2"]
+    cli_ok(["sample", "--ckpt", str(tmp_path / "ema" / "std0.070-step6"), *common, "--out", str(tmp_path / "a.npz")], capsys)
+    cli_ok(["sample", "--ckpt", str(tracked_run), "--ema-std", "0.07", *common, "--out", str(tmp_path / "b.npz")], capsys)
+    cli_ok(["sample", "--ckpt", str(tracked_run), *common, "--out", str(tmp_path / "c.npz")], capsys)
+    a, b, c = (np.load(tmp_path / f"{name}.npz")["samples"] for name in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
