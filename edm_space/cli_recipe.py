@@ -11,15 +11,23 @@ from typing import Any, Callable, Dict
 import click
 
 from .cli_ema import parse_stds
+from .lr_schedule import LR_SCHEDULES, OPTIMIZERS
 
 _OPTIONS = [
     click.option("--ema-stds", "ema_stds", default="0.05,0.10", show_default=True,
                  help="Post-hoc EMA: relative stds of the power-function EMA profiles tracked and snapshotted (EDM2 Sec. 3), or none."),
     click.option("--ema-snapshot-images", "ema_snapshot_images", type=int, default=None,
                  help="Images between EMA snapshots, for `edm-space ema` [default: one with every checkpoint]."),
+    click.option("--lr-schedule", "lr_schedule", type=click.Choice(LR_SCHEDULES), default="constant", show_default=True,
+                 help="Learning rate after the warm-up: constant, inverse-sqrt (EDM2's decay after --lr-ref-images) or cosine (to 0 at the last step)."),
+    click.option("--lr-ref-images", "lr_ref_images", type=int, default=None,
+                 help="With --lr-schedule inverse-sqrt: images after which the rate falls as 1/sqrt(images / this)."),
+    click.option("--optimizer", "optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
+                 help="adam (weight decay added to the gradient) or adamw (decoupled weight decay)."),
+    click.option("--weight-decay", "weight_decay", type=float, default=0.0, show_default=True, help="Weight decay of the optimizer."),
 ]
 
-RECIPE_KEYS = ("ema_stds", "ema_snapshot_images")
+RECIPE_KEYS = ("ema_stds", "ema_snapshot_images", "lr_schedule", "lr_ref_images", "optimizer", "weight_decay")
 
 
 def recipe_options(command: Callable) -> Callable:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import presets
 
-from . import devices, latent, networks, posthoc_ema
+from . import devices, latent, lr_schedule, networks, posthoc_ema
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
 from .denoiser import Denoiser
 from .errors import ConfigError
@@ -105,6 +105,11 @@ class TrainConfig:
     # Post-hoc EMA (edm_space/posthoc_ema.py): relative stds tracked, snapshot cadence in images (None: with checkpoints).
     ema_stds: List[float] = field(default_factory=lambda: list(posthoc_ema.DEFAULT_STDS))
     ema_snapshot_images: Optional[int] = None
+    # Learning-rate schedule and optimizer (edm_space/lr_schedule.py).
+    lr_schedule: str = "constant"
+    lr_ref_images: Optional[int] = None
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,6 +282,7 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"net = {config.net!r} is invalid; give a network name ({', '.join(networks.names())}) or package.module:Class")
     presets.get(config.preset, **config.preset_options)  # validates the preset and its constants
     posthoc_ema.check_settings(config.ema_stds, config.ema_snapshot_images)
+    lr_schedule.check_settings(config.lr_schedule, config.lr_ref_images, config.optimizer, config.weight_decay)
 
 
 def warmup_notice(config: TrainConfig) -> Optional[str]:
@@ -417,7 +423,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         x_data = x_data.to(device)  # kept on the device: no copy per step
     labels = labels.to(device) if labels is not None else None
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = make_optimizer(net, config.lr)
+    optimizer = lr_schedule.build_optimizer(net, config)
     scaler = devices.grad_scaler(device, precision)
     if state is not None:
         try:
@@ -500,7 +506,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 raise diverged_error(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
             images_seen = (step + 1) * config.batch
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * (min(images_seen / config.warmup_images, 1.0) if config.warmup_images else 1.0)
+                group["lr"] = lr_schedule.run_learning_rate(config, images_seen)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 per_example.mean().backward()
