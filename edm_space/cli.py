@@ -30,6 +30,7 @@ from .plotting import trajectory_png
 from .rundir import disk_error
 from .seeding import SeededNoise, parse_seeds
 from .cli_recipe import recipe_options, recipe_settings
+from .config_file import given as user_gave
 from .cli_ema import ema_weights
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
@@ -432,7 +433,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         **recipe_settings(recipe),  # edm_space/cli_recipe.py
     )
     sources = {"data": "data_name", "latent": "latent_run"}
-    explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
+    explicit = [key for key in given if user_gave(context, sources.get(key, key))]  # on the command line or in --config
     config = resolve_config(out_dir, given, explicit)
     if config.net is None or config.batch is None:
         images = stream_data or config.latent is not None or data.load(config.data, n=1).ndim == 4

@@ -1,4 +1,5 @@
-"""The training-recipe options of `edm-space train`: post-hoc EMA profiles, learning-rate schedule, optimizer.
+"""The training-recipe options of `edm-space train`: --config, post-hoc EMA profiles, learning-rate schedule,
+optimizer, --init-from.
 
 `recipe_options` adds them to the train command in one decorator; `recipe_settings` turns the values
 click passes into TrainConfig fields (the option names are the fields' names).
@@ -11,9 +12,11 @@ from typing import Any, Callable, Dict
 import click
 
 from .cli_ema import parse_stds
+from .config_file import config_option
 from .lr_schedule import LR_SCHEDULES, OPTIMIZERS
 
 _OPTIONS = [
+    config_option,
     click.option("--ema-stds", "ema_stds", default="0.05,0.10", show_default=True,
                  help="Post-hoc EMA: relative stds of the power-function EMA profiles tracked and snapshotted (EDM2 Sec. 3), or none."),
     click.option("--ema-snapshot-images", "ema_snapshot_images", type=int, default=None,
@@ -25,9 +28,13 @@ _OPTIONS = [
     click.option("--optimizer", "optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
                  help="adam (weight decay added to the gradient) or adamw (decoupled weight decay)."),
     click.option("--weight-decay", "weight_decay", type=float, default=0.0, show_default=True, help="Weight decay of the optimizer."),
+    click.option("--init-from", "init_from", default=None,
+                 help="Start a new run from the weights of RUN[:STEP] (a run, checkpoint file or `edm-space ema` output): fine-tuning."),
+    click.option("--init-weights", "init_weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True,
+                 help="With --init-from: its EMA or raw weights."),
 ]
 
-RECIPE_KEYS = ("ema_stds", "ema_snapshot_images", "lr_schedule", "lr_ref_images", "optimizer", "weight_decay")
+RECIPE_KEYS = ("ema_stds", "ema_snapshot_images", "lr_schedule", "lr_ref_images", "optimizer", "weight_decay", "init_from", "init_weights")
 
 
 def recipe_options(command: Callable) -> Callable:

@@ -36,9 +36,11 @@ def learning_rate(lr: float, schedule: str, images: float, warmup_images: int = 
 
 
 def run_learning_rate(config, images: float) -> float:
-    """learning_rate() with a TrainConfig's settings (its run ends after steps * batch images)."""
+    """learning_rate() with a TrainConfig's settings (its run ends after its last step's images)."""
+    from .run_phases import images_seen
+
     return learning_rate(config.lr, config.lr_schedule, images, config.warmup_images, config.lr_ref_images,
-                         config.steps * config.batch)
+                         images_seen(config, config.steps))
 
 
 def check_settings(schedule: str, ref_images: Optional[float], optimizer: str, weight_decay: float) -> None:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import presets
 
-from . import devices, latent, lr_schedule, networks, posthoc_ema
+from . import devices, init_from, latent, lr_schedule, networks, posthoc_ema, run_phases
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
 from .denoiser import Denoiser
 from .errors import ConfigError
@@ -110,6 +110,10 @@ class TrainConfig:
     lr_ref_images: Optional[int] = None
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    # Resuming with other settings, starting from another run (edm_space/run_phases.py, edm_space/init_from.py).
+    phases: List[Dict[str, Any]] = field(default_factory=list)
+    init_from: Optional[str] = None
+    init_weights: str = "ema"
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -325,19 +329,6 @@ def ema_beta(config: TrainConfig, images_seen: int) -> float:
 
 
 
-def _check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
-    """A run directory keeps its configuration: resuming with other settings is refused."""
-    run_dir = config.out
-    if stored.preset != config.preset:
-        raise ConfigError(f"run directory {run_dir!r} holds a {stored.preset!r} run; it cannot continue as {config.preset!r}")
-    differing = [
-        key for key, value in config.to_json().items()
-        if key not in RESUMABLE + DERIVED + ("out",) and stored.to_json()[key] != value and value is not None
-    ]
-    if differing:
-        raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
-
-
 def train(config: TrainConfig, progress: bool = True, resume: bool = True, network: Optional[nn.Module] = None,
           echo=None, device: str = "auto", precision: str = "fp32", compile: bool = False, stream_data: bool = False,
           workers: int = 2) -> Dict[str, Any]:
@@ -380,10 +371,9 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     stored = None
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         stored = read_run_config(run_dir)
-        _check_resumable(stored, config)
+        run_phases.check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
-        config = dataclasses.replace(stored, out=config.out, **{k: getattr(config, k) for k in RESUMABLE})
 
     start_step = 0
     state = None
@@ -391,6 +381,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     if found:
         start_step, path = found[-1]
         state = load_checkpoint(path)
+    if stored is not None:
+        config = run_phases.resumed_config(stored, config, start_step)
     if config.steps < start_step:
         raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
 
@@ -422,6 +414,10 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     if x_data is not None:
         x_data = x_data.to(device)  # kept on the device: no copy per step
     labels = labels.to(device) if labels is not None else None
+    if state is None and config.init_from is not None:
+        loaded = init_from.load_initial_weights(net, config.init_from, config.init_weights)
+        if rank == 0:
+            echo(loaded)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = lr_schedule.build_optimizer(net, config)
     scaler = devices.grad_scaler(device, precision)
@@ -504,7 +500,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 raise
             if not torch.isfinite(global_loss):
                 raise diverged_error(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
-            images_seen = (step + 1) * config.batch
+            images_seen = run_phases.images_seen(config, step + 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr_schedule.run_learning_rate(config, images_seen)
             optimizer.zero_grad(set_to_none=True)
@@ -544,7 +540,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 elapsed = time.perf_counter() - window_start
                 entry = {
                     "step": done,
-                    "images": done * config.batch,
+                    "images": images_seen,
                     "loss": window_loss / window_steps,
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": window_steps * config.batch / max(elapsed, 1e-9),
