@@ -32,9 +32,14 @@ _OPTIONS = [
                  help="Start a new run from the weights of RUN[:STEP] (a run, checkpoint file or `edm-space ema` output): fine-tuning."),
     click.option("--init-weights", "init_weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True,
                  help="With --init-from: its EMA or raw weights."),
+    click.option("--tensorboard", "tensorboard", is_flag=True,
+                 help="Write TensorBoard event files to RUN/tensorboard: losses per sigma bucket, lr, gradient norm, images/s, sample pictures."),
+    click.option("--sample-every", "sample_every_images", type=int, default=None,
+                 help="With --tensorboard: images between sample pictures [default: one with every checkpoint]."),
 ]
 
-RECIPE_KEYS = ("ema_stds", "ema_snapshot_images", "lr_schedule", "lr_ref_images", "optimizer", "weight_decay", "init_from", "init_weights")
+RECIPE_KEYS = ("ema_stds", "ema_snapshot_images", "lr_schedule", "lr_ref_images", "optimizer", "weight_decay", "init_from", "init_weights", "tensorboard",
+               "sample_every_images")
 
 
 def recipe_options(command: Callable) -> Callable:

@@ -25,8 +25,10 @@ CHANGEABLE = RESUMABLE + (
     "lr", "lr_schedule", "lr_ref_images", "warmup_images", "batch", "grad_clip", "weight_decay",
     "ema_halflife_images", "ema_rampup_ratio", "ema_snapshot_images", "label_dropout",
 )
+# Settings of watching a run: a resume takes the new ones without recording a phase.
+WATCHING = ("tensorboard", "sample_every_images")
 # Settings a run records but that do not bind a resume: derived from the data, where it lives, its history.
-NOT_COMPARED = ("sigma_data", "item_shape", "num_classes", "latent_space", "out", "phases", "init_from", "init_weights")
+NOT_COMPARED = WATCHING + ("sigma_data", "item_shape", "num_classes", "latent_space", "out", "phases", "init_from", "init_weights")
 
 
 def check_resumable(stored, config) -> None:
@@ -46,7 +48,7 @@ def resumed_config(stored, config, start_step: int):
     """`stored` with the changeable settings of `config`; a change is appended to its phases at `start_step`."""
     changes = {key: [getattr(stored, key), getattr(config, key)] for key in CHANGEABLE
                if getattr(config, key) != getattr(stored, key)}
-    merged = dataclasses.replace(stored, out=config.out, **{key: getattr(config, key) for key in CHANGEABLE})
+    merged = dataclasses.replace(stored, out=config.out, **{key: getattr(config, key) for key in CHANGEABLE + WATCHING})
     if not changes:
         return merged
     phases: List[Dict[str, Any]] = [p for p in stored.phases if p["step"] < start_step]

@@ -39,6 +39,7 @@ from .denoiser import Denoiser
 from .errors import ConfigError
 from .files import read_json
 from .seeding import step_generator
+from .monitor import TrainingMonitor
 from .parameterization import Formulation
 from .devices import make_optimizer
 from .rundir import (
@@ -114,6 +115,9 @@ class TrainConfig:
     phases: List[Dict[str, Any]] = field(default_factory=list)
     init_from: Optional[str] = None
     init_weights: str = "ema"
+    # Watching the run in TensorBoard (edm_space/monitor.py); sample pictures every so many images (None: with checkpoints).
+    tensorboard: bool = False
+    sample_every_images: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -429,6 +433,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         except (KeyError, RuntimeError, ValueError) as error:
             raise ConfigError(f"checkpoint of step {start_step} in {run_dir!r} does not fit this network ({type(error).__name__})") from None
     profiles = posthoc_ema.TrainingProfiles(run_dir, net, config.ema_stds, config.ema_snapshot_images, state, start_step, rank == 0)
+    monitor = TrainingMonitor(run_dir, config.tensorboard and rank == 0, config.sample_every_images, formulation, item_shape)
     if rank == 0 and start_step < config.steps:
         echo(f"network {config.net}: {sum(p.numel() for p in net.parameters()):,} parameters on {device}")
         notice = warmup_notice(config)
@@ -525,6 +530,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
                 torch._foreach_lerp_(ema_params, net_params, 1.0 - beta)
             profiles.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, step + 1 == config.steps)
+            monitor.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, ema, config.latent_space is not None)
 
             # Logging: mean loss and loss per sigma bucket since the last entry (this process's slice).
             with torch.no_grad():
@@ -552,6 +558,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 if rank == 0:
                     with open(log_path, "a") as file:
                         file.write(json.dumps(entry) + "\n")
+                    monitor.log(entry, float(grad_norm))
                 bucket_sum.zero_()
                 bucket_count.zero_()
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
