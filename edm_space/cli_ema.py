@@ -18,6 +18,7 @@ import torch
 
 from .errors import ConfigError
 from .posthoc_ema import check_std, reconstruct
+from .training import read_run_config
 from .rundir import CHECKPOINT_FORMAT, find_checkpoint, CHECKPOINT_VERSION, checkpoint_dir, checkpoint_path, prepare_run_dir, save_checkpoint, write_json
 
 OUT_FOLDER = "posthoc-ema"
@@ -42,8 +43,6 @@ def reconstructed_dir(out: str, std: float, step: int) -> str:
 
 def write_reconstruction(run_dir: str, out_dir: str, std: float, step: int, weights: Dict[str, torch.Tensor]) -> str:
     """A run directory `out_dir` (config.json of `run_dir`, one checkpoint of `step`) holding `weights`."""
-    from .training import read_run_config
-
     config = read_run_config(run_dir).to_json()
     prepare_run_dir(out_dir)
     os.makedirs(checkpoint_dir(out_dir), exist_ok=True)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .devices import make_optimizer
 from .errors import ConfigError, unknown
+from .run_phases import images_seen
 
 LR_SCHEDULES = ("constant", "inverse-sqrt", "cosine")
 OPTIMIZERS = ("adam", "adamw")
@@ -37,8 +38,6 @@ def learning_rate(lr: float, schedule: str, images: float, warmup_images: int = 
 
 def run_learning_rate(config, images: float) -> float:
     """learning_rate() with a TrainConfig's settings (its run ends after its last step's images)."""
-    from .run_phases import images_seen
-
     return learning_rate(config.lr, config.lr_schedule, images, config.warmup_images, config.lr_ref_images,
                          images_seen(config, config.steps))
 

@@ -22,6 +22,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import ConfigError
@@ -156,12 +158,10 @@ def snapshot_dir(run_dir: str) -> str:
 
 def write_snapshot(run_dir: str, step: int, images: int, tracker: PowerEMA) -> str:
     """RUN/ema-snapshots/snapshot-STEP.safetensors with every profile at `step`, atomically."""
-    from safetensors.torch import save
-
     metadata = {"format": SNAPSHOT_FORMAT, "step": str(step), "images": str(images), "stds": json.dumps(tracker.stds)}
     os.makedirs(snapshot_dir(run_dir), exist_ok=True)
     path = os.path.join(snapshot_dir(run_dir), f"snapshot-{step:08d}.safetensors")
-    write_atomic(path, save(tracker.snapshot_tensors(), metadata=metadata))
+    write_atomic(path, safetensors_bytes(tracker.snapshot_tensors(), metadata=metadata))
     return path
 
 
@@ -198,8 +198,6 @@ class Snapshot:
 
     @staticmethod
     def _open(path: str):
-        from safetensors import safe_open
-
         return safe_open(path, framework="pt")
 
     def _tensors(self, prefix: str) -> Dict[str, torch.Tensor]:
