@@ -29,7 +29,7 @@ from .reference import solve_reference
 from .plotting import trajectory_png
 from .rundir import disk_error
 from .seeding import SeededNoise, parse_seeds
-from .cli_recipe import recipe_options, recipe_settings
+from .cli_recipe import recipe_options, recipe_settings, refuse_for_family
 from .config_file import given as user_gave
 from .cli_ema import ema_weights
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
@@ -418,6 +418,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
                 raise ConfigError(f"{option} is for diffusion training; --family {family} takes its settings as --family-option key=value")
         if context.get_parameter_source("preset").name == "COMMANDLINE":
             raise ConfigError(f"--preset is for diffusion training; --family {family} is not a diffusion model")
+        refuse_for_family(context, family)  # edm_space/cli_recipe.py
         settings = ["data", "data_size", "steps", "batch", "lr", "seed", "checkpoint_every", "keep_checkpoints", "log_every", "options"]
         explicit = explicit_settings(context, settings, {"data": "data_name", "options": "family_options"})
         train_family(family, data_name, parse_options(family_options, "--family-option"), out_dir, data_size=data_size, steps=steps,

@@ -12,7 +12,8 @@ from typing import Any, Callable, Dict
 import click
 
 from .cli_ema import parse_stds
-from .config_file import config_option
+from .config_file import config_option, given
+from .errors import ConfigError
 from .lr_schedule import LR_SCHEDULES, OPTIMIZERS
 
 _OPTIONS = [
@@ -56,3 +57,10 @@ def recipe_settings(values: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(stds, str):
         settings["ema_stds"] = [] if stds.strip().lower() in ("none", "") else parse_stds(stds, "--ema-stds")
     return settings
+
+
+def refuse_for_family(context: click.Context, family: str) -> None:
+    """A one-line error when a recipe option is given for a --family run, which does not take them."""
+    for param in context.command.params:
+        if param.name in RECIPE_KEYS and given(context, param.name):
+            raise ConfigError(f"{param.opts[0]} is for diffusion training; --family {family} takes its settings as --family-option key=value")

@@ -59,3 +59,8 @@ def test_bad_config_files_are_refused_in_one_line(tmp_path, capsys, text, names)
 
 def test_a_missing_config_file_is_named(tmp_path, capsys):
     cli_error(["train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "run")], capsys, ["nope.toml", "does not exist"], roots=[tmp_path])
+
+
+def test_recipe_options_are_refused_for_other_families(tmp_path, capsys):
+    cli_error(["train", "--family", "gan", "--data", "moons", "--tensorboard", "--out", str(tmp_path / "run")], capsys,
+              ["--tensorboard", "--family gan"], roots=[tmp_path])
