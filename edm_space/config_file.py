@@ -1,9 +1,9 @@
 """`edm-space train --config run.toml`: every option of a command from a TOML file.
 
 Keys are the command's option names, with dashes or underscores (`lr = 1e-3`, `net-option = ["width=64"]`
-or a table `[net-option]` / `net-option = {width = 64}`, `conditional = true`). Options given on the
-command line override the file. The values become the command's defaults (click's default_map), so
-they are checked exactly as typed options are.
+or a table `net-option = {width = 64}`, `conditional = true`, a list for a comma-separated option:
+`ema-stds = [0.05, 0.1]`). Options given on the command line override the file. The values become
+the command's defaults (click's default_map), so they are checked exactly as typed options are.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def option_defaults(command: click.Command, table: Dict[str, Any], path: str) ->
             value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
         if getattr(param, "multiple", False) and not isinstance(value, list):
             value = [value]
+        elif not getattr(param, "multiple", False) and isinstance(value, list):  # a list for a comma-separated option
+            value = ",".join(str(v) for v in value)
         defaults[param.name] = value
     return defaults
 

@@ -16,7 +16,7 @@ warmup = 16
 lr = 0.001
 net_option = {width = 16, depth = 1}
 lr-schedule = "cosine"
-ema-stds = "0.07"
+ema-stds = [0.07]
 """
 
 
