@@ -31,6 +31,7 @@ from networks import Evaluation, dataset_size
 import samplers
 from edm_space.classifier import cached_classifier
 from edm_space.errors import ConfigError
+from edm_space.optional import require
 from edm_space.posthoc_ema import reconstruct
 from edm_space.seeding import SeededNoise
 from edm_space.training import TrainConfig, load_trained, train
@@ -123,10 +124,19 @@ def fmt(value: Optional[float], digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def spread_verdict(rows: Sequence[Dict[str, Any]], noise: float) -> str:
+    """How the FD spread across stds compares with the sampling noise of one row."""
+    spread = max(r["fd"] for r in rows) - min(r["fd"] for r in rows)
+    ratio = spread / noise if noise > 0 else float("inf")
+    return f"{ratio:.1f} times the noise" + (" (resolved)" if ratio > 2 else " (barely above it)" if ratio > 1 else " (not resolved)")
+
+
 def markdown(results: Dict[str, Any], plot_name: Optional[str]) -> str:
     s, rows = results["settings"], results["rows"]
     final = [r for r in rows if r["step"] == s["steps"] and r["weights"] == "post-hoc" and r["fd"] is not None]
     best = min(final, key=lambda r: r["fd"])
+    half = [r for r in rows if r["step"] == s["steps"] // 2 and r["weights"] == "post-hoc" and r["fd"] is not None]
+    half_best = min(half, key=lambda r: r["fd"])
     reference = {(r["step"], r["weights"]): r for r in rows if r["weights"] != "post-hoc"}
     second = reference[(s["steps"], "post-hoc, second latents")]
     first = next(r for r in final if r["std"] == second["std"])
@@ -149,10 +159,17 @@ def markdown(results: Dict[str, Any], plot_name: Optional[str]) -> str:
         "",
         f"- At the end of the run the best relative std is {best['std']:g} (FD {fmt(best['fd'])}); the raw weights score "
         f"{fmt(reference[(s['steps'], 'raw')]['fd'])} and the run's half-life EMA ({s['ema_halflife_images']:,.0f} images) "
-        f"{fmt(reference[(s['steps'], 'halflife-ema')]['fd'])}.",
+        f"{fmt(reference[(s['steps'], 'halflife-ema')]['fd'])}; across the stds the FD spans {fmt(best['fd'])} to "
+        f"{fmt(max(r['fd'] for r in final))}.",
+        f"- Half-way ({s['steps'] // 2 * s['batch']:,} images) the best relative std is {half_best['std']:g} (FD "
+        f"{fmt(half_best['fd'])}), the FD spans {fmt(half_best['fd'])} to {fmt(max(r['fd'] for r in half))}, the raw weights score "
+        f"{fmt(reference[(s['steps'] // 2, 'raw')]['fd'])} and the half-life EMA {fmt(reference[(s['steps'] // 2, 'halflife-ema')]['fd'])}. "
+        "Both curves come from the same snapshots of the one run.",
         f"- One run, one sample set per row. The sampling noise of a row: std {second['std']:g} scores FD {fmt(first['fd'])} on "
         f"these latents and {fmt(second['fd'])} on a second set; differences between stds smaller than that "
-        f"({abs(first['fd'] - second['fd']):.3f}) are not resolved.",
+        f"({abs(first['fd'] - second['fd']):.3f}) are not resolved. By that yardstick the spread across stds is "
+        f"{spread_verdict(half, abs(first['fd'] - second['fd']))} half-way and {spread_verdict(final, abs(first['fd'] - second['fd']))} "
+        "at the end of the run.",
         "",
         "## FD against relative EMA std",
         "",
@@ -171,6 +188,7 @@ def markdown(results: Dict[str, Any], plot_name: Optional[str]) -> str:
 
 def write_plot(results: Dict[str, Any], path: str) -> str:
     plt = common.pyplot("the EMA benchmark's plot")
+    ticker = require("matplotlib.ticker", "the EMA benchmark's plot")
     s, rows = results["settings"], results["rows"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for step, color in ((s["steps"] // 2, "tab:orange"), (s["steps"], "tab:blue")):
@@ -185,6 +203,10 @@ def write_plot(results: Dict[str, Any], path: str) -> str:
         ax.axvline(std, color="gray", linewidth=0.8, alpha=0.5)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for scale in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 3 and 5 times powers of ten
+        scale.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        scale.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        scale.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("relative EMA std (grey: the two tracked profiles)")
     ax.set_ylabel("FD in classifier features (lower is better)")
     ax.set_title(f"{s['data']}: one run, every EMA length afterwards", fontsize=10)
