@@ -9,6 +9,7 @@ fine-tuned into a conditional one) keep their fresh initialisation.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -33,7 +34,12 @@ def load_initial_weights(net: nn.Module, source: str, weights: str = "ema") -> s
     if weights not in WEIGHTS:
         raise unknown("--init-weights", weights, WEIGHTS)
     run, step = parse_source(source)
-    _, step, path = find_checkpoint(run, step)
+    if not os.path.exists(run):
+        raise ConfigError(f"--init-from {source!r}: {run!r} does not exist; give a run directory or checkpoint file, optionally :STEP")
+    try:
+        _, step, path = find_checkpoint(run, step)
+    except ConfigError as error:
+        raise ConfigError(f"--init-from {source!r}: {str(error).replace('--ckpt ', '')}") from None
     stored = load_checkpoint(path).get("ema" if weights == "ema" else "model")
     if not isinstance(stored, dict):
         raise ConfigError(f"--init-from {source!r}: checkpoint {path!r} holds no {weights} weights")

@@ -101,3 +101,9 @@ def test_parse_source():
     assert parse_source("runs/a:30") == ("runs/a", 30)
     assert parse_source("runs/a") == ("runs/a", None)
     assert parse_source("C:/runs/a") == ("C:/runs/a", None)
+
+
+def test_init_from_a_missing_run_is_named(tmp_path, capsys):
+    line = cli_error(["train", *TINY_TRAIN, "--init-from", str(tmp_path / "nope"), "--out", str(tmp_path / "new")], capsys,
+                     ["--init-from", "nope", "does not exist"], roots=[tmp_path])
+    assert "--ckpt" not in line
