@@ -28,6 +28,9 @@ from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, check_fami
 from .seeding import SeededNoise
 from .cli_options import given_options, quiet_option, show_progress
 from .cli_interop import register as register_interop
+from .cli_ema import ema_command
+from .cli_recipe import recipe_options, recipe_settings, refuse_for_family
+from .config_file import given as user_gave
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
 from .training import load_trained, resolve_config, train
@@ -95,6 +98,7 @@ threads_option = click.option(
 @click.option("--ckpt", "run_dir", default=None, help="A training run directory, or one of its checkpoint files: sample its trained model (default: the exact denoiser of --data).")
 @click.option("--step", "checkpoint_step", type=int, default=None, help="With --ckpt RUN_DIR: the checkpoint of this step [default: the newest].")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="With --ckpt: use the EMA weights.")
+@click.option("--ema-std", type=float, default=None, help="With --ckpt: post-hoc EMA of this relative std, rebuilt from the run's snapshots at --step (see `edm-space ema`).")
 @click.option("--class", "class_label", type=int, default=None, help="With a class-conditional --ckpt: the class of every sample [default: seed mod classes].")
 @click.option("--guidance", "guidance_weight", type=float, default=None, help="Guidance weight w: D_w = D_guide + w (D - D_guide); 1 is the conditional model alone (the guide is not evaluated). The guide is the null label (classifier-free) or --guide.")
 @click.option("--guidance-interval", default=None, help="SIGMA_LO,SIGMA_HI: guide only where SIGMA_LO < sigma <= SIGMA_HI [default: everywhere].")
@@ -182,10 +186,11 @@ def sample_command(threads: int, preset_options, solver_options, **options) -> N
 @precision_option
 @compile_option
 @threads_option
+@recipe_options
 @quiet_option
 def train_command(preset, family, family_options, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
                   ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, latent_run, latent_mode, stream_data, workers, device,
-                  precision, compile_network, threads, quiet) -> None:
+                  precision, compile_network, threads, quiet, **recipe) -> None:
     """Train a network under a preset's loss; resumes the run in --out if it exists.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: the result depends on K only through
@@ -200,6 +205,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
                 raise ConfigError(f"{option} is for diffusion training; --family {family} takes its settings as --family-option key=value")
         if context.get_parameter_source("preset").name == "COMMANDLINE":
             raise ConfigError(f"--preset is for diffusion training; --family {family} is not a diffusion model")
+        refuse_for_family(context, family)  # edm_space/cli_recipe.py
         settings = ["data", "data_size", "steps", "batch", "lr", "seed", "checkpoint_every", "keep_checkpoints", "log_every", "options"]
         explicit = explicit_settings(context, settings, {"data": "data_name", "options": "family_options"})
         train_family(family, data_name, parse_options(family_options, "--family-option"), out_dir, data_size=data_size, steps=steps,
@@ -212,9 +218,10 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         lr=lr, warmup_images=warmup_images, grad_clip=grad_clip, ema_halflife_images=ema_halflife_images, conditional=conditional,
         label_dropout=label_dropout, seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
         latent=latent_run, latent_mode=latent_mode,
+        **recipe_settings(recipe),  # edm_space/cli_recipe.py
     )
     sources = {"data": "data_name", "latent": "latent_run"}
-    explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
+    explicit = [key for key in given if user_gave(context, sources.get(key, key))]  # on the command line or in --config
     if latent_run is not None and "data" not in explicit:
         given["data"] = None  # the autoencoder's own training items (edm_space.latent.takes_autoencoder_data)
     config = resolve_config(out_dir, given, explicit)
@@ -343,6 +350,7 @@ def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, see
 
 
 cli.add_command(autoencoder_group)
+cli.add_command(ema_command)
 register_interop(cli)
 
 

@@ -28,6 +28,7 @@ import torch
 from .errors import ConfigError
 from .files import process_alive as _process_alive
 from .files import read_json, write_atomic
+from .posthoc_ema import remove_snapshots_after
 
 CHECKPOINT_FORMAT = "edm-space-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -140,6 +141,7 @@ def training_run(run_dir: str, owner: bool = True) -> Iterator[None]:
         elif os.path.isdir(run_dir):
             try:  # the log keeps no step that the checkpoints do not hold (a failed write may have been a full disk)
                 trim_log(run_dir, found[-1][0] if found else 0)
+                remove_snapshots_after(run_dir, found[-1][0] if found else 0)  # nor do the post-hoc EMA snapshots
             except OSError:
                 pass
         raise

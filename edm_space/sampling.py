@@ -21,7 +21,7 @@ import presets
 import samplers
 from samplers.trajectory import TrajectoryRecorder
 
-from . import data, devices, latent
+from . import data, devices, latent, posthoc_ema
 from .denoiser import Denoiser
 from .errors import ConfigError
 from .files import StagedOutputs, check_writable_file, read_json, save_npz_atomic
@@ -47,6 +47,7 @@ class SampleOptions:
     run_dir: Optional[str] = None
     checkpoint_step: Optional[int] = None
     ema: bool = True
+    ema_std: Optional[float] = None
     class_label: Optional[int] = None
     guidance_weight: Optional[float] = None
     guidance_interval: Optional[str] = None
@@ -202,9 +203,12 @@ def _integrated_formulation(o: SampleOptions, config, own) -> Any:
 def open_run(o: SampleOptions, device: torch.device) -> SamplingModel:
     """A trained run's denoiser (on `device`, at --precision, compiled if asked), its guide and its decoder."""
     loaded, config, item_shape, num_classes, step = load_trained(o.run_dir, ema=o.ema, step=o.checkpoint_step, device=str(device))
+    if o.ema_std is not None:  # post-hoc EMA of this std, rebuilt from the run's snapshots (EDM2 Sec. 3)
+        loaded.network.load_state_dict(posthoc_ema.ema_weights(o.run_dir, o.ema_std, step))
     network = devices.compiled(loaded.network, o.compile_network)
     denoiser = Denoiser(network, loaded.formulation, precision=o.precision)
-    source = f"{o.run_dir} (step {step}, {'EMA' if o.ema else 'raw'} weights)"
+    weights = f"post-hoc EMA std {o.ema_std:g}" if o.ema_std is not None else ("EMA" if o.ema else "raw")
+    source = f"{o.run_dir} (step {step}, {weights} weights)"
     decode = None
     if config.latent_space is not None:  # a latent model: its samples are latents, the images come from the decoder
         space = latent.open_latent_space(config.latent_space, o.run_dir)

@@ -35,11 +35,12 @@ from tqdm.auto import tqdm
 
 import presets
 
-from . import devices, latent, networks
+from . import devices, init_from, latent, lr_schedule, networks, posthoc_ema, run_phases
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data, worker_error
 from .denoiser import Denoiser
 from .errors import ConfigError
 from .seeding import step_generator
+from .monitor import TrainingMonitor
 from .parameterization import Formulation
 from .weights import is_weights_run, read_weights_run
 from .devices import make_optimizer
@@ -105,6 +106,21 @@ class TrainConfig:
     sigma_data: Optional[float] = None
     item_shape: Optional[List[int]] = None
     num_classes: int = 0
+    # Post-hoc EMA (edm_space/posthoc_ema.py): relative stds tracked, snapshot cadence in images (None: with checkpoints).
+    ema_stds: List[float] = field(default_factory=lambda: list(posthoc_ema.DEFAULT_STDS))
+    ema_snapshot_images: Optional[int] = None
+    # Learning-rate schedule and optimizer (edm_space/lr_schedule.py).
+    lr_schedule: str = "constant"
+    lr_ref_images: Optional[int] = None
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    # Resuming with other settings, starting from another run (edm_space/run_phases.py, edm_space/init_from.py).
+    phases: List[Dict[str, Any]] = field(default_factory=list)
+    init_from: Optional[str] = None
+    init_weights: str = "ema"
+    # Watching the run in TensorBoard (edm_space/monitor.py); sample pictures every so many images (None: with checkpoints).
+    tensorboard: bool = False
+    sample_every_images: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -298,6 +314,8 @@ def check_config(config: TrainConfig) -> None:
     if ":" not in config.net:  # a registered network: its options against their declared bounds, before any work
         networks.NETWORKS.check_options(networks.NETWORKS.resolve(config.net), config.net_options, skip=("item_shape",))
     presets.get(config.preset, **config.preset_options)  # validates the preset and its constants
+    posthoc_ema.check_settings(config.ema_stds, config.ema_snapshot_images)
+    lr_schedule.check_settings(config.lr_schedule, config.lr_ref_images, config.optimizer, config.weight_decay)
 
 
 def warmup_notice(config: TrainConfig) -> Optional[str]:
@@ -338,19 +356,6 @@ def ema_beta(config: TrainConfig, images_seen: int) -> float:
         halflife = min(halflife, images_seen * config.ema_rampup_ratio)
     return 0.5 ** (config.batch / max(halflife, 1e-8))
 
-
-
-def _check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
-    """A run directory keeps its configuration: resuming with other settings is refused."""
-    run_dir = config.out
-    if stored.preset != config.preset:
-        raise ConfigError(f"run directory {run_dir!r} holds a {stored.preset!r} run; it cannot continue as {config.preset!r}")
-    differing = [
-        key for key, value in config.to_json().items()
-        if key not in RESUMABLE + DERIVED + ("out",) and stored.to_json()[key] != value and value is not None
-    ]
-    if differing:
-        raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = True, network: Optional[nn.Module] = None,
@@ -399,10 +404,9 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     # A new DiT run records the conventions it is built with; a resumed one keeps those it has.
     config = with_recorded_convention(config, stored.net_options.get("convention", "dit") if stored is not None else "dit")
     if stored is not None:
-        _check_resumable(stored, config)
+        run_phases.check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
-        config = dataclasses.replace(stored, out=config.out, **{k: getattr(config, k) for k in RESUMABLE})
 
     start_step = 0
     state = None
@@ -410,6 +414,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     if found:
         start_step, path = found[-1]
         state = load_checkpoint(path)
+    if stored is not None:
+        config = run_phases.resumed_config(stored, config, start_step)
     if config.steps < start_step:
         raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
 
@@ -442,8 +448,12 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     if x_data is not None:
         x_data = x_data.to(device)  # kept on the device: no copy per step
     labels = labels.to(device) if labels is not None else None
+    if state is None and config.init_from is not None:
+        loaded = init_from.load_initial_weights(net, config.init_from, config.init_weights)
+        if rank == 0:
+            echo(loaded)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = make_optimizer(net, config.lr)
+    optimizer = lr_schedule.build_optimizer(net, config)
     scaler = devices.grad_scaler(device, precision)
     if state is not None:
         try:
@@ -452,6 +462,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as error:
             raise ConfigError(f"checkpoint of step {start_step} in {run_dir!r} does not fit this network ({type(error).__name__})") from None
+    profiles = posthoc_ema.TrainingProfiles(run_dir, net, config.ema_stds, config.ema_snapshot_images, state, start_step, rank == 0)
+    monitor = TrainingMonitor(run_dir, config.tensorboard and rank == 0, config.sample_every_images, formulation, item_shape)
     if rank == 0 and start_step < config.steps:
         echo(f"network {config.net}: {sum(p.numel() for p in net.parameters()):,} parameters on {device}")
         notice = warmup_notice(config)
@@ -526,9 +538,9 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 raise
             if not torch.isfinite(global_loss):
                 raise diverged_error(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
-            images_seen = (step + 1) * config.batch
+            images_seen = run_phases.images_seen(config, step + 1)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * (min(images_seen / config.warmup_images, 1.0) if config.warmup_images else 1.0)
+                group["lr"] = lr_schedule.run_learning_rate(config, images_seen)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 per_example.mean().backward()
@@ -550,6 +562,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 beta = ema_beta(config, images_seen)
                 # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
                 torch._foreach_lerp_(ema_params, net_params, 1.0 - beta)
+            profiles.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, step + 1 == config.steps)
+            monitor.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, ema, config.latent_space is not None)
 
             # Logging: mean loss and loss per sigma bucket since the last entry (this process's slice).
             with torch.no_grad():
@@ -565,7 +579,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 elapsed = time.perf_counter() - window_start
                 entry = {
                     "step": done,
-                    "images": done * config.batch,
+                    "images": images_seen,
                     "loss": window_loss / window_steps,
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": window_steps * config.batch / max(elapsed, 1e-9),
@@ -577,12 +591,13 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 if rank == 0:
                     with open(log_path, "a") as file:
                         file.write(json.dumps(entry) + "\n")
+                    monitor.log(entry, float(grad_norm))
                 bucket_sum.zero_()
                 bucket_count.zero_()
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if done % config.checkpoint_every == 0 or done == config.steps:
                 if rank == 0:
-                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config))
+                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config, profiles.checkpoint_state()))
                 if world > 1:
                     dist.barrier()
         if start_step < config.steps:
@@ -605,7 +620,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
 
 
 
-def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig) -> str:
+def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig,
+                      extra: Optional[Dict[str, Any]] = None) -> str:
     """The checkpoint of `step`, then config.json (the run's settings, steps included), both atomically."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -615,6 +631,7 @@ def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, o
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "config": json.dumps(config.to_json()),
+        **(extra or {}),
     }
     os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
     path = checkpoint_path(run_dir, step)
