@@ -1,7 +1,6 @@
 """`train --tensorboard`: event files readable as TensorBoard reads them, holding what log.jsonl holds."""
 
 import glob
-import importlib.util
 import struct
 import zlib
 
@@ -112,7 +111,6 @@ def test_tensorboard_events_hold_the_log_and_sample_pictures(tmp_path, capsys):
         assert zlib.crc32(png[12:29]) == struct.unpack(">I", png[29:33])[0]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
 def test_tensorboard_itself_reads_the_events(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
