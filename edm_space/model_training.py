@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import autoencoders, devices, families
+from . import autoencoders, devices, engine, families
 from .data import load
 from .outputs import write_sample_files
 from .errors import ConfigError, unknown
@@ -54,19 +53,10 @@ from .rundir import (
     MAX_BATCH,
     MAX_STEPS,
     RESUMABLE,
-    confirm_checkpoint,
-    diverged_error,
-    trim_log,
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     training_run,
-    checkpoint_dir,
-    checkpoint_path,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    save_checkpoint,
-    write_json,
 )
 from .seeding import step_generator
 
@@ -148,14 +138,7 @@ def read_model_config(run_dir: str) -> ModelConfig:
 def resolve_model_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> ModelConfig:
     """The configuration to train with: `given` for a new run; when `out` holds a run, its stored
     settings for every key not in `explicit` (the settings the user actually gave)."""
-    settings = dict(given)
-    if os.path.isfile(os.path.join(out, "config.json")):
-        stored = read_model_config(out).to_json()
-        explicit = set(explicit)
-        for key in settings:
-            if key not in explicit and key in stored:
-                settings[key] = stored[key]
-    return ModelConfig(out=out, **settings)
+    return engine.resolve_run_config(ModelConfig, read_model_config, out, given, explicit)
 
 
 def _check_positive_int(name: str, value: Any, low: int = 1, high: Optional[int] = None) -> None:
@@ -297,99 +280,58 @@ def _train_locked(config: ModelConfig, progress: bool, device: torch.device, ech
         stored = read_model_config(run_dir)
         _check_resumable(stored, config)
         config = dataclasses.replace(stored, out=config.out, **{key: getattr(config, key) for key in RESUMABLE})
-    found = list_checkpoints(run_dir)
-    start_step, state = (found[-1][0], load_checkpoint(found[-1][1])) if found else (0, None)
-    if config.steps < start_step:
-        raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
+    start_step, state = engine.newest_checkpoint(run_dir, config.steps, load_checkpoint)
 
     x_train, _, held_out = load_split(config)
     config = dataclasses.replace(config, held_out=held_out, item_shape=list(x_train.shape[1:]))
-    model = build_model(config, config.item_shape).to(device).train()
-    optimizers = build_model_optimizers(model, config)
+    task = ModelTask(config, x_train, device)
     if state is not None:
-        _load_states(model, optimizers, state, f"checkpoint of step {start_step} in {run_dir!r}")
-    x_train = x_train.to(device)  # kept on the device: no copy per step
+        _load_states(task.model, task.optimizers, state, f"checkpoint of step {start_step} in {run_dir!r}")
     if start_step < config.steps:
-        count = sum(p.numel() for p in model.parameters())
+        count = sum(p.numel() for p in task.model.parameters())
         echo(f"{config.describe()}: {count:,} parameters on {device}; {len(x_train):,} training items, {held_out:,} held out")
-    trim_log(run_dir, start_step)  # a crashed run may have logged steps past its last checkpoint; they are redone
-
-    def run_step(step: int) -> Dict[str, float]:
-        generator = step_generator(config.seed, step)
-        index = torch.randint(len(x_train), (config.batch,), generator=generator)
-        return model_step(model, config.kind, optimizers, x_train[index.to(device)], generator)
-
-    def check(losses: Dict[str, float], what: str, step: int) -> None:
-        for name, value in losses.items():
-            if not math.isfinite(value):
-                raise diverged_error(run_dir, f"{what} {name!r} became {value} at step {step}", pending, step, 0)
-
-    log_path = os.path.join(run_dir, "log.jsonl")
-    bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.name} on {config.data}", unit="step",
-               dynamic_ncols=True) if progress else None
-    # The newest checkpoint written by this call whose weights have not yet given a finite loss.
-    pending: Optional[Tuple[int, str]] = None
-    window: Dict[str, float] = {}
-    window_steps, window_start = 0, time.perf_counter()
-    try:
-        for step in range(start_step, config.steps):
-            losses = run_step(step)
-            check(losses, "training loss", step)
-            if pending is not None and pending[0] == step:
-                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, 0)
-                pending = None
-            for name, value in losses.items():
-                window[name] = window.get(name, 0.0) + value
-            window_steps += 1
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-            if done % config.log_every == 0 or done == config.steps:
-                elapsed = time.perf_counter() - window_start
-                entry = {
-                    "step": done,
-                    "images": done * config.batch,
-                    "losses": {name: total / window_steps for name, total in window.items()},
-                    "lr": config.lr,
-                    "images_per_s": window_steps * config.batch / max(elapsed, 1e-9),
-                    **({"peak_gpu_memory_mib": devices.peak_memory_mib(device)} if device.type == "cuda" else {}),
-                }
-                if bar is not None:
-                    bar.set_postfix({name: f"{value:.4g}" for name, value in entry["losses"].items()})
-                with open(log_path, "a") as file:
-                    file.write(json.dumps(entry) + "\n")
-                window, window_steps, window_start = {}, 0, time.perf_counter()
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                pending = (done, _write_checkpoint(run_dir, done, model, optimizers, config))
-        if start_step < config.steps:
-            # The last checkpoint has no next step in this call: its weights take that step's batch now (the
-            # updated weights are dropped; a later resume redoes the step from the checkpoint).
-            check(run_step(config.steps), "training loss of the final weights", config.steps)
-            if pending is not None:
-                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, 0)
-    finally:
-        if bar is not None:
-            bar.close()
+    cadence = engine.Cadence(config.steps, config.log_every, config.checkpoint_every, config.keep_checkpoints, config.batch)
+    engine.run_steps(run_dir, task, start_step, cadence, device, progress=progress, desc=f"train {config.name} on {config.data}")
     found = list_checkpoints(run_dir)
     return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "checkpoint": found[-1][1] if found else None,
             "held_out": held_out, "training_items": len(x_train)}
 
 
-def _write_checkpoint(run_dir: str, step: int, model: nn.Module, optimizers: Dict[str, torch.optim.Optimizer], config: ModelConfig) -> str:
-    """The checkpoint of `step`, then config.json (steps included), both atomically."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "step": step,
-        "model": model.state_dict(),
-        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
-        "config": json.dumps(config.to_json()),
-    }
-    os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
-    path = checkpoint_path(run_dir, step)
-    save_checkpoint(path, state)
-    write_json(os.path.join(run_dir, "config.json"), config.to_json())
-    return path
+class ModelTask:
+    """A family or autoencoder run as an engine task (edm_space.engine.Task)."""
+
+    def __init__(self, config: ModelConfig, x_train: torch.Tensor, device: torch.device):
+        self.config = config
+        self.model = build_model(config, config.item_shape).to(device).train()
+        self.optimizers = build_model_optimizers(self.model, config)
+        self.x_train = x_train.to(device)  # kept on the device: no copy per step
+        self.device = device
+
+    def _step(self, step: int) -> Dict[str, float]:
+        generator = step_generator(self.config.seed, step)
+        index = torch.randint(len(self.x_train), (self.config.batch,), generator=generator)
+        return model_step(self.model, self.config.kind, self.optimizers, self.x_train[index.to(self.device)], generator)
+
+    def train_step(self, step: int, check) -> Dict[str, float]:
+        losses = self._step(step)
+        for name, value in losses.items():
+            check(f"training loss {name!r}", value)
+        return losses
+
+    def final_check(self, step: int, check) -> None:
+        # The updated weights are dropped: a later resume redoes the step from the checkpoint.
+        for name, value in self._step(step).items():
+            check(f"training loss of the final weights {name!r}", value)
+
+    def images_seen(self, done: int) -> int:
+        return done * self.config.batch
+
+    def log_fields(self, done: int, means: Dict[str, float]) -> Dict[str, Any]:
+        return {"losses": means, "lr": self.config.lr}
+
+    def checkpoint_states(self) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(),
+                "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}}
 
 
 def _load_states(model: nn.Module, optimizers: Optional[Dict[str, torch.optim.Optimizer]], state: Dict[str, Any], what: str) -> None:

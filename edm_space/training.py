@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 
 import presets
 
-from . import devices, init_from, latent, lr_schedule, networks, posthoc_ema, run_phases
+from . import devices, engine, init_from, latent, lr_schedule, networks, posthoc_ema, run_phases
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data, worker_error
 from .denoiser import Denoiser
 from .errors import ConfigError
@@ -43,28 +42,20 @@ from .seeding import step_generator
 from .monitor import TrainingMonitor
 from .parameterization import Formulation
 from .weights import is_weights_run, read_weights_run
-from .devices import make_optimizer
+from .devices import make_optimizer  # noqa: F401 - benchmarks/speed.py imports it from here
 from .rundir import (
     config_from_json,
     read_run_payload,
     MAX_BATCH,
     MAX_STEPS,
-    RESUMABLE,
     CHECKPOINT_FORMAT,
     TrainingDiverged,
-    confirm_checkpoint,
-    diverged_error,
-    trim_log,
     CHECKPOINT_VERSION,
     training_run,
-    checkpoint_dir,
-    checkpoint_path,
     find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    save_checkpoint,
-    write_json,
 )
 
 __all__ = [
@@ -279,14 +270,25 @@ def read_run_config(run_dir: str) -> TrainConfig:
 def resolve_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> TrainConfig:
     """The configuration to train with: `given` for a new run; when `out` holds a run, its stored settings
     for every key not in `explicit` (the settings the user actually gave)."""
-    settings = dict(given)
-    if os.path.isfile(os.path.join(out, "config.json")):
-        stored = read_run_config(out).to_json()
-        explicit = set(explicit)
-        for key in settings:
-            if key not in explicit and key in stored:
-                settings[key] = stored[key]
-    return TrainConfig(out=out, **settings)
+    return engine.resolve_run_config(TrainConfig, read_run_config, out, given, explicit)
+
+
+def run_config(out: str, given: Dict[str, Any], explicit: Iterable[str], stream_data: bool = False) -> TrainConfig:
+    """The configuration `edm-space train` trains with (resolve_config), the network and batch defaulting by the data:
+    unet and 64 for images (a latent or streamed run included), mlp and 256 for vectors. A latent run without an
+    explicit data set takes its autoencoder's training items (edm_space.latent.takes_autoencoder_data)."""
+    given = dict(given)
+    if given.get("latent") is not None and "data" not in set(explicit):
+        given["data"] = None
+    config = resolve_config(out, given, explicit)
+    if config.net is None or config.batch is None:
+        images = stream_data or config.latent is not None or load(config.data, n=1).ndim == 4
+        config = dataclasses.replace(
+            config,
+            net=("unet" if images else "mlp") if config.net is None else config.net,
+            batch=(64 if images else 256) if config.batch is None else config.batch,
+        )
+    return config
 
 
 def check_config(config: TrainConfig) -> None:
@@ -345,6 +347,16 @@ def distributed_context() -> Tuple[int, int]:
     return 0, 1
 
 
+def finish_distributed() -> int:
+    """This process's rank, after a barrier that ends torch.distributed (if it was started); 0 without it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()
+    return rank
+
+
 # ---------------------------------------------------------------------------
 # The loop.
 
@@ -398,6 +410,26 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     run_dir = config.out
     device = devices.resolve_device(device_name)
     devices.check_precision(precision, device)
+    config, start_step, state = _resumed_config(config, resume)
+    config, data = _training_data(config, rank, stream_data, workers)
+    task = DiffusionTask(config, data, network, state, start_step, rank, world, device, precision, compile, workers, echo)
+    if rank == 0 and start_step < config.steps:
+        echo(f"network {config.net}: {sum(p.numel() for p in task.net.parameters()):,} parameters on {device}")
+        notice = warmup_notice(config)
+        if notice:
+            echo(notice)
+    cadence = engine.Cadence(config.steps, config.log_every, config.checkpoint_every, config.keep_checkpoints, config.batch)
+    engine.run_steps(run_dir, task, start_step, cadence, device, rank, world, progress,
+                     desc=f"train {config.preset} on {config.data}", logged=task.logged)
+    found = list_checkpoints(run_dir)
+    return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "sigma_data": config.sigma_data,
+            "checkpoint": found[-1][1] if found else None}
+
+
+def _resumed_config(config: TrainConfig, resume: bool) -> Tuple[TrainConfig, int, Optional[Dict[str, Any]]]:
+    """(config, start step, checkpoint state or None): a run in config.out continues from its newest checkpoint
+    with its stored settings (run_phases says which may change); a new run starts at step 0."""
+    run_dir = config.out
     stored = None
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         stored = network_options_for_loading(read_run_config(run_dir))
@@ -407,237 +439,202 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         run_phases.check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
-
-    start_step = 0
-    state = None
     found = list_checkpoints(run_dir) if resume else []
-    if found:
-        start_step, path = found[-1]
-        state = load_checkpoint(path)
+    start_step, state = (found[-1][0], load_checkpoint(found[-1][1])) if found else (0, None)
     if stored is not None:
         config = run_phases.resumed_config(stored, config, start_step)
     if config.steps < start_step:
         raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
+    return config, start_step, state
 
+
+@dataclass
+class TrainingData:
+    """A run's training set: in memory (x, labels) or streamed from a PNG folder."""
+
+    x: Optional[torch.Tensor]
+    labels: Optional[torch.Tensor]
+    streamed: Optional[StreamedPNGFolder]
+    num_items: int
+    item_shape: Tuple[int, ...]
+
+
+def _training_data(config: TrainConfig, rank: int, stream_data: bool, workers: int) -> Tuple[TrainConfig, TrainingData]:
+    """The run's training set, and the config with what the data determines (sigma_data, item_shape, num_classes,
+    a latent run's latent_space) filled in."""
     if stream_data:
         if config.conditional or config.latent is not None:
             raise ConfigError("--stream-data reads PNG folders image by image; it trains neither --conditional (no labels) nor --latent")
         if not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"workers = {workers!r} is invalid; it must be an integer >= 0")
         streamed = StreamedPNGFolder(config.data, n=config.data_size, seed=config.seed)
-        x_data, labels, num_items, item_shape = None, None, len(streamed), streamed.item_shape
+        data = TrainingData(None, None, streamed, len(streamed), tuple(streamed.item_shape))
     else:
         x_data, labels = load_training_data(config)
         if config.latent is not None or config.latent_space is not None:
             # Latent diffusion: the data set encoded once by the autoencoder run, normalized per channel.
-            x_data, labels, record = latent.training_latents(run_dir, config, x_data, labels, write_cache_file=rank == 0)
+            x_data, labels, record = latent.training_latents(config.out, config, x_data, labels, write_cache_file=rank == 0)
             data_name = config.data or latent.autoencoder_data_name(config.latent)
             config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"], data=data_name)
-        num_items, item_shape = len(x_data), tuple(x_data.shape[1:])
+        data = TrainingData(x_data, labels, None, len(x_data), tuple(x_data.shape[1:]))
     if config.sigma_data is None:
-        sigma_data = round(streamed_sigma_data(streamed) if stream_data else estimate_sigma_data(x_data), 6)
+        sigma_data = round(streamed_sigma_data(data.streamed) if stream_data else estimate_sigma_data(data.x), 6)
         if not sigma_data > 0:
             raise ConfigError(f"data set {config.data!r} has standard deviation {sigma_data}: every value is the same, there is nothing to learn")
         config = dataclasses.replace(config, sigma_data=sigma_data)
-    num_classes = int(labels.max()) + 1 if labels is not None else 0
-    config = dataclasses.replace(config, item_shape=list(item_shape), num_classes=num_classes)
-    formulation = build_formulation(config)
-    torch.manual_seed(config.seed)  # weight initialisation (and dropout), inside train()'s fork of the global RNG
-    net = network if network is not None else build_network(config, item_shape, num_classes)
-    net = net.to(device)
-    if x_data is not None:
-        x_data = x_data.to(device)  # kept on the device: no copy per step
-    labels = labels.to(device) if labels is not None else None
-    if state is None and config.init_from is not None:
-        loaded = init_from.load_initial_weights(net, config.init_from, config.init_weights)
-        if rank == 0:
-            echo(loaded)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = lr_schedule.build_optimizer(net, config)
-    scaler = devices.grad_scaler(device, precision)
-    if state is not None:
-        try:
-            net.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise ConfigError(f"checkpoint of step {start_step} in {run_dir!r} does not fit this network ({type(error).__name__})") from None
-    profiles = posthoc_ema.TrainingProfiles(run_dir, net, config.ema_stds, config.ema_snapshot_images, state, start_step, rank == 0)
-    monitor = TrainingMonitor(run_dir, config.tensorboard and rank == 0, config.sample_every_images, formulation, item_shape)
-    if rank == 0 and start_step < config.steps:
-        echo(f"network {config.net}: {sum(p.numel() for p in net.parameters()):,} parameters on {device}")
-        notice = warmup_notice(config)
-        if notice:
-            echo(notice)
+    num_classes = int(data.labels.max()) + 1 if data.labels is not None else 0
+    return dataclasses.replace(config, item_shape=list(data.item_shape), num_classes=num_classes), data
 
-    ema_params, net_params = list(ema.parameters()), [p.detach() for p in net.parameters()]
-    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
-    model = devices.compiled(model, compile)
-    local = config.batch // world
-    part = slice(rank * local, rank * local + local)
-    buckets = bucket_labels()
-    log_path = os.path.join(run_dir, "log.jsonl")
-    if rank == 0:
-        trim_log(run_dir, start_step)  # a crashed run may have logged steps past its last checkpoint; they are redone
 
-    streamed_batches = None
-    if stream_data:
-        loader = torch.utils.data.DataLoader(
-            streamed, batch_sampler=StepIndices(config.seed, range(start_step, config.steps + 1), num_items, config.batch, part),
-            num_workers=workers, pin_memory=device.type == "cuda",
-        )
-        streamed_batches = iter(loader)
+class DiffusionTask:
+    """Diffusion training as an engine task (edm_space.engine.Task): the preset's loss (EDM eq. 8) on the network,
+    its EMA, optimizer, post-hoc EMA profiles and TensorBoard monitor."""
 
-    def batch_loss(step: int, forward) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(per-example loss of this process's slice, its sigmas, the global mean loss) of step `step`'s batch."""
-        generator = step_generator(config.seed, step)  # one generator per step draws the whole global batch
-        index = torch.randint(num_items, (config.batch,), generator=generator).to(device)
-        sigma = formulation.sample_training_sigma(config.batch, generator).to(device)
-        noise = torch.randn((config.batch, *item_shape), generator=generator).to(device)
-        if streamed_batches is None:
-            x0 = x_data[index[part]]
+    def __init__(self, config: TrainConfig, data: TrainingData, network: Optional[nn.Module], state: Optional[Dict[str, Any]],
+                 start_step: int, rank: int, world: int, device: torch.device, precision: str, compile: bool, workers: int, echo):
+        self.config, self.data, self.rank, self.world, self.device = config, data, rank, world, device
+        self.precision, self.compile, self.start_step = precision, compile, start_step
+        self.formulation = build_formulation(config)
+        self._build_modules(network, state, echo)
+        self.item_shape, self.num_classes = data.item_shape, config.num_classes
+        self.x_data = data.x.to(device) if data.x is not None else None  # kept on the device: no copy per step
+        self.labels = data.labels.to(device) if data.labels is not None else None
+        local = config.batch // world
+        self.part = slice(rank * local, rank * local + local)
+        self.streamed_batches = None
+        if data.streamed is not None:
+            loader = torch.utils.data.DataLoader(
+                data.streamed, batch_sampler=StepIndices(config.seed, range(start_step, config.steps + 1), data.num_items, config.batch, self.part),
+                num_workers=workers, pin_memory=device.type == "cuda",
+            )
+            self.streamed_batches = iter(loader)
+        self.buckets = bucket_labels()
+        self.bucket_sum = torch.zeros(len(self.buckets), dtype=torch.float64)
+        self.bucket_count = torch.zeros(len(self.buckets), dtype=torch.float64)
+        self.grad_norm = math.nan
+
+    def _build_modules(self, network: Optional[nn.Module], state: Optional[Dict[str, Any]], echo) -> None:
+        """The network (initialised under torch.manual_seed(seed), inside train()'s fork of the global RNG, or from
+        --init-from), its EMA, optimizer and loss scaler, the post-hoc EMA profiles and the monitor; a checkpoint's states."""
+        config, device = self.config, self.device
+        torch.manual_seed(config.seed)  # weight initialisation (and dropout), inside train()'s fork of the global RNG
+        net = network if network is not None else build_network(config, self.data.item_shape, config.num_classes)
+        self.net = net.to(device)
+        if state is None and config.init_from is not None:
+            loaded = init_from.load_initial_weights(self.net, config.init_from, config.init_weights)
+            if self.rank == 0:
+                echo(loaded)
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.optimizer = lr_schedule.build_optimizer(self.net, config)
+        self.scaler = devices.grad_scaler(device, self.precision)
+        if state is not None:
+            try:
+                self.net.load_state_dict(state["model"])
+                self.ema.load_state_dict(state["ema"])
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (KeyError, RuntimeError, ValueError) as error:
+                raise ConfigError(f"checkpoint of step {self.start_step} in {config.out!r} does not fit this network ({type(error).__name__})") from None
+        self.profiles = posthoc_ema.TrainingProfiles(config.out, self.net, config.ema_stds, config.ema_snapshot_images, state, self.start_step, self.rank == 0)
+        self.monitor = TrainingMonitor(config.out, config.tensorboard and self.rank == 0, config.sample_every_images, self.formulation, self.data.item_shape)
+        self.ema_params, self.net_params = list(self.ema.parameters()), [p.detach() for p in self.net.parameters()]
+        model = nn.parallel.DistributedDataParallel(self.net) if self.world > 1 else self.net
+        self.model = devices.compiled(model, self.compile)
+
+    def _batch(self, index: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(clean items, one-hot labels or None) of this process's slice of the global batch `index`."""
+        config, part = self.config, self.part
+        if self.streamed_batches is None:
+            x0 = self.x_data[index[part]]
         else:  # the loader read exactly index[part] (StepIndices draws it the same way)
             try:
-                x0 = next(streamed_batches).to(device, non_blocking=True)
+                x0 = next(self.streamed_batches).to(self.device, non_blocking=True)
             except ConfigError as error:  # e.g. an image removed while the run reads the folder
                 raise worker_error(error) from None
         batch_labels = None
         if config.conditional:
-            batch_labels = nn.functional.one_hot(labels[index[part]], num_classes).float()
+            batch_labels = nn.functional.one_hot(self.labels[index[part]], self.num_classes).float()
             if config.label_dropout > 0:
                 # Classifier-free guidance training (Ho & Salimans 2022): a fraction of rows get the null label
                 # (an all-zero row). Drawn last, so that the other draws do not depend on the option.
-                keep = (torch.rand(config.batch, generator=generator)[part] >= config.label_dropout).to(device)
+                keep = (torch.rand(config.batch, generator=generator)[part] >= config.label_dropout).to(self.device)
                 batch_labels = batch_labels * keep[:, None].to(batch_labels.dtype)
-        with devices.autocast(device, precision):
-            per_example = formulation.loss(forward, x0, sigma=sigma[part], noise=noise[part], labels=batch_labels)
+        return x0, batch_labels
+
+    def batch_loss(self, step: int, forward) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-example loss of this process's slice, its sigmas, the global mean loss) of step `step`'s batch."""
+        config, part, device = self.config, self.part, self.device
+        generator = step_generator(config.seed, step)  # one generator per step draws the whole global batch
+        index = torch.randint(self.data.num_items, (config.batch,), generator=generator).to(device)
+        sigma = self.formulation.sample_training_sigma(config.batch, generator).to(device)
+        noise = torch.randn((config.batch, *self.item_shape), generator=generator).to(device)
+        x0, batch_labels = self._batch(index, generator)
+        with devices.autocast(device, self.precision):
+            per_example = self.formulation.loss(forward, x0, sigma=sigma[part], noise=noise[part], labels=batch_labels)
         per_example = per_example.float()
         global_loss = per_example.mean().detach().clone()
-        if world > 1:
+        if self.world > 1:
             dist.all_reduce(global_loss)
-            global_loss /= world
+            global_loss /= self.world
         return per_example, sigma[part], global_loss
 
-    bar = None
-    if progress and rank == 0:
-        bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.preset} on {config.data}", unit="step", dynamic_ncols=True)
+    def train_step(self, step: int, check) -> Dict[str, float]:
+        config, optimizer = self.config, self.optimizer
+        try:
+            per_example, sigma, global_loss = self.batch_loss(step, self.model)
+        except Exception as error:  # noqa: BLE001 - torch.compile compiles at the first call
+            if self.compile and step == self.start_step and not isinstance(error, ConfigError):
+                raise devices.compile_error(error) from None
+            raise
+        check("training loss", float(global_loss))
+        images_seen = run_phases.images_seen(config, step + 1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_schedule.run_learning_rate(config, images_seen)
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            per_example.mean().backward()
+        else:  # fp16: scale the loss so that small gradients do not underflow, unscale before clipping
+            self.scaler.scale(per_example.mean()).backward()
+            self.scaler.unscale_(optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), config.grad_clip, foreach=True)
+        check("gradient norm", float(grad_norm))
+        self.grad_norm = float(grad_norm)
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        with torch.no_grad():
+            # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
+            torch._foreach_lerp_(self.ema_params, self.net_params, 1.0 - ema_beta(config, images_seen))
+        at_checkpoint = (step + 1) % config.checkpoint_every == 0
+        self.profiles.after_step(step + 1, images_seen, config.batch, at_checkpoint, step + 1 == config.steps)
+        self.monitor.after_step(step + 1, images_seen, config.batch, at_checkpoint, self.ema, config.latent_space is not None)
+        with torch.no_grad():  # the loss per sigma bucket since the last log entry (this process's slice)
+            which = sigma_bucket(sigma.cpu())
+            self.bucket_sum.index_add_(0, which, per_example.detach().to("cpu", torch.float64))
+            self.bucket_count.index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
+        return {"loss": float(global_loss)}
 
-    # A checkpoint is good once the loss of its weights on the next step's batch is finite: `pending`
-    # is the newest checkpoint written by this call and not yet confirmed so.
-    pending: Optional[Tuple[int, str]] = None
-    bucket_sum = torch.zeros(len(buckets), dtype=torch.float64)
-    bucket_count = torch.zeros(len(buckets), dtype=torch.float64)
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    try:
-        for step in range(start_step, config.steps):
-            try:
-                per_example, sigma, global_loss = batch_loss(step, model)
-            except Exception as error:  # noqa: BLE001 - torch.compile compiles at the first call
-                if compile and step == start_step and not isinstance(error, ConfigError):
-                    raise devices.compile_error(error) from None
-                raise
-            if not torch.isfinite(global_loss):
-                raise diverged_error(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
-            images_seen = run_phases.images_seen(config, step + 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_schedule.run_learning_rate(config, images_seen)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                per_example.mean().backward()
-            else:  # fp16: scale the loss so that small gradients do not underflow, unscale before clipping
-                scaler.scale(per_example.mean()).backward()
-                scaler.unscale_(optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip, foreach=True)
-            if not torch.isfinite(grad_norm):
-                raise diverged_error(run_dir, f"gradient norm became {float(grad_norm)} at step {step}", pending, step, rank)
-            if pending is not None and pending[0] == step:
-                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, rank)
-                pending = None
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-            with torch.no_grad():
-                beta = ema_beta(config, images_seen)
-                # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
-                torch._foreach_lerp_(ema_params, net_params, 1.0 - beta)
-            profiles.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, step + 1 == config.steps)
-            monitor.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, ema, config.latent_space is not None)
+    def final_check(self, step: int, check) -> None:
+        with torch.no_grad():
+            _, _, global_loss = self.batch_loss(step, self.net)
+        check("training loss of the final weights", float(global_loss))
 
-            # Logging: mean loss and loss per sigma bucket since the last entry (this process's slice).
-            with torch.no_grad():
-                which = sigma_bucket(sigma.cpu())
-                bucket_sum.index_add_(0, which, per_example.detach().to("cpu", torch.float64))
-                bucket_count.index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
-            window_loss += float(global_loss)
-            window_steps += 1
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-            if done % config.log_every == 0 or done == config.steps:
-                elapsed = time.perf_counter() - window_start
-                entry = {
-                    "step": done,
-                    "images": images_seen,
-                    "loss": window_loss / window_steps,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": window_steps * config.batch / max(elapsed, 1e-9),
-                    **({"peak_gpu_memory_mib": devices.peak_memory_mib(device)} if device.type == "cuda" else {}),
-                    "loss_by_sigma": {b: (float(s / c) if c else None) for b, s, c in zip(buckets, bucket_sum, bucket_count)},
-                }
-                if bar is not None:
-                    bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}")
-                if rank == 0:
-                    with open(log_path, "a") as file:
-                        file.write(json.dumps(entry) + "\n")
-                    monitor.log(entry, float(grad_norm))
-                bucket_sum.zero_()
-                bucket_count.zero_()
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                if rank == 0:
-                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config, profiles.checkpoint_state()))
-                if world > 1:
-                    dist.barrier()
-        if start_step < config.steps:
-            # The last checkpoint has no next training step: check its weights on that step's batch now.
-            with torch.no_grad():
-                _, _, global_loss = batch_loss(config.steps, net)
-            if not torch.isfinite(global_loss):
-                raise diverged_error(run_dir, f"training loss of the final weights became {float(global_loss)} at step {config.steps}", pending, config.steps, rank)
-            if pending is not None:
-                confirm_checkpoint(run_dir, pending, config.keep_checkpoints, rank)
-    finally:
-        if bar is not None:
-            bar.close()
-    found = list_checkpoints(run_dir)
-    return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "sigma_data": config.sigma_data,
-            "checkpoint": found[-1][1] if found else None}
+    def images_seen(self, done: int) -> int:
+        return run_phases.images_seen(self.config, done)
 
+    def log_fields(self, done: int, means: Dict[str, float]) -> Dict[str, Any]:
+        by_sigma = {b: (float(s / c) if c else None) for b, s, c in zip(self.buckets, self.bucket_sum, self.bucket_count)}
+        self.bucket_sum.zero_()
+        self.bucket_count.zero_()
+        return {"loss": means["loss"], "lr": self.optimizer.param_groups[0]["lr"], "loss_by_sigma": by_sigma}
 
+    def logged(self, entry: Dict[str, Any]) -> None:
+        self.monitor.log(entry, self.grad_norm)
 
-
-
-
-def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig,
-                      extra: Optional[Dict[str, Any]] = None) -> str:
-    """The checkpoint of `step`, then config.json (the run's settings, steps included), both atomically."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "step": step,
-        "model": net.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "config": json.dumps(config.to_json()),
-        **(extra or {}),
-    }
-    os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
-    path = checkpoint_path(run_dir, step)
-    save_checkpoint(path, state)
-    write_json(os.path.join(run_dir, "config.json"), config.to_json())
-    return path
+    def checkpoint_states(self) -> Dict[str, Any]:
+        return {"model": self.net.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **self.profiles.checkpoint_state()}
 
 
 # ---------------------------------------------------------------------------
