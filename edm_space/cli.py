@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import math
 import os
@@ -10,30 +9,25 @@ import sys
 from typing import List, Optional
 
 import click
-import torch
-import torch.distributed as dist
 
 import presets
 import samplers
-from samplers.discretizations import load_levels
-from samplers.optimize import MAX_NFE as MAX_FIT_NFE, endpoint_error, initial_levels, optimize_steps, save_levels, steps_to_fit
+from samplers.optimize import MAX_NFE as MAX_FIT_NFE
 
-from . import data, devices, families, latent
+from . import families, latent
 from .demo import format_results, run_demo
 from .errors import ConfigError
-from .files import check_writable_file, remove_stale_temporaries
-from .ideal import IdealDenoiser
-from .reference import solve_reference
-from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
-from .seeding import SeededNoise
-from .cli_options import given_options, quiet_option, show_progress
+from .sampling import MAX_SAMPLES, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
+from .step_fitting import StepFit, fit_steps_to_file
+from .cli_options import (compile_option, device_option, explicit_settings, given_options, parse_options, precision_option,
+                          quiet_option, set_threads, show_progress, threads_option)
 from .cli_interop import register as register_interop
 from .cli_ema import ema_command
 from .cli_recipe import recipe_options, recipe_settings, refuse_for_family
 from .config_file import given as user_gave
-from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
+from .cli_models import autoencoder_group, sample_family_run, train_family
 from .model_training import is_model_run
-from .training import load_trained, resolve_config, train
+from .training import finish_distributed, run_config, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -70,25 +64,6 @@ def format_table(rows: List[dict], markdown: bool = False) -> str:
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     return "\n".join([line(keys), line(["-" * w for w in widths])] + [line(c) for c in cells])
-
-
-# ---------------------------------------------------------------------------
-# options shared by several commands
-
-
-device_option = click.option(
-    "--device", default="auto", show_default=True,
-    help="auto (CUDA if available; under torchrun the GPU of LOCAL_RANK), cpu, cuda, cuda:N or mps.",
-)
-precision_option = click.option(
-    "--precision", type=click.Choice(list(devices.PRECISIONS)), default="fp32", show_default=True,
-    help="Autocast precision of the network (weights, EMA and sampler state keep theirs); fp16 needs a GPU.",
-)
-compile_option = click.option("--compile", "compile_network", is_flag=True, help="Run the network through torch.compile.")
-threads_option = click.option(
-    "--threads", type=int, default=1, show_default=True,
-    help="CPU threads for torch. One is fastest for small networks on a shared machine; raise it on an idle many-core CPU.",
-)
 
 
 # ---------------------------------------------------------------------------
@@ -199,13 +174,8 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
     set_threads(threads)
     context = click.get_current_context()
     if family is not None:
-        for option, value in (("--net", net), ("--conditional", conditional or None), ("--stream-data", stream_data or None),
-                              ("--latent", latent_run), ("--precision", None if precision == "fp32" else precision)):
-            if value is not None:
-                raise ConfigError(f"{option} is for diffusion training; --family {family} takes its settings as --family-option key=value")
-        if context.get_parameter_source("preset").name == "COMMANDLINE":
-            raise ConfigError(f"--preset is for diffusion training; --family {family} is not a diffusion model")
-        refuse_for_family(context, family)  # edm_space/cli_recipe.py
+        _refuse_diffusion_options(context, family, net=net, conditional=conditional, stream_data=stream_data,
+                                  latent=latent_run, precision=precision)
         settings = ["data", "data_size", "steps", "batch", "lr", "seed", "checkpoint_every", "keep_checkpoints", "log_every", "options"]
         explicit = explicit_settings(context, settings, {"data": "data_name", "options": "family_options"})
         train_family(family, data_name, parse_options(family_options, "--family-option"), out_dir, data_size=data_size, steps=steps,
@@ -222,28 +192,27 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
     )
     sources = {"data": "data_name", "latent": "latent_run"}
     explicit = [key for key in given if user_gave(context, sources.get(key, key))]  # on the command line or in --config
-    if latent_run is not None and "data" not in explicit:
-        given["data"] = None  # the autoencoder's own training items (edm_space.latent.takes_autoencoder_data)
-    config = resolve_config(out_dir, given, explicit)
-    if config.net is None or config.batch is None:
-        images = stream_data or config.latent is not None or data.load(config.data, n=1).ndim == 4
-        config = dataclasses.replace(
-            config,
-            net=("unet" if images else "mlp") if config.net is None else config.net,
-            batch=(64 if images else 256) if config.batch is None else config.batch,
-        )
+    config = run_config(out_dir, given, explicit, stream_data)
     summary = train(config, progress=show_progress(quiet), echo=click.echo, device=device, precision=precision, compile=compile_network,
                     stream_data=stream_data, workers=workers)
-    rank = 0
-    if dist.is_available() and dist.is_initialized():
-        rank = dist.get_rank()
-        dist.barrier()
-        dist.destroy_process_group()
-    if rank == 0:
+    if finish_distributed() == 0:
         click.echo(
             f"trained {config.preset} on {config.data or 'the data of ' + str(config.latent)} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
             f"checkpoint {summary['checkpoint']}. Sample it: edm-space sample --ckpt {out_dir} --out samples.png"
         )
+
+
+def _refuse_diffusion_options(context: click.Context, family: str, **given) -> None:
+    """Refuse, in one line, an option of diffusion training given with --family."""
+    given["precision"] = None if given["precision"] == "fp32" else given["precision"]
+    given["conditional"] = given["conditional"] or None
+    given["stream_data"] = given["stream_data"] or None
+    for name, value in given.items():
+        if value is not None:
+            raise ConfigError(f"--{name.replace('_', '-')} is for diffusion training; --family {family} takes its settings as --family-option key=value")
+    if context.get_parameter_source("preset").name == "COMMANDLINE":
+        raise ConfigError(f"--preset is for diffusion training; --family {family} is not a diffusion model")
+    refuse_for_family(context, family)  # edm_space/cli_recipe.py
 
 
 @cli.command("optimize-steps")
@@ -276,59 +245,14 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     held-out latents, which the fit never sees. Use the result with --discretization FILE.json.
     """
     set_threads(threads)
-    if not out_path.endswith(".json"):
-        raise ConfigError(f"--out {out_path!r} must end in .json")
-    check_writable_file(out_path, "--out")
-    remove_stale_temporaries(os.path.dirname(os.path.abspath(out_path)))  # left by a run killed while writing
-    options = parse_options(solver_options, "--solver-option")
-    samplers.get(solver).check_options(options)
-    num_steps = steps_to_fit(solver, nfe, analytic_first_step)  # before the reference solve: a bad solver or budget fails at once
-    if sigma_max is None:
-        sigma_max = float(load_levels(initial)[0]) if initial.endswith(".json") else 80.0
-    for name, value in (("--calibration", calibration), ("--held-out", held_out)):
-        if not 1 <= value <= 100_000:
-            raise ConfigError(f"{name} {value} is invalid; it must be between 1 and 100,000")
-    if run_dir is not None:
-        denoiser, config, item_shape, _, step = load_trained(run_dir, step=checkpoint_step)
-        if config.conditional:
-            raise ConfigError("--ckpt is class-conditional; optimize-steps fits unconditional models for now")
-        f = presets.get(preset) if preset else denoiser.formulation
-        source = f"{run_dir} (step {step})"
-        training_data = data.load(config.data, n=config.data_size, seed=config.seed) if analytic_first_step else None
-    else:
-        size = data_size if data_size is not None else (TOY_REFERENCE_SIZE if data_name in data.TOY_SETS else None)
-        points = data.load(data_name, n=size, seed=seed)
-        denoiser, item_shape = IdealDenoiser(points.to(torch.float64)), tuple(points.shape[1:])
-        f = presets.get(preset or "edm")
-        source = f"the exact denoiser of {data_name}"
-        training_data = points
-    if not sigma_max <= f.support[1]:
-        raise ConfigError(f"--sigma-max {sigma_max:g} is beyond what the {f.name} preset supports (<= {f.support[1]:g})")
-    initial_levels(f, num_steps, initial, sigma_min, sigma_max)  # a bad --discretization fails before the reference solve
-    sampling = dict(options)
-    if analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
-        sampling.update(analytic_first_step=True, data_mean=training_data.to(torch.float64).mean(dim=0))
-    seeds = list(range(seed, seed + calibration + held_out))
-    latents = SeededNoise(seeds).randn([len(seeds), *item_shape], dtype=torch.float64)
-    sigma_end = min(1e-4, sigma_min / 10)
-
-    def finish(x_hat, sigma):  # the last step of a sampler into sigma = 0 is a denoiser call
-        return denoiser(x_hat, torch.full((len(x_hat),), sigma, dtype=torch.float64))
-
-    click.echo(f"solving the probability-flow ODE of {source} for {len(seeds)} latents (DOP853, rtol 1e-8) ...", err=True)
-    with torch.no_grad():
-        reference = solve_reference(denoiser, latents, sigma_0=sigma_max, sigma_end=sigma_end, rtol=1e-8, finish=finish).x
-        fit = optimize_steps(denoiser, f, solver, nfe, latents[:calibration], reference[:calibration], sigma_min=sigma_min,
-                             sigma_max=sigma_max, max_evaluations=max_evaluations, log=None if quiet else (lambda line: click.echo(line, err=True)),
-                             initial=initial, solver_options=options, analytic_first_step=analytic_first_step,
-                             data_mean=sampling.get("data_mean"))
-        held = latents[calibration:], reference[calibration:], f, solver
-        before = endpoint_error(denoiser, *held, fit.initial_sigmas, **sampling)
-        after = endpoint_error(denoiser, *held, fit.sigmas, **sampling)
-    save_levels(out_path, fit.sigmas, solver=solver, nfe=fit.nfe, formulation=f.name, source=source, solver_options=options,
-                analytic_first_step=analytic_first_step, initial=initial, held_out_error_before=before, held_out_error_after=after)
-    click.echo(f"{solver} at {fit.nfe} NFE on {f.name}: held-out RMS error {before:.3g} with the {initial} steps -> "
-               f"{after:.3g} with the fitted steps ({len(seeds) - calibration} latents); wrote {out_path}")
+    fit = StepFit(solver=solver, nfe=nfe, out_path=out_path, run_dir=run_dir, checkpoint_step=checkpoint_step, data_name=data_name,
+                  data_size=data_size, preset=preset, solver_options=parse_options(solver_options, "--solver-option"), initial=initial,
+                  analytic_first_step=analytic_first_step, sigma_min=sigma_min, sigma_max=sigma_max, calibration=calibration,
+                  held_out=held_out, seed=seed, max_evaluations=max_evaluations)
+    to_stderr = lambda line: click.echo(line, err=True)  # noqa: E731
+    result = fit_steps_to_file(fit, echo=to_stderr, log=None if quiet else to_stderr)
+    click.echo(f"{solver} at {result['nfe']} NFE on {result['formulation']}: held-out RMS error {result['before']:.3g} with the "
+               f"{initial} steps -> {result['after']:.3g} with the fitted steps ({result['held_out']} latents); wrote {out_path}")
 
 
 @cli.command("demo")

@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import click
 import torch
 
-from .cli_options import quiet_option, show_progress
+from .cli_options import device_option, explicit_settings, parse_options, quiet_option, set_threads, show_progress, threads_option
 from . import autoencoders, devices
 from .data import load
 from .errors import ConfigError
@@ -29,30 +28,6 @@ from .seeding import parse_seeds
 
 # Columns of the reconstruction picture: originals in the top row, their reconstructions below.
 RECONSTRUCTION_COLUMNS = 8
-
-
-def parse_options(pairs: Sequence[str], what: str) -> Dict[str, Any]:
-    """key=value pairs (values parsed as JSON when possible: 64, 0.1, [1,2], true) into a dict."""
-    options = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"{what} {pair!r} must look like key=value")
-        key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if not key:
-            raise ConfigError(f"{what} {pair!r} has no key; write key=value")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
-def set_threads(threads: int) -> None:
-    """torch's CPU threads for this command (one is fastest for small networks on a busy machine)."""
-    if threads < 1:
-        raise ConfigError(f"--threads {threads} is invalid; it must be >= 1")
-    torch.set_num_threads(threads)
 
 
 def _image_items(data_name: str) -> bool:
@@ -106,11 +81,6 @@ def sample_family_run(run_dir: str, step: Optional[int] = None, num_samples: Opt
     return summary
 
 
-def explicit_settings(context: click.Context, settings: Iterable[str], parameters: Dict[str, str]) -> set:
-    """The settings the user gave on the command line; `parameters` maps a setting to its click parameter where the names differ."""
-    return {key for key in settings if context.get_parameter_source(parameters.get(key, key)).name == "COMMANDLINE"}
-
-
 @click.group("autoencoder")
 def autoencoder_group() -> None:
     """Train and evaluate the autoencoders of latent diffusion (kl, vq)."""
@@ -130,8 +100,8 @@ def autoencoder_group() -> None:
 @click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Checkpoints kept (older ones are deleted).")
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log.jsonl entries.")
 @click.option("--out", "out_dir", required=True, help="Run directory (config.json, checkpoints/, log.jsonl); an existing one is resumed.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N or mps.")
-@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+@device_option
+@threads_option
 @quiet_option
 def autoencoder_train_command(kind, data_name, data_size, held_out, options, steps, batch, lr, seed, checkpoint_every, keep_checkpoints,
                               log_every, out_dir, device, threads, quiet) -> None:
@@ -150,8 +120,8 @@ def autoencoder_train_command(kind, data_name, data_size, held_out, options, ste
 @click.option("--n", "num_items", type=int, default=1000, show_default=True, help="Held-out items to score, a seeded random subset (all of them if fewer).")
 @click.option("--iwae-samples", type=int, default=32, show_default=True, help="KL autoencoder: posterior draws of the IWAE bound.")
 @click.option("--out", "out_path", default="recon.png", show_default=True, help="PNG of held-out originals (top row) above their reconstructions.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N or mps.")
-@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+@device_option
+@threads_option
 @quiet_option
 def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, out_path, device, threads, quiet) -> None:
     """Reconstruction MSE and PSNR of an autoencoder on held-out items; bits/dim (kl) or codebook use (vq)."""
