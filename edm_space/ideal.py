@@ -426,6 +426,58 @@ class IdealDenoiser:
 # --------------------------------------------------------------------------- Gaussian mixture
 
 
+def _checked_means(means: Tensor, item_shape: Optional[Sequence[int]]) -> Tuple[Tensor, Tuple[int, ...]]:
+    """(means as float64, the item shape): [K, d] or [K, *item_shape] means with K >= 1, finite, d >= 1."""
+    means = _as_real_tensor(means, "means").detach().to(_F64)
+    if means.dim() < 2 or means.shape[0] == 0:
+        raise ConfigError(f"means must have shape [K, d] with K >= 1, got {_shape_str(means.shape)}")
+    d = int(math.prod(means.shape[1:]))
+    if item_shape is None:
+        item_shape = tuple(int(s) for s in means.shape[1:])
+    else:
+        item_shape = tuple(int(s) for s in item_shape)
+        if math.prod(item_shape) != d:
+            raise ConfigError(
+                f"item_shape {_shape_str(item_shape)} has {math.prod(item_shape)} elements "
+                f"but means have {d} per component (shape {_shape_str(means.shape)})"
+            )
+    if d == 0:
+        raise ConfigError(f"means must have at least one dimension per item, got {_shape_str(means.shape)}")
+    if not torch.isfinite(means).all():
+        raise ConfigError("means contain non-finite values; all values must be finite")
+    return means, item_shape
+
+
+def _normalized_weights(weights: Optional[Tensor], K: int) -> Tensor:
+    """Mixture weights [K] summing to 1: equal weights for None, else `weights` checked and normalized."""
+    if weights is None:
+        return torch.full((K,), 1.0 / K, dtype=_F64)
+    w = _as_real_tensor(weights, "weights").detach().to(_F64)
+    if tuple(w.shape) != (K,):
+        raise ConfigError(f"weights must have shape [{K}] (one per mean), got {_shape_str(w.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ConfigError(f"weights must be finite and >= 0, got {w.tolist()}")
+    total = w.sum()
+    if total <= 0:
+        raise ConfigError("weights sum to 0; at least one weight must be positive")
+    return w / total
+
+
+def _eigen_covariances(cov: Tensor) -> Tuple[Tensor, Tensor]:
+    """(eigenvalues clamped at 0, eigenvectors) of full covariances [K, d, d], checked symmetric and PSD."""
+    asym = (cov - cov.transpose(1, 2)).abs().amax()
+    scale = cov.abs().amax()
+    if asym > 1e-6 * scale:
+        raise ConfigError(f"full covariances must be symmetric; max |C - C^T| = {asym.item():.3g} (max |C| = {scale.item():.3g})")
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    lam, U = torch.linalg.eigh(cov)
+    tol = 1e-6 * scale.item()  # round-off of float32-made inputs, far from a real negative
+    if (lam < -tol).any():
+        k = int(torch.nonzero((lam < -tol).any(dim=1))[0])
+        raise ConfigError(f"covariances must be positive semi-definite; component {k} has eigenvalue {lam[k].min().item():.3g}")
+    return lam.clamp_min(0.0), U.contiguous()
+
+
 class GaussianMixtureDenoiser:
     r"""Exact denoiser (and density, score, sampler) of a Gaussian mixture.
 
@@ -469,24 +521,8 @@ class GaussianMixtureDenoiser:
         item_shape: Optional[Sequence[int]] = None,
         chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
     ) -> None:
-        means = _as_real_tensor(means, "means").detach().to(_F64)
-        if means.dim() < 2 or means.shape[0] == 0:
-            raise ConfigError(f"means must have shape [K, d] with K >= 1, got {_shape_str(means.shape)}")
-        K = int(means.shape[0])
-        d = int(math.prod(means.shape[1:]))
-        if item_shape is None:
-            item_shape = tuple(int(s) for s in means.shape[1:])
-        else:
-            item_shape = tuple(int(s) for s in item_shape)
-            if math.prod(item_shape) != d:
-                raise ConfigError(
-                    f"item_shape {_shape_str(item_shape)} has {math.prod(item_shape)} elements "
-                    f"but means have {d} per component (shape {_shape_str(means.shape)})"
-                )
-        if d == 0:
-            raise ConfigError(f"means must have at least one dimension per item, got {_shape_str(means.shape)}")
-        if not torch.isfinite(means).all():
-            raise ConfigError("means contain non-finite values; all values must be finite")
+        means, item_shape = _checked_means(means, item_shape)
+        K, d = int(means.shape[0]), int(math.prod(item_shape))
         self.item_shape: Tuple[int, ...] = item_shape
         self.chunk_bytes = _check_chunk_bytes(chunk_bytes)
         self.means_flat = means.reshape(K, d).contiguous()
@@ -495,24 +531,16 @@ class GaussianMixtureDenoiser:
         joint = None if class_weights is None else self._joint_weights(class_weights, weights, K)
         if joint is not None:
             weights = joint.sum(dim=0)
-
-        # weights ---------------------------------------------------------------
-        if weights is None:
-            w = torch.full((K,), 1.0 / K, dtype=_F64)
-        else:
-            w = _as_real_tensor(weights, "weights").detach().to(_F64)
-            if tuple(w.shape) != (K,):
-                raise ConfigError(f"weights must have shape [{K}] (one per mean), got {_shape_str(w.shape)}")
-            if not torch.isfinite(w).all() or (w < 0).any():
-                raise ConfigError(f"weights must be finite and >= 0, got {w.tolist()}")
-            total = w.sum()
-            if total <= 0:
-                raise ConfigError("weights sum to 0; at least one weight must be positive")
-            w = w / total
+        w = _normalized_weights(weights, K)
         self.weights: Tensor = w
         self._log_w = torch.log(w)  # -inf for zero weights, harmless in log-sum-exp
+        self._set_covariances(covariances, K, d, tuple(means.shape))
+        self._mixture_mean = (w[:, None] * self.means_flat).sum(dim=0)
+        self._set_class_tables(joint)
 
-        # covariances -------------------------------------------------------------
+    def _set_covariances(self, covariances: Tensor, K: int, d: int, means_shape: Tuple[int, ...]) -> None:
+        """kind ("full", "diag", "isotropic"), the eigenvalues _lam [K, d] and, for full covariances, the eigenvectors _U."""
+        item_shape = self.item_shape
         cov = _as_real_tensor(covariances, "covariances").detach().to(_F64)
         if not torch.isfinite(cov).all():
             raise ConfigError("covariances contain non-finite values; all values must be finite")
@@ -521,24 +549,7 @@ class GaussianMixtureDenoiser:
             d == 1 and tuple(cov.shape[1:]) == tuple(item_shape)
         ):
             self.kind = "full"
-            asym = (cov - cov.transpose(1, 2)).abs().amax()
-            scale = cov.abs().amax()
-            if asym > 1e-6 * scale:
-                raise ConfigError(
-                    f"full covariances must be symmetric; max |C - C^T| = {asym.item():.3g} "
-                    f"(max |C| = {scale.item():.3g})"
-                )
-            cov = 0.5 * (cov + cov.transpose(1, 2))
-            lam, U = torch.linalg.eigh(cov)
-            tol = 1e-6 * scale.item()  # round-off of float32-made inputs, far from a real negative
-            if (lam < -tol).any():
-                k = int(torch.nonzero((lam < -tol).any(dim=1))[0])
-                raise ConfigError(
-                    f"covariances must be positive semi-definite; component {k} has eigenvalue "
-                    f"{lam[k].min().item():.3g}"
-                )
-            self._lam = lam.clamp_min(0.0)
-            self._U = U.contiguous()
+            self._lam, self._U = _eigen_covariances(cov)
         elif cov.dim() >= 2 and cov.shape[0] == K and cov[0].numel() == d and (
             cov.dim() == 2 or tuple(cov.shape[1:]) == tuple(item_shape)
         ):
@@ -555,11 +566,11 @@ class GaussianMixtureDenoiser:
         else:
             raise ConfigError(
                 f"covariances have shape {_shape_str(cov.shape)}; expected [{K}, {d}, {d}] (full), "
-                f"[{K}, {d}] (diagonal) or [{K}] (isotropic) for means of shape {_shape_str(means.shape)}"
+                f"[{K}, {d}] (diagonal) or [{K}] (isotropic) for means of shape {_shape_str(means_shape)}"
             )
-        self._mixture_mean = (w[:, None] * self.means_flat).sum(dim=0)
 
-        # classes: p(c) and p(k | c); row 0 of the tables is the null label, row c + 1 class c
+    def _set_class_tables(self, joint: Optional[Tensor]) -> None:
+        """p(c) and p(k | c); row 0 of the tables is the null label, row c + 1 class c."""
         self.num_classes = 0 if joint is None else int(joint.shape[0])
         self.class_priors: Optional[Tensor] = None if joint is None else joint.sum(dim=1)
         self.class_weights: Optional[Tensor] = None if joint is None else joint / joint.sum(dim=1, keepdim=True)

@@ -94,27 +94,43 @@ def sample(
     """
     f = presets.get(formulation)
     entry = get(solver)
-    options = dict(solver_options)
-    for key, value, default in (("churn", churn, 0.0), ("s_tmin", s_tmin, 0.0), ("s_tmax", s_tmax, math.inf), ("s_noise", s_noise, 1.0)):
-        if value != default:
-            options[key] = float(value)
-    entry.check_options(options)
-    for name, value in (("churn", churn), ("s_noise", s_noise)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{name} = {value!r} is invalid; it must be a finite number >= 0")
+    options = _solver_options(entry, solver_options, churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     _check_latents(latents)
-
     check_final_step(final_step)
     first_denoised = _first_denoised(latents, analytic_first_step, data_mean)
-
     t_steps = time_steps(f, num_steps, discretization, sigma_min, sigma_max, rho=rho)
     ode = ProbabilityFlow(f, denoiser, first_denoised)
     ode.precompute(t_steps)
     if state_dtype not in (torch.float64, torch.float32):
         raise ConfigError(f"state_dtype = {state_dtype!r} is invalid; valid: torch.float64, torch.float32")
     x = latents.to(state_dtype) * (f.sigma(t_steps[0]) * f.scale(t_steps[0])).to(device=latents.device, dtype=state_dtype)
-
     bar = _progress_bar(num_steps, solver) if progress else None
+    x = _integrate(ode, entry, x, t_steps, final_step, randn_like, callback, bar, options)
+    if info is not None:
+        info.update(nfe=ode.nfe, t_steps=t_steps, sigma_steps=f.sigma(t_steps), solver=entry.name, formulation=f.name)  # an alias gives its solver
+    return x
+
+
+def _solver_options(entry: SolverInfo, solver_options: dict, **churn) -> dict:
+    """The solver's keyword options: `solver_options` plus EDM's churn settings that differ from their defaults, checked."""
+    options = dict(solver_options)
+    defaults = {"churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
+    for key, value in churn.items():
+        if value != defaults[key]:
+            options[key] = float(value)
+    entry.check_options(options)
+    for name in ("churn", "s_noise"):
+        value = churn[name]
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} = {value!r} is invalid; it must be a finite number >= 0")
+    return options
+
+
+def _integrate(ode: ProbabilityFlow, entry: SolverInfo, x: Tensor, t_steps: Tensor, final_step: str, randn_like, callback,
+               bar, options: dict) -> Tensor:
+    """Run the solver over t_steps (to sigma_min and one denoiser call for final_step="denoise"), reporting each step
+    to `callback` and the progress bar `bar` (or None), which it closes."""
+    f = ode.formulation
 
     def on_step(step, t, sigma, x_step, denoised):
         if bar is not None:  # the step's numbers first, then one refresh that shows them
@@ -137,8 +153,6 @@ def sample(
     finally:
         if bar is not None:
             bar.close()
-    if info is not None:
-        info.update(nfe=ode.nfe, t_steps=t_steps, sigma_steps=f.sigma(t_steps), solver=entry.name, formulation=f.name)  # an alias gives its solver
     return x
 
 
