@@ -38,23 +38,31 @@ def _multistep(
     taylor (3M only): False (default) is the published 3M of DPM-Solver, k-diffusion and diffusers; True gives
     every Taylor term its exact phi coefficient (see `_third_order_terms`).
     """
-    f = ode.formulation
     history = []  # (lambda, D) of earlier steps, newest first
+
+    def update(x_hat: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        nonlocal history
+        lam, lam_next = -sigma.log(), -sigma_next.log()
+        h = lam_next - lam
+        x_hat = (sigma_next / sigma) * x_hat - torch.expm1(-h) * denoised
+        if order == 2 and len(history) >= 1:
+            x_hat = x_hat + _midpoint_term(h, lam, denoised, history)
+        elif order == 3 and len(history) >= 1:
+            x_hat = x_hat + _third_order_terms(h, lam, denoised, history, taylor)
+        history = [(lam, denoised)] + history[:1]
+        return x_hat
+
+    return _log_sigma_steps(ode, x, t_steps, update, callback)
+
+
+def _log_sigma_steps(ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, update: Callable, callback: Optional[Callable]) -> Tensor:
+    """The loop every DPM-Solver++ variant shares: D at each t_i; x_hat_{i+1} = update(x_hat_i, D, sigma_i, sigma_{i+1})
+    in the unscaled variable, except that the step into sigma = 0 lands on D itself."""
+    f = ode.formulation
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         sigma, sigma_next = f.sigma(t_cur), f.sigma(t_next)
         denoised = ode.denoise(x, t_cur)
-        x_hat = x / f.scale(t_cur)
-        if sigma_next == 0:
-            x_hat = denoised
-        else:
-            lam, lam_next = -sigma.log(), -sigma_next.log()
-            h = lam_next - lam
-            x_hat = (sigma_next / sigma) * x_hat - torch.expm1(-h) * denoised
-            if order == 2 and len(history) >= 1:
-                x_hat = x_hat + _midpoint_term(h, lam, denoised, history)
-            elif order == 3 and len(history) >= 1:
-                x_hat = x_hat + _third_order_terms(h, lam, denoised, history, taylor)
-            history = [(lam, denoised)] + history[:1]
+        x_hat = denoised if sigma_next == 0 else update(x / f.scale(t_cur), denoised, sigma, sigma_next)
         x = x_hat * f.scale(t_next)
         if callback is not None:
             callback(i, t_cur, sigma, x, denoised)
@@ -117,21 +125,14 @@ def dpmpp_2s(
 ) -> Tensor:
     """DPM-Solver++(2S): single-step second order with an intermediate point at the log-sigma midpoint."""
     f = ode.formulation
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        sigma, sigma_next = f.sigma(t_cur), f.sigma(t_next)
-        denoised = ode.denoise(x, t_cur)
-        x_hat = x / f.scale(t_cur)
-        if sigma_next == 0:
-            x_hat = denoised
-        else:
-            lam, lam_next = -sigma.log(), -sigma_next.log()
-            h = lam_next - lam
-            sigma_mid = (-(lam + 0.5 * h)).exp()
-            t_mid = f.sigma_inv(sigma_mid)
-            x_hat_mid = (sigma_mid / sigma) * x_hat - torch.expm1(-0.5 * h) * denoised
-            denoised_mid = ode.denoise(x_hat_mid * f.scale(t_mid), t_mid)
-            x_hat = (sigma_next / sigma) * x_hat - torch.expm1(-h) * denoised_mid
-        x = x_hat * f.scale(t_next)
-        if callback is not None:
-            callback(i, t_cur, sigma, x, denoised)
-    return x
+
+    def update(x_hat: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        lam, lam_next = -sigma.log(), -sigma_next.log()
+        h = lam_next - lam
+        sigma_mid = (-(lam + 0.5 * h)).exp()
+        t_mid = f.sigma_inv(sigma_mid)
+        x_hat_mid = (sigma_mid / sigma) * x_hat - torch.expm1(-0.5 * h) * denoised
+        denoised_mid = ode.denoise(x_hat_mid * f.scale(t_mid), t_mid)
+        return (sigma_next / sigma) * x_hat - torch.expm1(-h) * denoised_mid
+
+    return _log_sigma_steps(ode, x, t_steps, update, callback)

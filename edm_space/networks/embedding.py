@@ -67,3 +67,20 @@ class SinusoidalNoiseEmbedding(nn.Module):
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         angles = (self.scale * c_noise.reshape(-1, 1)).float() * self.freqs
         return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1).to(self.mlp[0].weight.dtype))
+
+
+def conditioning(embed: nn.Module, label: Optional[LabelEmbedding], c_noise: torch.Tensor,
+                 labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """The conditioning vector of a batch: the noise embedding, plus the label embedding when the network has
+    one (labels=None is the null label: the label embedding's learned bias alone)."""
+    emb = embed(c_noise)
+    if label is not None:
+        emb = emb + label(labels, emb.shape[0])
+    return emb
+
+
+def zero_init(layer: nn.Module) -> nn.Module:
+    """`layer` with its weight and bias set to zero (an output layer that starts at F = 0), returned."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .embedding import LabelEmbedding, NoiseEmbedding
+from .embedding import LabelEmbedding, NoiseEmbedding, conditioning, zero_init
 from ..registry import Option
 
 
@@ -45,13 +45,10 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(width, emb_dim) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, self.dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        zero_init(self.out)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        emb = self.embed(c_noise)
-        if self.label is not None:  # labels=None is the null label: the learned bias alone
-            emb = emb + self.label(labels, emb.shape[0])
+        emb = conditioning(self.embed, self.label, c_noise, labels)
         h = self.inp(x.reshape(x.shape[0], self.dim))
         for block in self.blocks:
             h = block(h, emb)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .embedding import LabelEmbedding, NoiseEmbedding
+from .embedding import LabelEmbedding, NoiseEmbedding, conditioning, zero_init
 from ..registry import Option
 
 
@@ -116,13 +116,10 @@ class UNet(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
         self.out_norm = nn.GroupNorm(_groups(ch), ch)
         self.out = nn.Conv2d(ch, in_ch, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        zero_init(self.out)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        emb = self.embed(c_noise)
-        if self.label is not None:  # labels=None is the null label: the learned bias alone
-            emb = emb + self.label(labels, emb.shape[0])
+        emb = conditioning(self.embed, self.label, c_noise, labels)
         h = self.inp(x)
         skips = [h]
         for layer in self.down:
