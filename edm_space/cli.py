@@ -19,7 +19,7 @@ from .demo import format_results, run_demo
 from .errors import ConfigError
 from .sampling import MAX_SAMPLES, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
 from .step_fitting import StepFit, fit_steps_to_file
-from .cli_options import (compile_option, device_option, explicit_settings, given_options, parse_options, precision_option,
+from .cli_options import (cadence_options, compile_option, device_option, explicit_settings, given_options, parse_options, precision_option,
                           quiet_option, set_threads, show_progress, threads_option)
 from .cli_interop import register as register_interop
 from .cli_ema import ema_command
@@ -149,9 +149,7 @@ def sample_command(threads: int, preset_options, solver_options, **options) -> N
 @click.option("--conditional", is_flag=True, help="Condition on the data set's class labels.")
 @click.option("--label-dropout", type=float, default=0.1, show_default=True, help="With --conditional: fraction of training rows given the null label, so that one network also learns the unconditional model (classifier-free guidance).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, data order and noise.")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Steps between checkpoints.")
-@click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Checkpoints kept (older ones are deleted).")
-@click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log.jsonl entries.")
+@cadence_options
 @click.option("--out", "out_dir", required=True, help="Run directory (config.json, checkpoints/, log.jsonl); an existing one is resumed.")
 @click.option("--latent", "latent_run", default=None, help="Latent diffusion: an autoencoder run (edm-space autoencoder train) whose latents of --data the model learns.")
 @click.option("--latent-mode", type=click.Choice(list(latent.LATENT_MODES)), default="mean", show_default=True, help="With a KL autoencoder: its posterior mean or a sample as the latent.")

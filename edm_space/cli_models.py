@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 import click
 import torch
 
-from .cli_options import device_option, explicit_settings, parse_options, quiet_option, set_threads, show_progress, threads_option
+from .cli_options import cadence_options, device_option, explicit_settings, parse_options, quiet_option, set_threads, show_progress, threads_option
 from . import autoencoders, devices
 from .data import load
 from .errors import ConfigError
@@ -96,9 +96,7 @@ def autoencoder_group() -> None:
 @click.option("--batch", type=int, default=None, help="Batch size [default: 64 for images].")
 @click.option("--lr", type=float, default=None, help=f"Adam learning rate [default: {default_lr('autoencoder', 'kl'):g}].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, data subset, batches and noise.")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Steps between checkpoints.")
-@click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Checkpoints kept (older ones are deleted).")
-@click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log.jsonl entries.")
+@cadence_options
 @click.option("--out", "out_dir", required=True, help="Run directory (config.json, checkpoints/, log.jsonl); an existing one is resumed.")
 @device_option
 @threads_option

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import json
-from typing import Any, Dict, Iterable, Sequence
+from typing import Any, Callable, Dict, Iterable, Sequence
 
 import click
 import torch
@@ -25,6 +25,21 @@ threads_option = click.option(
     "--threads", type=int, default=1, show_default=True,
     help="CPU threads for torch. One is fastest for small networks on a shared machine; raise it on an idle many-core CPU.",
 )
+# How often a training run logs and checkpoints (edm_space.engine.Cadence), for every kind of run.
+_CADENCE = (
+    click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Steps between checkpoints."),
+    click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Checkpoints kept (older ones are deleted)."),
+    click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log.jsonl entries."),
+)
+
+
+def cadence_options(command: Callable) -> Callable:
+    """--checkpoint-every, --keep-checkpoints and --log-every, in this order in --help."""
+    for option in reversed(_CADENCE):
+        command = option(command)
+    return command
+
+
 quiet_option = click.option(
     "--quiet", "-q", is_flag=True,
     help="No progress bars (they are off anyway when stderr is not a terminal); results and errors are still printed.",
