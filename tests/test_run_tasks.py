@@ -28,12 +28,7 @@ OPTIONS = {
 TASKS = ["diffusion", *(f"{kind}:{name}" for kind, name in OPTIONS)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def run(task: str, out, steps: int):
