@@ -126,12 +126,3 @@ def pytest_runtest_makereport(item, call):
         if any(marker in reason for marker in _MISSING_PACKAGE):
             report.outcome = "failed"
             report.longrepr = f"skipped for a missing package under CI ({reason}); install it: see the README's test command"
-
-
-@pytest.fixture
-def one_torch_thread():
-    """torch on one CPU thread for the test (small networks train fastest so on a shared machine), restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

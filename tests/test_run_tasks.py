@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+from conftest import one_torch_thread
 from edm_space import engine
 from edm_space.model_training import ModelConfig, train_model
 from edm_space.rundir import TrainingDiverged, list_checkpoints, load_checkpoint
@@ -28,7 +29,10 @@ OPTIONS = {
 TASKS = ["diffusion", *(f"{kind}:{name}" for kind, name in OPTIONS)]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+@pytest.fixture(autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
 
 
 def run(task: str, out, steps: int):
