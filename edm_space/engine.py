@@ -28,7 +28,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple
 
 import torch
 import torch.distributed as dist
@@ -43,13 +43,16 @@ from .rundir import (
     checkpoint_path,
     confirm_checkpoint,
     diverged_error,
+    find_checkpoint,
     list_checkpoints,
+    load_checkpoint,
     save_checkpoint,
     trim_log,
     write_json,
 )
 
-__all__ = ["Task", "Cadence", "Check", "run_steps", "write_checkpoint", "resolve_run_config", "newest_checkpoint"]
+__all__ = ["Task", "Cadence", "Check", "run_steps", "write_checkpoint", "open_checkpoint", "differing", "resolve_run_config",
+           "newest_checkpoint"]
 
 # check(what, value): raise TrainingDiverged ("WHAT became VALUE at step S; the last good checkpoint is ...")
 # when `value` is not finite.
@@ -102,13 +105,35 @@ def resolve_run_config(cls: type, read: Callable[[str], Any], out: str, given: D
     return cls(out=out, **settings)
 
 
-def newest_checkpoint(run_dir: str, steps: int, load: Callable[[str], Dict[str, Any]]) -> Tuple[int, Optional[Dict[str, Any]]]:
+def newest_checkpoint(run_dir: str, steps: int) -> Tuple[int, Optional[Dict[str, Any]]]:
     """(step, state) of the run's newest checkpoint, or (0, None) for a new run; refuses `steps` below it."""
     found = list_checkpoints(run_dir)
-    start_step, state = (found[-1][0], load(found[-1][1])) if found else (0, None)
+    start_step, state = (found[-1][0], load_checkpoint(found[-1][1])) if found else (0, None)
     if steps < start_step:
         raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {steps} is below it (give --steps >= {start_step})")
     return start_step, state
+
+
+def open_checkpoint(source: str, step: Optional[int], read_config: Callable[[str], Any],
+                    unreadable: str) -> Tuple[str, int, str, Any, Dict[str, Any], Dict[str, Any]]:
+    """(run_dir, step, path, the run's config, the checkpoint's state, the config stored in the checkpoint) of a run
+    directory (its newest checkpoint, or that of `step`) or a checkpoint file; read without executing code.
+    A stored config that is not a JSON object is refused as "checkpoint PATH `unreadable`"."""
+    run_dir, step, path = find_checkpoint(source, step)
+    config = read_config(run_dir)
+    state = load_checkpoint(path)
+    try:
+        stored = json.loads(state.get("config", "{}"))
+    except (TypeError, ValueError):
+        stored = None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"checkpoint {path!r} {unreadable}")
+    return run_dir, step, path, config, state, stored
+
+
+def differing(run: Dict[str, Any], stored: Dict[str, Any]) -> List[str]:
+    """The keys whose value the run's config.json sets (not None) and the checkpoint's stored config contradicts."""
+    return [key for key, value in run.items() if value is not None and stored.get(key) != value]
 
 
 def write_checkpoint(run_dir: str, step: int, states: Dict[str, Any], config: Any) -> str:

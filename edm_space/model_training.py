@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -56,7 +55,6 @@ from .rundir import (
     training_run,
     find_checkpoint,
     list_checkpoints,
-    load_checkpoint,
 )
 from .seeding import step_generator
 
@@ -280,7 +278,7 @@ def _train_locked(config: ModelConfig, progress: bool, device: torch.device, ech
         stored = read_model_config(run_dir)
         _check_resumable(stored, config)
         config = dataclasses.replace(stored, out=config.out, **{key: getattr(config, key) for key in RESUMABLE})
-    start_step, state = engine.newest_checkpoint(run_dir, config.steps, load_checkpoint)
+    start_step, state = engine.newest_checkpoint(run_dir, config.steps)
 
     x_train, _, held_out = load_split(config)
     config = dataclasses.replace(config, held_out=held_out, item_shape=list(x_train.shape[1:]))
@@ -354,16 +352,15 @@ def load_model(run_or_checkpoint: str, step: Optional[int] = None, device: str =
 
     The model is in eval mode without gradients, on `device`; checkpoints are read to the CPU first.
     """
-    run_dir, step, path = find_checkpoint(run_or_checkpoint, step)
-    config = read_model_config(run_dir)
-    state = load_checkpoint(path)
+    unreadable = "has no readable model config; it is not a family or autoencoder checkpoint"
+    _, step, path, config, state, payload = engine.open_checkpoint(run_or_checkpoint, step, read_model_config, unreadable)
     try:
-        stored = ModelConfig.from_json(json.loads(state.get("config", "{}")))
+        stored = ModelConfig.from_json(payload)
     except (TypeError, ValueError):
-        raise ConfigError(f"checkpoint {path!r} has no readable model config; it is not a family or autoencoder checkpoint") from None
+        raise ConfigError(f"checkpoint {path!r} {unreadable}") from None
     if (stored.kind, stored.name) != (config.kind, config.name):
         raise ConfigError(f"checkpoint {path!r} was trained as {stored.describe()}, but config.json says {config.describe()}; it does not belong to this run")
-    differ = [key for key in MODEL_KEYS if getattr(config, key) is not None and getattr(stored, key) != getattr(config, key)]
+    differ = engine.differing({key: getattr(config, key) for key in MODEL_KEYS}, payload)
     if differ:
         raise ConfigError(f"checkpoint {path!r} was trained with another model than the run's config.json ({', '.join(differ)} differ); it does not belong to this run")
     if stored.item_shape is None:

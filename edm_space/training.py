@@ -52,7 +52,6 @@ from .rundir import (
     TrainingDiverged,
     CHECKPOINT_VERSION,
     training_run,
-    find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -439,12 +438,9 @@ def _resumed_config(config: TrainConfig, resume: bool) -> Tuple[TrainConfig, int
         run_phases.check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
-    found = list_checkpoints(run_dir) if resume else []
-    start_step, state = (found[-1][0], load_checkpoint(found[-1][1])) if found else (0, None)
+    start_step, state = engine.newest_checkpoint(run_dir, config.steps) if resume else (0, None)
     if stored is not None:
         config = run_phases.resumed_config(stored, config, start_step)
-    if config.steps < start_step:
-        raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
     return config, start_step, state
 
 
@@ -655,22 +651,16 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
         if step is not None:
             raise ConfigError(f"{run_dir!r} holds one set of weights (safetensors); --step does not apply")
         return _load_weights_run(run_dir, ema, network, device)
-    run_dir, step, path = find_checkpoint(run_dir, step)
-    config = read_run_config(run_dir)
-    state = load_checkpoint(path)
-    try:
-        stored = json.loads(state.get("config", "{}"))
-    except (TypeError, ValueError):
-        raise ConfigError(f"checkpoint {path!r} has an unreadable config; it is damaged") from None
+    run_dir, step, path, config, state, stored = engine.open_checkpoint(run_dir, step, read_run_config, "has an unreadable config; it is damaged")
     if stored.get("preset") != config.preset:
         raise ConfigError(f"checkpoint {path!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
     run_network = {key: getattr(network_options_for_loading(config), key) for key in NETWORK_KEYS}
     checkpoint_network = {key: stored.get(key) for key in NETWORK_KEYS}
     if stored.get("net") == "dit" and isinstance(stored.get("net_options"), dict):
         checkpoint_network["net_options"] = {"convention": "legacy", **stored["net_options"]}
-    if any(v is not None and checkpoint_network[k] != v for k, v in run_network.items()):
-        differ = ", ".join(k for k, v in run_network.items() if v is not None and checkpoint_network[k] != v)
-        raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({differ} differ); it does not belong to this run")
+    differ = engine.differing(run_network, checkpoint_network)
+    if differ:
+        raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({', '.join(differ)} differ); it does not belong to this run")
     config = TrainConfig.from_json(stored)
     key = "ema" if ema else "model"
     weights = state.get(key)
