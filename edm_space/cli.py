@@ -27,7 +27,8 @@ from .cli_recipe import recipe_options, recipe_settings, refuse_for_family
 from .config_file import given as user_gave
 from .cli_models import autoencoder_group, sample_family_run, train_family
 from .model_training import is_model_run
-from .training import finish_distributed, run_config, train
+from .distributed import finish_distributed
+from .training import run_config, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .guidance import GuidedDenoiser
 from .parameterization import F64, Formulation
 from .seeding import SeededNoise
-from .training import distributed_context
+from .distributed import distributed_context
 
 Tensor = torch.Tensor
 

@@ -31,7 +31,8 @@ from .model_training import is_model_run, read_model_config
 from .outputs import write_sample_files
 from .plotting import trajectory_png
 from .seeding import parse_seeds
-from .training import build_formulation, distributed_context, load_trained
+from .distributed import distributed_context
+from .training import build_formulation, load_trained
 
 __all__ = ["SampleOptions", "SamplingModel", "sample_to_file", "parse_interval", "TOY_REFERENCE_SIZE", "MAX_SAMPLES"]
 

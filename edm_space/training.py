@@ -38,6 +38,7 @@ from . import devices, engine, init_from, latent, lr_schedule, networks, posthoc
 from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data, worker_error
 from .denoiser import Denoiser
 from .errors import ConfigError
+from .distributed import distributed_context
 from .seeding import step_generator
 from .monitor import TrainingMonitor
 from .parameterization import Formulation
@@ -326,34 +327,6 @@ def warmup_notice(config: TrainConfig) -> Optional[str]:
         return (f"note: the learning-rate warm-up ({config.warmup_images:,} images) covers "
                 f"{min(config.warmup_images / images, 1):.0%} of this run's {images:,} images; --warmup sets it")
     return None
-
-
-# ---------------------------------------------------------------------------
-# Distributed helpers (torchrun sets RANK / WORLD_SIZE).
-
-
-def distributed_context() -> Tuple[int, int]:
-    """(rank, world size): torch.distributed's, initialised from torchrun's environment when WORLD_SIZE > 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":  # each process on the GPU of its LOCAL_RANK, before NCCL picks cuda:0 for all
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def finish_distributed() -> int:
-    """This process's rank, after a barrier that ends torch.distributed (if it was started); 0 without it."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0
-    rank = dist.get_rank()
-    dist.barrier()
-    dist.destroy_process_group()
-    return rank
 
 
 # ---------------------------------------------------------------------------
