@@ -9,7 +9,7 @@ A run directory is the one of diffusion training (edm_space.rundir): config.json
 told from a diffusion run by its field "kind"), checkpoints/checkpoint-STEP.pt (the model, every
 optimizer's state and the step, written atomically, loaded with weights_only=True) and log.jsonl.
 One process at a time trains in it (rundir.RunLock). A checkpoint counts as good once the loss of
-the next step is finite, as in edm_space.training.
+the next step is finite: the run is a task (ModelTask) of edm_space.engine, the loop diffusion shares.
 
 Randomness. Step s draws everything from training's step generator of (seed, s): first the
 batch's data indices, then, through the same generator handed to the model's step, its latents,

@@ -1,4 +1,4 @@
-"""The training loop: any network under any preset's loss (EDM eq. 8), with EMA, checkpoints and resume.
+"""Diffusion training: any network under any preset's loss (EDM eq. 8), with EMA, checkpoints and resume.
 
     from edm_space.training import TrainConfig, train
     train(TrainConfig(preset="edm", data="moons", net="mlp", steps=2000, out="runs/moons"))
@@ -9,7 +9,8 @@ state beyond the step counter, and under torch.distributed each of K processes
 takes its slice of the same global batch, so the result does not depend on K.
 
 A run directory holds config.json, checkpoints/checkpoint-STEP.pt (written to a
-temporary file, then renamed; loaded with weights_only=True) and log.jsonl.
+temporary file, then renamed; loaded with weights_only=True) and log.jsonl. The loop is edm_space.engine's;
+diffusion plugs into it as DiffusionTask.
 """
 
 from __future__ import annotations
