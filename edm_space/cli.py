@@ -29,6 +29,7 @@ from .reference import solve_reference
 from .plotting import trajectory_png
 from .rundir import disk_error
 from .seeding import SeededNoise, parse_seeds
+from .cli_eval import eval_command
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
 from .outputs import write_samples
@@ -532,6 +533,7 @@ def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, see
 
 
 cli.add_command(autoencoder_group)
+cli.add_command(eval_command)
 
 
 # ---------------------------------------------------------------------------

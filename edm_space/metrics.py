@@ -277,24 +277,39 @@ def loss_floor(
 # Frechet distance in a feature space.
 
 
-def feature_statistics(features) -> Tuple[np.ndarray, np.ndarray]:
-    """(mean, covariance with n - 1 in the denominator) of a feature set [n, d], in float64."""
+def covariance_factor(features) -> Tuple[np.ndarray, float, np.ndarray]:
+    """(mean, trace of the covariance C, a factor F with F F^T = C) of a feature set [n, d], in float64.
+
+    F is the centred features over sqrt(n - 1), transposed ([d, n]), when n <= d, else the symmetric
+    root of C ([d, d]): whichever is smaller.
+    """
     a = _flat(features, "features").numpy()
-    return a.mean(axis=0), np.cov(a, rowvar=False)
+    mean = a.mean(axis=0)
+    centred = (a - mean) / math.sqrt(len(a) - 1)
+    factor = centred.T if len(a) <= a.shape[1] else _psd_root(centred.T @ centred)
+    return mean, float((centred**2).sum()), factor
+
+
+def frechet_distance_from_factors(a: Tuple[np.ndarray, float, np.ndarray], b: Tuple[np.ndarray, float, np.ndarray]) -> float:
+    """|mu_a - mu_b|^2 + Tr(C_a) + Tr(C_b) - 2 Tr((C_a C_b)^(1/2)) (Heusel et al. 2017, eq. 6), in float64.
+
+    For any factors F F^T = C, the eigenvalues of C_a C_b are the squared singular values of F_a^T F_b
+    (F_a^T F_b (F_a^T F_b)^T = F_a^T C_b F_a, similar to C_b C_a), so Tr((C_a C_b)^(1/2)) is the sum of
+    those singular values. This stays real and accurate when the covariances are singular (fewer
+    samples than features), where a general matrix root of C_a C_b needs pytorch-fid's eps offset.
+    """
+    (mu_a, trace_a, factor_a), (mu_b, trace_b, factor_b) = a, b
+    if len(mu_a) != len(mu_b):
+        raise ConfigError(f"the two feature sets differ in dimension: {len(mu_a)} and {len(mu_b)}")
+    trace_root = np.linalg.svd(factor_a.T @ factor_b, compute_uv=False).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + trace_a + trace_b - 2 * trace_root)
 
 
 def frechet_distance_from_statistics(mu_a, cov_a, mu_b, cov_b) -> float:
-    """|mu_a - mu_b|^2 + Tr(C_a) + Tr(C_b) - 2 Tr((C_a C_b)^(1/2)) (Heusel et al. 2017, eq. 6), in float64.
-
-    Tr((C_a C_b)^(1/2)) is the sum of the square roots of the eigenvalues of C_a C_b, i.e. the sum of the
-    singular values of C_a^(1/2) C_b^(1/2) (both symmetric roots by eigen-decomposition). This stays real
-    and accurate when the covariances are singular (fewer samples than features), where a general
-    matrix root of C_a C_b needs the eps offset of pytorch-fid.
-    """
-    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
+    """The Frechet distance between N(mu_a, cov_a) and N(mu_b, cov_b) (see frechet_distance_from_factors)."""
     cov_a, cov_b = np.atleast_2d(np.asarray(cov_a, np.float64)), np.atleast_2d(np.asarray(cov_b, np.float64))
-    trace_root = np.linalg.svd(_psd_root(cov_a) @ _psd_root(cov_b), compute_uv=False).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+    return frechet_distance_from_factors((np.asarray(mu_a, np.float64), float(np.trace(cov_a)), _psd_root(cov_a)),
+                                         (np.asarray(mu_b, np.float64), float(np.trace(cov_b)), _psd_root(cov_b)))
 
 
 def _psd_root(cov: np.ndarray) -> np.ndarray:
@@ -304,5 +319,5 @@ def _psd_root(cov: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(features_a, features_b) -> float:
-    """The Frechet distance between Gaussians fitted to two feature sets (see frechet_distance_from_statistics)."""
-    return frechet_distance_from_statistics(*feature_statistics(features_a), *feature_statistics(features_b))
+    """The Frechet distance between Gaussians fitted to two feature sets (see frechet_distance_from_factors)."""
+    return frechet_distance_from_factors(covariance_factor(features_a), covariance_factor(features_b))

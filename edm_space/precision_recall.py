@@ -50,19 +50,31 @@ def _ball_counts(points: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
     return torch.cat(out)
 
 
+def _precision_recall_points(real: Tensor, fake: Tensor, k: int) -> Dict[str, Tensor]:
+    return {"precision": (_ball_counts(fake, real, knn_radii(real, k)) > 0).double(),
+            "recall": (_ball_counts(real, fake, knn_radii(fake, k)) > 0).double()}
+
+
+def _density_coverage_points(real: Tensor, fake: Tensor, k: int) -> Dict[str, Tensor]:
+    radii = knn_radii(real, k)
+    nearest_fake = torch.cat([torch.cdist(real[s : s + _CHUNK], fake).min(dim=1).values for s in range(0, len(real), _CHUNK)])
+    return {"density": _ball_counts(fake, real, radii).double() / k, "coverage": (nearest_fake <= radii).double()}
+
+
+def point_scores(real, fake, k: int = 3, k_density: int = 5) -> Dict[str, Tensor]:
+    """Per-point terms whose means are the four metrics: precision and density per generated point
+    (inside a real ball or not; real balls holding it / k), recall and coverage per real point."""
+    real, fake = _as_features(real, "real features"), _as_features(fake, "generated features")
+    return {**_precision_recall_points(real, fake, k), **_density_coverage_points(real, fake, k_density)}
+
+
 def precision_recall(real, fake, k: int = 3) -> Dict[str, float]:
     """Improved precision and recall of `fake` against `real` (feature matrices [n, d], [m, d])."""
     real, fake = _as_features(real, "real features"), _as_features(fake, "generated features")
-    precision = (_ball_counts(fake, real, knn_radii(real, k)) > 0).double().mean()
-    recall = (_ball_counts(real, fake, knn_radii(fake, k)) > 0).double().mean()
-    return {"precision": float(precision), "recall": float(recall)}
+    return {name: float(values.mean()) for name, values in _precision_recall_points(real, fake, k).items()}
 
 
 def density_coverage(real, fake, k: int = 5) -> Dict[str, float]:
     """Density and coverage of `fake` against `real` (feature matrices [n, d], [m, d])."""
     real, fake = _as_features(real, "real features"), _as_features(fake, "generated features")
-    radii = knn_radii(real, k)
-    density = _ball_counts(fake, real, radii).double().sum() / (k * len(fake))
-    nearest_fake = torch.cat([torch.cdist(real[s : s + _CHUNK], fake).min(dim=1).values for s in range(0, len(real), _CHUNK)])
-    coverage = (nearest_fake <= radii).double().mean()
-    return {"density": float(density), "coverage": float(coverage)}
+    return {name: float(values.mean()) for name, values in _density_coverage_points(real, fake, k).items()}

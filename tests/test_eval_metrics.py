@@ -31,6 +31,8 @@ def test_frechet_distance_matches_the_sqrtm_reference_to_1e_6(n, dim):
     b = rng.normal(size=(n, dim)) @ (mixing + 0.3 * np.eye(dim)) + 0.1
     ours, reference = metrics.frechet_distance(a, b), pytorch_fid_formula(a, b)
     assert ours == pytest.approx(reference, rel=1e-6, abs=1e-6)
+    statistics = (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert metrics.frechet_distance_from_statistics(*statistics) == pytest.approx(reference, rel=1e-6, abs=1e-6)
     assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-7)
 
 
