@@ -31,11 +31,10 @@ RESULTS = os.path.join(HERE, "results")
 if ROOT not in sys.path:  # `python benchmarks/x.py` from a checkout without an editable install
     sys.path.insert(0, ROOT)
 
-import samplers  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 from edm_space.files import write_atomic  # noqa: E402
 from edm_space.optional import require  # noqa: E402
-from edm_space.seeding import SeededNoise  # noqa: E402
+from edm_space.generation import SamplerSettings, generate  # noqa: E402
 from edm_space.training import load_trained  # noqa: E402
 
 
@@ -180,19 +179,10 @@ def sample_run(run_dir: str, n: int, solver: str = "heun", num_steps: int = 18, 
     Returns (samples float64 tensor, nfe, step of the checkpoint).
     """
     denoiser, config, item_shape, _, step = load_trained(run_dir, ema=ema)
-    formulation = denoiser.formulation
-    out, nfe = [], 0
     seeds = list(range(first_seed, first_seed + n))
-    for lo in range(0, n, batch):
-        chunk = seeds[lo : lo + batch]
-        noise = SeededNoise(chunk)
-        latents = noise.randn([len(chunk), *item_shape], dtype=torch.float64)
-        info: Dict[str, Any] = {}
-        with torch.no_grad():
-            x = samplers.sample(denoiser, latents, formulation=formulation, solver=solver, num_steps=num_steps, randn_like=noise.randn_like, info=info)
-        out.append(x)
-        nfe = info["nfe"]
-    return torch.cat(out), nfe, step
+    settings = SamplerSettings(formulation=denoiser.formulation, solver=solver, num_steps=num_steps)
+    out = generate(denoiser, seeds, item_shape, settings, batch_size=batch)
+    return out.samples, out.nfe, step
 
 
 # ---------------------------------------------------------------------------

@@ -71,9 +71,8 @@ from scipy import stats  # noqa: E402
 import samplers  # noqa: E402
 from edm_space.classifier import cached_classifier, image_quality  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
-from edm_space.guidance import GuidedDenoiser  # noqa: E402
+from edm_space.generation import Guidance, SamplerSettings, generate  # noqa: E402
 from edm_space.metrics import sliced_wasserstein2  # noqa: E402
-from edm_space.seeding import SeededNoise  # noqa: E402
 from edm_space.toy_branches import NUM_CLASSES as BRANCH_CLASSES  # noqa: E402
 from edm_space.toy_branches import exact_denoiser  # noqa: E402
 from edm_space.training import TrainConfig, load_trained, train  # noqa: E402
@@ -243,24 +242,14 @@ def draw(denoiser, formulation, labels: Tensor, seeds: Sequence[int], item_shape
 
     method: none (the conditional denoiser), cfg / cfg-interval (null-label guide) or auto (`guide`).
     """
-    noise = SeededNoise(seeds)
-    latents = noise.randn([len(seeds), *item_shape], dtype=F64)
-    if method == "none":
-        model = lambda x_hat, sigma: denoiser(x_hat, sigma, labels)  # noqa: E731
-    else:
-        model = GuidedDenoiser(denoiser, weight, labels=labels, guide=guide if method == "auto" else None,
-                               interval=interval if method == "cfg-interval" else None)
-    info: Dict[str, Any] = {}
+    guidance = None
+    if method != "none":
+        guidance = Guidance(weight, guide=guide if method == "auto" else None, interval=interval if method == "cfg-interval" else None)
+    sampler = SamplerSettings(formulation=formulation, solver=settings.solver, num_steps=settings.num_steps)
     started = time.perf_counter()
-    with torch.no_grad():
-        x = samplers.sample(model, latents, formulation=formulation, solver=settings.solver, num_steps=settings.num_steps,
-                            randn_like=noise.randn_like, info=info)
-    cost = {"nfe": int(info["nfe"]), "sample_s": round(time.perf_counter() - started, 3)}
-    if isinstance(model, GuidedDenoiser):
-        cost.update(forward_passes=model.forward_passes, rows=model.rows)
-    else:
-        cost.update(forward_passes=cost["nfe"], rows=cost["nfe"] * len(seeds))
-    return x, cost
+    out = generate(denoiser, seeds, item_shape, sampler, batch_size=len(seeds), labels=labels, guidance=guidance)
+    cost = {"nfe": out.nfe, "sample_s": round(time.perf_counter() - started, 3), "forward_passes": out.forward_passes, "rows": out.rows}
+    return out.samples, cost
 
 
 def configurations(settings: Settings, has_guide: bool, interval: bool) -> List[Tuple[str, float]]:

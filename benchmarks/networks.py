@@ -61,13 +61,13 @@ import torch  # noqa: E402
 
 import formulations  # noqa: E402  (mean_std and the paired comparison of benchmarks/formulations.py)
 import presets  # noqa: E402
-import samplers  # noqa: E402
 from edm_space import networks  # noqa: E402
 from edm_space.classifier import cached_classifier, image_quality  # noqa: E402
 from edm_space.data import load  # noqa: E402
 from edm_space.errors import ConfigError, unknown  # noqa: E402
+from edm_space.generation import SamplerSettings, generate  # noqa: E402
 from edm_space.optional import require  # noqa: E402
-from edm_space.seeding import SeededNoise, parse_seeds  # noqa: E402
+from edm_space.seeding import parse_seeds  # noqa: E402
 from edm_space.training import TrainConfig, TrainingDiverged, load_trained, read_log, train  # noqa: E402
 
 Tensor = torch.Tensor
@@ -285,13 +285,9 @@ def sample_latest(run_dir: str, settings: Settings, seed: int) -> Tuple[Tensor, 
     denoiser, config, item_shape, _, step = load_trained(run_dir)
     solver, discretization, steps = settings.sampler
     first = LATENT_SEED + 1000 * seed
-    noise = SeededNoise(range(first, first + settings.num_samples))
-    latents = noise.randn([settings.num_samples, *item_shape], dtype=torch.float64)
-    info: Dict[str, Any] = {}
-    with torch.no_grad():
-        x = samplers.sample(denoiser, latents, formulation=denoiser.formulation, solver=solver, num_steps=steps,
-                            discretization=discretization, randn_like=noise.randn_like, info=info)
-    return x, int(info["nfe"]), step
+    sampler = SamplerSettings(formulation=denoiser.formulation, solver=solver, num_steps=steps, discretization=discretization)
+    out = generate(denoiser, range(first, first + settings.num_samples), item_shape, sampler, batch_size=settings.num_samples)
+    return out.samples, out.nfe, step
 
 
 # --------------------------------------------------------------------------- one run

@@ -10,30 +10,24 @@ import sys
 from typing import List, Optional
 
 import click
-import numpy as np
 import torch
 import torch.distributed as dist
 
 import presets
-import samplers
 from samplers.optimize import endpoint_error, optimize_steps, save_levels, steps_to_fit
-from samplers.trajectory import TrajectoryRecorder
 
 from . import data, devices, families, latent
 from .demo import format_results, run_demo
 from .errors import ConfigError
-from .guidance import GuidedDenoiser
-from .files import StagedOutputs, check_writable_file, save_npz_atomic
+from .files import check_writable_file
 from .ideal import IdealDenoiser
 from .reference import solve_reference
-from .plotting import trajectory_png
-from .rundir import disk_error
-from .seeding import SeededNoise, parse_seeds
+from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
+from .seeding import SeededNoise
 from .cli_eval import eval_command
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
-from .outputs import write_samples
-from .training import build_formulation, distributed_context, load_trained, resolve_config, train
+from .training import load_trained, resolve_config, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -75,21 +69,6 @@ def format_table(rows: List[dict], markdown: bool = False) -> str:
 # options shared by several commands
 
 
-def _float_or_none(value: Optional[str], name: str) -> Optional[float]:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"{name} = {value!r} is not a number") from None
-
-
-def _finite(value: float, name: str, low: float = -math.inf) -> float:
-    if not math.isfinite(value) or value < low:
-        raise ConfigError(f"{name} {value!r} is invalid; it must be a finite number >= {low:g}")
-    return value
-
-
 device_option = click.option(
     "--device", default="auto", show_default=True,
     help="auto (CUDA if available; under torchrun the GPU of LOCAL_RANK), cpu, cuda, cuda:N or mps.",
@@ -107,9 +86,6 @@ threads_option = click.option(
 
 # ---------------------------------------------------------------------------
 # sample
-
-MAX_SAMPLES = 10**7
-
 
 @cli.command("sample")
 @click.option("--ckpt", "run_dir", default=None, help="A training run directory, or one of its checkpoint files: sample its trained model (default: the exact denoiser of --data).")
@@ -148,10 +124,7 @@ MAX_SAMPLES = 10**7
 @precision_option
 @compile_option
 @threads_option
-def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, guidance_interval, guide_dir, guide_step, preset, preset_options, solver, solver_options, num_steps,
-                   discretization, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax, s_noise, data_name, data_size,
-                   num_samples, seed, seeds, batch_size, final_step, analytic_first_step, trajectory, out_path, sampler_dtype, device, precision,
-                   compile_network, threads) -> None:
+def sample_command(threads: int, preset_options, solver_options, **options) -> None:
     """Sample a trained model (--ckpt RUN_DIR) or the exact denoiser of a built-in data set.
 
     Any preset's ODE, any solver and discretization work with any model: every
@@ -159,207 +132,14 @@ def sample_command(run_dir, checkpoint_step, ema, class_label, guidance_weight, 
     mean of the data set, so the result shows the solver's error alone.
     """
     set_threads(threads)
+    run_dir = options["run_dir"]
     if run_dir is not None and is_model_run(run_dir):  # a family or an autoencoder run: its own sampler
-        sample_family_run(run_dir, checkpoint_step, num_samples, seed, seeds, out_path, device)
+        sample_family_run(run_dir, options["checkpoint_step"], options["num_samples"], options["seed"], options["seeds"],
+                          options["out_path"], options["device"])
         return
-    rank, world = distributed_context()
-    device = devices.resolve_device(device) if run_dir is not None else torch.device("cpu")  # exact denoisers run on the CPU
-    devices.check_precision(precision, device)
-    extension = os.path.splitext(out_path)[1].lower()
-    if extension not in (".npz", ".png"):
-        raise ConfigError(f"--out {out_path!r} must end in .npz or .png")
-    check_writable_file(out_path, "--out")
-    if batch_size < 1:
-        raise ConfigError(f"--batch {batch_size} is invalid; it must be >= 1")
-    _finite(churn, "--churn", 0.0)
-    _finite(s_noise, "--s-noise", 0.0)
-    for name, value in (("--s-tmin", s_tmin), ("--s-tmax", s_tmax), ("--rho", rho)):
-        if math.isnan(value):
-            raise ConfigError(f"{name} {value!r} is invalid; it must be a number")
-    if seeds is not None:
-        seed_list = parse_seeds(seeds, most=MAX_SAMPLES)
-    else:
-        num_samples = (64 if run_dir else 1000) if num_samples is None else num_samples
-        if not 1 <= num_samples <= MAX_SAMPLES or seed < 0:
-            raise ConfigError(f"--n {num_samples} and --seed {seed} are invalid; need 1 <= n <= {MAX_SAMPLES:,} and seed >= 0")
-        seed_list = list(range(seed, seed + num_samples))
-    interval = _parse_interval(guidance_interval)
-    if guidance_weight is not None:
-        _finite(guidance_weight, "--guidance")
-    elif interval is not None or guide_dir is not None:
-        raise ConfigError("--guidance-interval and --guide need --guidance W")
-    extra_preset_options = parse_options(preset_options, "--preset-option")
-
-    num_classes, guide, source, latent_space = 0, None, "", None
-    if run_dir is not None:
-        denoiser, config, item_shape, num_classes, step = load_trained(run_dir, ema=ema, step=checkpoint_step, device=str(device))
-        denoiser.network = devices.compiled(denoiser.network, compile_network)
-        denoiser.precision = precision
-        source, reference = f"{run_dir} (step {step}, {'EMA' if ema else 'raw'} weights)", None
-        if config.latent_space is not None:
-            latent_space = latent.open_latent_space(config.latent_space, run_dir)
-            source += f", decoded by {config.latent_space['run']}"
-        if preset is None or preset == config.preset:
-            # The model's own formulation, with the constants it was trained with.
-            preset = config.preset
-            own = build_formulation(config)
-            f = presets.get(preset, **{**config.preset_options, **_own_sigma_data(config), **extra_preset_options}) if extra_preset_options else own
-        else:
-            f = presets.get(preset, **extra_preset_options)
-        if guidance_weight is not None and guide_dir is None and config.conditional and not config.label_dropout:
-            raise ConfigError(f"--guidance without --guide needs the null label, which the model in {run_dir!r} never learned (trained with --label-dropout 0); give --guide RUN_DIR")
-        if guide_dir is not None:
-            guide, guide_config, guide_shape, guide_classes, guide_at = load_trained(guide_dir, ema=ema, step=guide_step, device=str(device))
-            guide.precision = precision
-            if guide_shape != item_shape or guide_classes != num_classes:
-                raise ConfigError(f"--guide {guide_dir!r} models items {list(guide_shape)} with {guide_classes} classes; --ckpt has {list(item_shape)} with {num_classes}")
-            source += f", guided by {guide_dir} (step {guide_at})"
-    else:
-        preset = preset or "edm"
-        f = presets.get(preset, **extra_preset_options)
-        if guide_dir is not None:
-            raise ConfigError("--guide needs --ckpt: autoguidance guides one trained model by another")
-    if run_dir is not None and class_label is not None and not num_classes:
-        raise ConfigError(f"--class {class_label}: the model in {run_dir!r} is not class-conditional (train it with --conditional)")
-    solver = solver or f.default_solver
-    entry = samplers.get(solver)
-    options = parse_options(solver_options, "--solver-option")
-    entry.check_options(options)
-    num_steps = f.default_steps if num_steps is None else num_steps
-    lo, hi = _float_or_none(sigma_min, "--sigma-min"), _float_or_none(sigma_max, "--sigma-max")
-    # Validate the whole configuration before any work: the time steps carry every range check.
-    num_steps = len(samplers.time_steps(f, num_steps, discretization, lo, hi, rho=rho)) - 1  # explicit levels set N
-    if run_dir is None:
-        size = data_size if data_size is not None else (TOY_REFERENCE_SIZE if data_name in data.TOY_SETS else None)
-        reference, reference_labels = data.load(data_name, n=size, seed=seed, with_labels=True)
-        conditional = class_label is not None or guidance_weight is not None
-        if conditional and reference_labels is None:
-            raise ConfigError(f"--class and --guidance need a class-conditional model: --ckpt of a run trained --conditional, or --data with class labels (branches, digits); data set {data_name!r} has none")
-        if conditional:
-            num_classes = int(reference_labels.max()) + 1
-            denoiser = IdealDenoiser(reference.to(torch.float64), labels=reference_labels, num_classes=num_classes)
-        else:
-            denoiser = IdealDenoiser(reference.to(torch.float64))
-        item_shape = tuple(reference.shape[1:])
-        source = f"the exact {'class-conditional ' if conditional else ''}denoiser of {data_name}"
-    if class_label is not None and not 0 <= class_label < max(num_classes, 1):
-        raise ConfigError(f"--class {class_label} is invalid; the model knows classes 0..{num_classes - 1}")
-    data_mean = None
-    if analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
-        training_data = reference if run_dir is None else data.load(config.data, n=config.data_size, seed=config.seed)
-        data_mean = training_data.to(torch.float64).mean(dim=0)
-    result_bytes = len(seed_list) * math.prod(item_shape) * 8
-    if result_bytes > MAX_RESULT_BYTES:
-        raise ConfigError(f"{len(seed_list):,} samples of shape {list(item_shape)} need {result_bytes / 2**30:.1f} GiB; at most {MAX_RESULT_BYTES / 2**30:.0f} GiB: sample fewer per command")
-
-    recorder = TrajectoryRecorder() if trajectory else None
-    guided: List[GuidedDenoiser] = []
-    # Under torchrun each process takes a contiguous share of the seeds; per-seed noise makes the result
-    # independent of the split, and rank 0 gathers and writes it.
-    share = len(seed_list) // world + 1 if len(seed_list) % world else len(seed_list) // world
-    mine = seed_list[rank * share : (rank + 1) * share]
-    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    results, nfe = [torch.zeros((0, *item_shape), dtype=torch.float64)], 0
-    state_dtype = torch.float64 if sampler_dtype == "float64" else torch.float32
-    for number, chunk in enumerate(chunks):
-        noise = SeededNoise(chunk)
-        latents = noise.randn([len(chunk), *item_shape], dtype=torch.float64).to(device)
-        model = denoiser
-        if num_classes:
-            chunk_labels = torch.nn.functional.one_hot(
-                torch.tensor([class_label if class_label is not None else s % num_classes for s in chunk]), num_classes
-            ).to(device=device, dtype=torch.float64)
-            if guidance_weight is not None:
-                model = GuidedDenoiser(denoiser, guidance_weight, labels=chunk_labels, guide=guide, interval=interval)
-                guided.append(model)
-            else:
-                model = lambda x_hat, sigma, d=denoiser, y=chunk_labels: d(x_hat, sigma, y)  # noqa: E731
-        elif guide is not None:
-            model = GuidedDenoiser(denoiser, guidance_weight, guide=guide, interval=interval)
-            guided.append(model)
-        info: dict = {}
-        with torch.no_grad():
-            x = samplers.sample(
-                model, latents, formulation=f, solver=solver, num_steps=num_steps, discretization=discretization,
-                sigma_min=lo, sigma_max=hi, churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
-                randn_like=noise.randn_like, rho=rho, info=info, progress=True, final_step=final_step,
-                analytic_first_step=analytic_first_step, data_mean=data_mean, state_dtype=state_dtype,
-                callback=recorder if number == 0 and rank == 0 else None, **options,
-            )
-        results.append(x.to("cpu", torch.float64))
-        nfe = info["nfe"]
-    samples = torch.cat(results).numpy()
-    if latent_space is not None:  # a latent model: its samples are latents, the images come from the decoder
-        samples = latent_space.decode(torch.from_numpy(samples)).numpy()
-    if world > 1:
-        parts: List[np.ndarray] = [None] * world  # type: ignore[list-item]
-        dist.all_gather_object(parts, samples)
-        guided_cost = [(sum(g.forward_passes for g in guided), sum(g.rows for g in guided))]
-        all_costs: list = [None] * world
-        dist.all_gather_object(all_costs, guided_cost)
-        dist.destroy_process_group()  # no collective follows; a process must not exit with the group alive
-        if rank != 0:
-            return
-        samples = np.concatenate(parts)
-    if not np.isfinite(samples).all():
-        raise ConfigError(f"sampling produced non-finite values ({preset}, {solver}, {num_steps} steps); try more steps")
-    try:
-        with StagedOutputs() as stage:
-            written = write_samples(stage, out_path, samples, seed_list, reference)
-            if recorder is not None:
-                written += _write_trajectory(stage, os.path.splitext(out_path)[0] + "_trajectory", recorder, latent_space)
-    except OSError as error:
-        raise disk_error(error, f"--out {out_path!r}") from None
-    cost = f"{nfe} denoiser evaluations"
-    if guided:
-        passes, rows = sum(g.forward_passes for g in guided), sum(g.rows for g in guided)
-        if world > 1:
-            passes, rows = (sum(c[0][i] for c in all_costs) for i in (0, 1))
-        cost += f" of the guided denoiser (w = {guidance_weight:g}, {guided[0].kind}): {passes} network forward passes of {rows} rows in all"
-    processes = f" over {world} processes" if world > 1 else ""
-    click.echo(f"{len(seed_list)} samples of {source} with {f.name} + {solver}, {num_steps} steps, {cost}{processes} -> {', '.join(written)}")
-
-
-def _parse_interval(text: Optional[str]):
-    """--guidance-interval LO,HI as a pair of floats with 0 <= LO < HI."""
-    if text is None:
-        return None
-    parts = text.split(",")
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"--guidance-interval {text!r} must be SIGMA_LO,SIGMA_HI, e.g. 0.28,5.4") from None
-    if not (0 <= lo < hi) or math.isnan(hi):
-        raise ConfigError(f"--guidance-interval {text!r} is invalid; it needs 0 <= SIGMA_LO < SIGMA_HI")
-    return lo, hi
-
-
-TOY_REFERENCE_SIZE = 5000  # points the exact denoiser of a toy set averages over by default
-MAX_RESULT_BYTES = 16 * 2**30
-
-
-def _own_sigma_data(config) -> dict:
-    """The data's sigma_data for a preset that takes one, as training used it."""
-    if config.sigma_data is not None and "sigma_data" in presets.parameters(config.preset) and "sigma_data" not in config.preset_options:
-        return {"sigma_data": config.sigma_data}
-    return {}
-
-
-def _write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecorder, latent_space=None) -> List[str]:
-    """STEM.npz (t, sigma, x, denoised stacked over steps) and, for points or images, STEM.png (a latent
-    model's denoised estimates decoded to images)."""
-    arrays = recorder.arrays()
-    save_npz_atomic(stage.path(stem + ".npz"), arrays)
-    written = [stem + ".npz"]
-    denoised = arrays["denoised"]
-    if latent_space is not None:
-        steps, batch = denoised.shape[:2]
-        decoded = latent_space.decode(torch.from_numpy(denoised.reshape(steps * batch, *denoised.shape[2:])))
-        denoised = decoded.numpy().reshape(steps, batch, *decoded.shape[1:])
-    if (denoised.ndim == 3 and denoised.shape[2] == 2) or (denoised.ndim == 5 and denoised.shape[2] in (1, 3)):
-        trajectory_png(stage.path(stem + ".png"), arrays["sigma"], np.clip(denoised, -1, 1) if denoised.ndim == 5 else denoised)
-        written.append(stem + ".png")
-    return written
+    request = SampleOptions(preset_options=parse_options(preset_options, "--preset-option"),
+                            solver_options=parse_options(solver_options, "--solver-option"), **options)
+    sample_to_file(request, echo=click.echo)
 
 
 # ---------------------------------------------------------------------------

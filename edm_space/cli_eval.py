@@ -10,6 +10,7 @@ import shlex
 from typing import Optional
 
 import click
+import torch
 
 from .cli_models import set_threads
 from .errors import ConfigError
@@ -57,6 +58,11 @@ def eval_command(run_dir: str, checkpoint_step: Optional[int], metric_list: str,
                             bootstrap=bootstrap, pr_features=pr_features, nll_n=nll_n, nll_steps=nll_steps, loss_draws=loss_draws,
                             floor_items=floor_items, cache_dir=cache_dir, device=device)
     result = evaluate(run_dir, settings, step=checkpoint_step)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # under torchrun: the samples were split
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return
     command = ["edm-space", "eval", "--ckpt", run_dir, "--metrics", ",".join(metrics), "--n", str(num_samples), "--seed", str(seed)]
     for option, value in (("--step", checkpoint_step), ("--solver", solver), ("--steps", num_steps), ("--guidance", guidance),
                           ("--pr-features", pr_features)):

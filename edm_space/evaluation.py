@@ -23,6 +23,10 @@ Metrics (each with a bootstrap standard deviation over the points it averages):
 - loss: per sigma bucket, the model's weighted loss on reference items and on training items beside
   the loss floor of the ideal denoiser of those training items (EDM Fig. 5; metrics.loss_floor).
 - recon (autoencoders): reconstruction MSE and PSNR on the reference items.
+
+Diffusion samples come from edm_space.generation.generate with the settings `edm-space sample` builds
+(edm_space.sampling), so `eval --n N` scores exactly the samples of `sample --seeds 0-(N-1)` with the
+same solver, steps, guidance and batch.
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import data, latent
+from . import data, devices, latent
 from .errors import ConfigError, unknown
 from .files import save_npz_atomic
 from .metrics import covariance_factor, frechet_distance_from_factors, log_likelihood, loss_floor
 from .model_training import draw_samples, evaluate_autoencoder, is_model_run, load_model, load_split
 from .precision_recall import point_scores
-from .seeding import SeededNoise
+from .generation import Guidance, class_labels, generate
+from .sampling import SampleOptions, open_run, sampler_settings
 from .training import build_formulation, load_trained, load_training_data
 
 Tensor = torch.Tensor
@@ -162,38 +167,20 @@ def generate_images(target: Target, settings: EvalSettings) -> Tuple[Tensor, Dic
         return reconstructions.double(), {"sampler": "reconstructions of the reference items"}
     if target.kind == "family":
         return draw_samples(target.model, target.config, target.run, seeds).double(), {"sampler": f"{target.config.name}'s own"}
-    f = build_formulation(target.config)
-    solver, steps = settings.solver or f.default_solver, settings.steps or f.default_steps
-    shape = tuple(target.config.item_shape)
-    out = []
-    bar = tqdm(total=len(seeds), desc="generate", unit="sample", disable=not show_progress(settings), leave=False)
-    for start in range(0, len(seeds), settings.batch):
-        chunk = seeds[start : start + settings.batch]
-        out.append(_sample_batch(target, chunk, shape, f, solver, steps, settings.guidance))
-        bar.update(len(chunk))
-    bar.close()
-    samples = torch.cat(out)
-    if target.latent_space is not None:
-        samples = target.latent_space.decode(samples).double()
-    described = {"sampler": f"{f.name} + {solver}", "solver": solver, "steps": steps, "guidance": settings.guidance}
-    return samples, described
-
-
-def _sample_batch(target: Target, seeds: List[int], shape, formulation, solver: str, steps: int, guidance: Optional[float]) -> Tensor:
-    """One batch of the diffusion run's samples: per-seed latents and noise, labels seed mod classes."""
-    import samplers
-    from .guidance import GuidedDenoiser
-
-    noise = SeededNoise(seeds)
-    latents = noise.randn([len(seeds), *shape], dtype=torch.float64)
-    model: Callable = target.model
-    if target.num_classes:
-        labels = torch.nn.functional.one_hot(torch.tensor([s % target.num_classes for s in seeds]), target.num_classes).double()
-        model = GuidedDenoiser(target.model, guidance, labels=labels) if guidance is not None else (lambda x, s, y=labels: target.model(x, s, y))
-    elif guidance is not None:
+    options = SampleOptions(run_dir=target.run, checkpoint_step=target.step, solver=settings.solver, num_steps=settings.steps,
+                            guidance_weight=settings.guidance, batch_size=settings.batch, device=settings.device, progress=False)
+    device = devices.resolve_device(settings.device)
+    model = open_run(options, device)
+    sampler = sampler_settings(options, model)
+    labels = class_labels(seeds, model.num_classes) if model.num_classes else None
+    if settings.guidance is not None and labels is None:
         raise ConfigError(f"--guidance needs a class-conditional run; {target.run!r} is not (train it with --conditional)")
-    with torch.no_grad():
-        return samplers.sample(model, latents, formulation=formulation, solver=solver, num_steps=steps, randn_like=noise.randn_like).to("cpu", torch.float64)
+    guidance = Guidance(settings.guidance) if settings.guidance is not None else None
+    generated = generate(model.denoiser, seeds, model.item_shape, sampler, batch_size=settings.batch, labels=labels, guidance=guidance,
+                         decode=model.decode, device=device, progress=show_progress(settings))
+    described = {"sampler": f"{sampler.formulation.name} + {sampler.solver}", "solver": sampler.solver, "steps": sampler.num_steps,
+                 "guidance": settings.guidance}
+    return generated.samples.double(), described
 
 
 # ---------------------------------------------------------------------------

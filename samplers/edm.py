@@ -71,8 +71,10 @@ def edm_solver(
         if not second_order or t_next == 0:  # into t = 0 (or with final_step="denoise", not at all) the step is Euler
             x_next = x_hat.add(d_cur, alpha=h)
         else:
-            # Second-order correction at t_hat + alpha h (Algorithm 1, lines 6-8; alpha = 1 is Heun).
-            t_prime = t_hat + alpha * h
+            # Second-order correction at t_hat + alpha h (Algorithm 1, lines 6-8; alpha = 1 is Heun). Heun's
+            # corrector is evaluated at exactly t_{i+1}, as EDM2's edm_sampler does: t_hat + h can land one ulp
+            # away, and a guidance interval ending on that level would then decide twice for one level.
+            t_prime = t_next if alpha == 1 else t_hat + alpha * h
             x_prime = x_hat.add(d_cur, alpha=alpha * h)
             d_prime, _ = ode.derivative(x_prime, t_prime)
             slope = d_cur.mul(1 - 1 / (2 * alpha)).add_(d_prime, alpha=1 / (2 * alpha))

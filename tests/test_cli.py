@@ -121,5 +121,7 @@ def test_demo_writes_its_table_and_figure(tmp_path):
         assert row["nfe"] == (2 * row["steps"] - 1 if row["solver"] == "heun" else row["steps"])
         assert 0 < row["sw2_err"] < row["sw2"]  # a bootstrap spread, smaller than the distance it qualifies
     assert "| edm | heun |" in result.stdout and "sliced W2" in result.stdout
+    # Heun's poor score at 5 NFE (3 steps) comes with its reason, once
+    assert result.stdout.count("moves about half as far as Euler's step") == 1
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "runs" / "edm" / "checkpoints").is_dir()

@@ -405,3 +405,44 @@ def test_branches_seeding():
             branches(bad)
     with pytest.raises(ConfigError, match="seed"):
         branches(5, seed=-1)
+
+
+def edm2_sampler_with_interval(D, labels, latents, t_steps, weight, interval):
+    """EDM2's edm_sampler (Karras et al. 2024, generate_images.py), deterministic, written out here, with a guided
+    denoiser that applies classifier-free guidance only where sigma_lo < t <= sigma_hi (Kynkaanniemi et al. 2024)."""
+    lo, hi = interval
+
+    def denoise(x, t):
+        sigma = torch.full((len(x),), t, dtype=F64)
+        cond = D(x, sigma, labels)
+        if not lo < t <= hi:
+            return cond
+        uncond = D(x, sigma, torch.full_like(labels, -1))
+        return uncond + weight * (cond - uncond)
+
+    x_next = latents * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_hat, t_hat = x_next, t_cur
+        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < len(t_steps) - 2:
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+def test_heun_with_an_interval_ending_on_sampling_levels_matches_edm2():
+    gm = exact_denoiser()
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    latents = torch.randn(5, 2, generator=torch.Generator().manual_seed(21), dtype=F64)
+    f = presets.get("edm")
+    t_steps = samplers.time_steps(f, 12).tolist()
+    # both ends of the interval are sampling levels: the corrector of one step and the next step's first
+    # evaluation share the level, and must take the same guidance decision there. With 12 edm steps,
+    # t_5 + (t_6 - t_5) and t_8 + (t_9 - t_8) are one ulp above t_6 and t_9.
+    assert t_steps[5] + (t_steps[6] - t_steps[5]) > t_steps[6] and t_steps[8] + (t_steps[9] - t_steps[8]) > t_steps[9]
+    for interval in ((t_steps[9], t_steps[3]), (t_steps[8], t_steps[6]), (t_steps[9], t_steps[6])):
+        guided = GuidedDenoiser(gm, 2.5, labels=labels, interval=interval)
+        ours = samplers.sample(guided, latents, formulation="edm", solver="heun", num_steps=12)
+        want = edm2_sampler_with_interval(gm, labels, latents, t_steps, 2.5, interval)
+        assert torch.allclose(ours, want, rtol=0, atol=1e-10), (ours - want).abs().max()

@@ -142,9 +142,10 @@ def test_exact_guidance_one_is_the_class_model_and_zero_the_unconditional_one(tm
     assert np.array_equal(weight_one, conditional)  # bit for bit
     assert np.array_equal(weight_zero, unconditional)
     assert not np.allclose(conditional, unconditional, atol=1e-3)  # the class matters, so the two checks are not vacuous
-    # classifier-free guidance: one pass of 2 x 6 rows per evaluation; Heun with 5 steps makes 2 * 5 - 1
+    # w = 1 is exactly the conditional model: one pass of 6 rows per evaluation, no null-label rows;
+    # Heun with 5 steps makes 2 * 5 - 1 evaluations
     cost = guided_cost(out)
-    assert cost["nfe"] == 9 and cost["passes"] == 9 and cost["rows"] == 9 * 2 * 6 and cost["kind"] == "classifier-free"
+    assert cost["nfe"] == 9 and cost["passes"] == 9 and cost["rows"] == 9 * 6 and cost["kind"] == "classifier-free"
 
 
 @pytest.mark.parametrize("weight", [2.0, -0.5])

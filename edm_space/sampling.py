@@ -1,0 +1,332 @@
+"""`edm-space sample` as a library call: options -> checked settings -> generate() -> files.
+
+`sample_to_file(SampleOptions(...))` is what the command runs: it validates every
+option before any work, opens the model (a trained run, or the exact denoiser of a
+built-in data set), samples through `edm_space.generation.generate` and writes the
+samples (rank 0 under torchrun). Each step is a small function of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+import presets
+import samplers
+from samplers.trajectory import TrajectoryRecorder
+
+from . import data, devices, latent
+from .denoiser import Denoiser
+from .errors import ConfigError
+from .files import StagedOutputs, check_writable_file, save_npz_atomic
+from .generation import Generated, Guidance, SamplerSettings, check_finite, class_labels, generate
+from .ideal import IdealDenoiser
+from .outputs import write_samples
+from .plotting import trajectory_png
+from .rundir import disk_error
+from .seeding import parse_seeds
+from .training import build_formulation, load_trained
+
+__all__ = ["SampleOptions", "SamplingModel", "sample_to_file", "parse_interval", "TOY_REFERENCE_SIZE", "MAX_SAMPLES"]
+
+MAX_SAMPLES = 10**7
+TOY_REFERENCE_SIZE = 5000  # points the exact denoiser of a toy set averages over by default
+MAX_RESULT_BYTES = 16 * 2**30
+
+
+@dataclasses.dataclass
+class SampleOptions:
+    """The options of `edm-space sample`, named as the command's parameters (defaults as the command's)."""
+
+    run_dir: Optional[str] = None
+    checkpoint_step: Optional[int] = None
+    ema: bool = True
+    class_label: Optional[int] = None
+    guidance_weight: Optional[float] = None
+    guidance_interval: Optional[str] = None
+    guide_dir: Optional[str] = None
+    guide_step: Optional[int] = None
+    preset: Optional[str] = None
+    preset_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    solver: Optional[str] = None
+    solver_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_steps: Optional[int] = None
+    discretization: Optional[str] = None
+    sigma_min: Optional[str] = None
+    sigma_max: Optional[str] = None
+    rho: float = 7.0
+    churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+    data_name: str = "moons"
+    data_size: Optional[int] = None
+    num_samples: Optional[int] = None
+    seed: int = 0
+    seeds: Optional[str] = None
+    batch_size: int = 500
+    final_step: str = "solver"
+    analytic_first_step: bool = False
+    trajectory: bool = False
+    out_path: str = "samples.npz"
+    sampler_dtype: str = "float64"
+    device: str = "auto"
+    precision: str = "fp32"
+    compile_network: bool = False
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class SamplingModel:
+    """What is sampled: the denoiser, the formulation whose ODE is integrated, and what the run records."""
+
+    denoiser: Callable
+    formulation: Any
+    item_shape: Tuple[int, ...]
+    num_classes: int
+    source: str
+    guide: Optional[Callable] = None
+    decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    reference: Optional[torch.Tensor] = None  # the exact denoiser's data, drawn beside 2-D samples
+    config: Any = None
+
+
+# ---------------------------------------------------------------------------
+# Checking the options.
+
+
+def float_or_none(value: Optional[str], name: str) -> Optional[float]:
+    """`value` as a float (None stays None), or a one-line error naming the option."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} = {value!r} is not a number") from None
+
+
+def finite(value: float, name: str, low: float = -math.inf) -> float:
+    """`value` if it is a finite number >= low, else a one-line error naming the option."""
+    if not math.isfinite(value) or value < low:
+        raise ConfigError(f"{name} {value!r} is invalid; it must be a finite number >= {low:g}")
+    return value
+
+
+def parse_interval(text: Optional[str]) -> Optional[Tuple[float, float]]:
+    """--guidance-interval LO,HI as a pair of floats with 0 <= LO < HI."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(p) for p in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--guidance-interval {text!r} must be SIGMA_LO,SIGMA_HI, e.g. 0.28,5.4") from None
+    if not (0 <= lo < hi) or math.isnan(hi):
+        raise ConfigError(f"--guidance-interval {text!r} is invalid; it needs 0 <= SIGMA_LO < SIGMA_HI")
+    return lo, hi
+
+
+def seed_list(o: SampleOptions) -> List[int]:
+    """The seeds to sample: --seeds, or --n of them from --seed."""
+    if o.seeds is not None:
+        return parse_seeds(o.seeds, most=MAX_SAMPLES)
+    n = (64 if o.run_dir else 1000) if o.num_samples is None else o.num_samples
+    if not 1 <= n <= MAX_SAMPLES or o.seed < 0:
+        raise ConfigError(f"--n {n} and --seed {o.seed} are invalid; need 1 <= n <= {MAX_SAMPLES:,} and seed >= 0")
+    return list(range(o.seed, o.seed + n))
+
+
+def check_options(o: SampleOptions) -> None:
+    """Every check that needs no model: the output, the numbers, the guidance options."""
+    if os.path.splitext(o.out_path)[1].lower() not in (".npz", ".png"):
+        raise ConfigError(f"--out {o.out_path!r} must end in .npz or .png")
+    check_writable_file(o.out_path, "--out")
+    if o.batch_size < 1:
+        raise ConfigError(f"--batch {o.batch_size} is invalid; it must be >= 1")
+    finite(o.churn, "--churn", 0.0)
+    finite(o.s_noise, "--s-noise", 0.0)
+    for name, value in (("--s-tmin", o.s_tmin), ("--s-tmax", o.s_tmax), ("--rho", o.rho)):
+        if math.isnan(value):
+            raise ConfigError(f"{name} {value!r} is invalid; it must be a number")
+    if o.guidance_weight is not None:
+        finite(o.guidance_weight, "--guidance")
+    elif o.guidance_interval is not None or o.guide_dir is not None:
+        raise ConfigError("--guidance-interval and --guide need --guidance W")
+    parse_interval(o.guidance_interval)
+
+
+# ---------------------------------------------------------------------------
+# Opening the model.
+
+
+def own_sigma_data(config) -> dict:
+    """The data's sigma_data for a preset that takes one, as training used it."""
+    if config.sigma_data is not None and "sigma_data" in presets.parameters(config.preset) and "sigma_data" not in config.preset_options:
+        return {"sigma_data": config.sigma_data}
+    return {}
+
+
+def _integrated_formulation(o: SampleOptions, config, own) -> Any:
+    """The formulation whose ODE is integrated: the model's own (with its constants) unless --preset names another."""
+    if o.preset is None or o.preset == config.preset:
+        if not o.preset_options:
+            return own
+        return presets.get(config.preset, **{**config.preset_options, **own_sigma_data(config), **o.preset_options})
+    return presets.get(o.preset, **o.preset_options)
+
+
+def open_run(o: SampleOptions, device: torch.device) -> SamplingModel:
+    """A trained run's denoiser (on `device`, at --precision, compiled if asked), its guide and its decoder."""
+    loaded, config, item_shape, num_classes, step = load_trained(o.run_dir, ema=o.ema, step=o.checkpoint_step, device=str(device))
+    network = devices.compiled(loaded.network, o.compile_network)
+    denoiser = Denoiser(network, loaded.formulation, precision=o.precision)
+    source = f"{o.run_dir} (step {step}, {'EMA' if o.ema else 'raw'} weights)"
+    decode = None
+    if config.latent_space is not None:  # a latent model: its samples are latents, the images come from the decoder
+        decode = latent.open_latent_space(config.latent_space, o.run_dir).decode
+        source += f", decoded by {config.latent_space['run']}"
+    model = SamplingModel(denoiser, _integrated_formulation(o, config, build_formulation(config)), item_shape, num_classes,
+                          source, decode=decode, config=config)
+    if o.guidance_weight is not None and o.guide_dir is None and config.conditional and not config.label_dropout:
+        raise ConfigError(f"--guidance without --guide needs the null label, which the model in {o.run_dir!r} never learned (trained with --label-dropout 0); give --guide RUN_DIR")
+    if o.guide_dir is not None:
+        guide, _, guide_shape, guide_classes, guide_at = load_trained(o.guide_dir, ema=o.ema, step=o.guide_step, device=str(device))
+        if guide_shape != item_shape or guide_classes != num_classes:
+            raise ConfigError(f"--guide {o.guide_dir!r} models items {list(guide_shape)} with {guide_classes} classes; --ckpt has {list(item_shape)} with {num_classes}")
+        model.guide = Denoiser(guide.network, guide.formulation, precision=o.precision)
+        model.source += f", guided by {o.guide_dir} (step {guide_at})"
+    if o.class_label is not None and not num_classes:
+        raise ConfigError(f"--class {o.class_label}: the model in {o.run_dir!r} is not class-conditional (train it with --conditional)")
+    return model
+
+
+def open_exact(o: SampleOptions) -> SamplingModel:
+    """The exact denoiser of --data (class-conditional when --class or --guidance asks for one)."""
+    if o.guide_dir is not None:
+        raise ConfigError("--guide needs --ckpt: autoguidance guides one trained model by another")
+    f = presets.get(o.preset or "edm", **o.preset_options)
+    size = o.data_size if o.data_size is not None else (TOY_REFERENCE_SIZE if o.data_name in data.TOY_SETS else None)
+    reference, labels = data.load(o.data_name, n=size, seed=o.seed, with_labels=True)
+    conditional = o.class_label is not None or o.guidance_weight is not None
+    if conditional and labels is None:
+        raise ConfigError(f"--class and --guidance need a class-conditional model: --ckpt of a run trained --conditional, or --data with class labels (branches, digits); data set {o.data_name!r} has none")
+    num_classes = int(labels.max()) + 1 if conditional else 0
+    denoiser = IdealDenoiser(reference.to(torch.float64), labels=labels, num_classes=num_classes) if conditional else IdealDenoiser(reference.to(torch.float64))
+    source = f"the exact {'class-conditional ' if conditional else ''}denoiser of {o.data_name}"
+    return SamplingModel(denoiser, f, tuple(reference.shape[1:]), num_classes, source, reference=reference)
+
+
+# ---------------------------------------------------------------------------
+# Sampler settings.
+
+
+def sampler_settings(o: SampleOptions, model: SamplingModel) -> SamplerSettings:
+    """The solver, steps and noise levels, checked against the formulation before any work."""
+    f = model.formulation
+    solver = o.solver or f.default_solver
+    samplers.get(solver).check_options(o.solver_options)
+    lo, hi = float_or_none(o.sigma_min, "--sigma-min"), float_or_none(o.sigma_max, "--sigma-max")
+    num_steps = f.default_steps if o.num_steps is None else o.num_steps
+    # The time steps carry every range check; explicit levels (FILE.json) set N.
+    num_steps = len(samplers.time_steps(f, num_steps, o.discretization, lo, hi, rho=o.rho)) - 1
+    data_mean = None
+    if o.analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
+        config = model.config
+        training = model.reference if config is None else data.load(config.data, n=config.data_size, seed=config.seed)
+        data_mean = training.to(torch.float64).mean(dim=0)
+    return SamplerSettings(
+        formulation=f, solver=solver, num_steps=num_steps, discretization=o.discretization, sigma_min=lo, sigma_max=hi,
+        rho=o.rho, churn=o.churn, s_tmin=o.s_tmin, s_tmax=o.s_tmax, s_noise=o.s_noise, final_step=o.final_step,
+        analytic_first_step=o.analytic_first_step, data_mean=data_mean,
+        state_dtype=torch.float64 if o.sampler_dtype == "float64" else torch.float32, options=dict(o.solver_options),
+    )
+
+
+def _labels_and_guidance(o: SampleOptions, model: SamplingModel, seeds: List[int]) -> Tuple[Optional[torch.Tensor], Optional[Guidance]]:
+    """One-hot labels of the seeds (a conditional model) and the guidance, from --class, --guidance and --guide."""
+    if o.class_label is not None and not 0 <= o.class_label < max(model.num_classes, 1):
+        raise ConfigError(f"--class {o.class_label} is invalid; the model knows classes 0..{model.num_classes - 1}")
+    labels = class_labels(seeds, model.num_classes, o.class_label) if model.num_classes else None
+    guidance = None
+    if o.guidance_weight is not None and (labels is not None or model.guide is not None):
+        guidance = Guidance(o.guidance_weight, guide=model.guide, interval=parse_interval(o.guidance_interval))
+    return labels, guidance
+
+
+# ---------------------------------------------------------------------------
+# The command.
+
+
+def sample_to_file(o: SampleOptions, echo: Callable[[str], None] = print) -> Optional[Generated]:
+    """Check the options, sample, write --out (rank 0 under torchrun) and echo one line; returns the samples."""
+    from .training import distributed_context  # the process group is started only when torchrun asks for one
+
+    check_options(o)
+    seeds = seed_list(o)
+    device = devices.resolve_device(o.device) if o.run_dir is not None else torch.device("cpu")  # exact denoisers run on the CPU
+    devices.check_precision(o.precision, device)
+    model = open_run(o, device) if o.run_dir is not None else open_exact(o)
+    settings = sampler_settings(o, model)
+    labels, guidance = _labels_and_guidance(o, model, seeds)
+    result_bytes = len(seeds) * math.prod(model.item_shape) * 8
+    if result_bytes > MAX_RESULT_BYTES:
+        raise ConfigError(f"{len(seeds):,} samples of shape {list(model.item_shape)} need {result_bytes / 2**30:.1f} GiB; at most {MAX_RESULT_BYTES / 2**30:.0f} GiB: sample fewer per command")
+    rank, world = distributed_context()
+    recorder = TrajectoryRecorder() if o.trajectory else None
+    try:
+        generated = generate(model.denoiser, seeds, model.item_shape, settings, batch_size=o.batch_size, labels=labels,
+                             guidance=guidance, decode=model.decode, device=device, progress=o.progress, callback=recorder)
+    finally:
+        if world > 1:  # no collective follows; a process must not exit with the group alive
+            torch.distributed.destroy_process_group()
+    if rank != 0:
+        return None
+    what = f"{settings.formulation.name} + {settings.solver}, {settings.num_steps} steps"
+    check_finite(generated, what, guidance)
+    written = write_outputs(o.out_path, generated, model, recorder)
+    echo(summary_line(generated, model, what, guidance, written))
+    return generated
+
+
+def write_outputs(out_path: str, generated: Generated, model: SamplingModel, recorder: Optional[TrajectoryRecorder]) -> List[str]:
+    """--out (and the trajectory files), staged and replaced together; a full disk is one line naming --out."""
+    try:
+        with StagedOutputs() as stage:
+            written = write_samples(stage, out_path, generated.samples.numpy(), generated.seeds, model.reference)
+            if recorder is not None:
+                written += write_trajectory(stage, os.path.splitext(out_path)[0] + "_trajectory", recorder, model.decode)
+    except OSError as error:
+        raise disk_error(error, f"--out {out_path!r}") from None
+    return written
+
+
+def summary_line(generated: Generated, model: SamplingModel, what: str, guidance: Optional[Guidance], written: List[str]) -> str:
+    """'N samples of SOURCE with PRESET + SOLVER, S steps, COST -> FILES'."""
+    cost = f"{generated.nfe} denoiser evaluations"
+    if guidance is not None:
+        kind = "classifier-free" if guidance.guide is None else "autoguidance"
+        cost += (f" of the guided denoiser (w = {guidance.weight:g}, {kind}): {generated.forward_passes} network forward passes"
+                 f" of {generated.rows} rows in all")
+    processes = f" over {generated.processes} processes" if generated.processes > 1 else ""
+    return f"{len(generated.seeds)} samples of {model.source} with {what}, {cost}{processes} -> {', '.join(written)}"
+
+
+def write_trajectory(stage: StagedOutputs, stem: str, recorder: TrajectoryRecorder, decode=None) -> List[str]:
+    """STEM.npz (t, sigma, x, denoised stacked over steps) and, for points or images, STEM.png (a latent
+    model's denoised estimates decoded to images)."""
+    arrays = recorder.arrays()
+    save_npz_atomic(stage.path(stem + ".npz"), arrays)
+    written = [stem + ".npz"]
+    denoised = arrays["denoised"]
+    if decode is not None:
+        steps, batch = denoised.shape[:2]
+        decoded = decode(torch.from_numpy(denoised.reshape(steps * batch, *denoised.shape[2:])))
+        denoised = decoded.numpy().reshape(steps, batch, *decoded.shape[1:])
+    if (denoised.ndim == 3 and denoised.shape[2] == 2) or (denoised.ndim == 5 and denoised.shape[2] in (1, 3)):
+        trajectory_png(stage.path(stem + ".png"), arrays["sigma"], np.clip(denoised, -1, 1) if denoised.ndim == 5 else denoised)
+        written.append(stem + ".png")
+    return written
