@@ -187,3 +187,18 @@ def test_held_out_loss_of_a_memorizing_denoiser_exceeds_the_floor():
     assert same[0]["held_out"] < 10 * same[0]["floor"] + 1e-9 < rows[0]["held_out"]
     without = metrics.loss_floor(IdealDenoiser(train), f, train, num_draws=512, buckets=buckets)
     assert [r["floor"] for r in without][:1] == [r["floor"] for r in rows][:1] and "held_out" not in without[0]
+
+
+def test_the_fd_classifier_of_a_large_set_trains_on_a_seeded_subset(monkeypatch, tmp_path):
+    from edm_space import classifier
+
+    seen = []
+
+    def fake_training(images, labels, seed=0):
+        seen.append((len(images), len(labels)))
+        return classifier.SmallConvNet(images.shape[1], 10)
+
+    monkeypatch.setattr(classifier, "MAX_TRAINING_ITEMS", 100)
+    monkeypatch.setattr(classifier, "train_classifier", fake_training)
+    classifier.cached_classifier("digits", str(tmp_path))
+    assert seen == [(100, 100)] and (tmp_path / "classifier-digits-100-seed0.pt").exists()
