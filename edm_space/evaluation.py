@@ -20,8 +20,9 @@ Metrics (each with a bootstrap standard deviation over the points it averages):
 - nll: bits per dimension of the reference items on 256 levels (edm_space.families.bits): the PF-ODE
   likelihood of a pixel diffusion model, the exact one of NICE and PixelCNN, the IWAE bound of the VAE
   and of a KL autoencoder.
-- loss: per sigma bucket, the model's weighted loss on reference items and on training items beside
-  the loss floor of the ideal denoiser of those training items (EDM Fig. 5; metrics.loss_floor).
+- loss: per sigma bucket, the model's weighted loss on reference items (with the standard error of
+  its mean over the draws in place of a bootstrap) and on training items beside the loss floor of the
+  ideal denoiser of those training items (EDM Fig. 5; metrics.loss_floor).
 - recon (autoencoders): reconstruction MSE and PSNR on the reference items.
 
 Diffusion samples come from edm_space.generation.generate with the settings `edm-space sample` builds
@@ -390,7 +391,7 @@ def format_table(result: Dict[str, Any]) -> str:
             add("recon psnr dB", scores["psnr"])
         elif metric == "loss":
             for row in scores["buckets"]:
-                rows.append((f"loss sigma {row['sigma_lo']:g}-{row['sigma_hi']:g}", f"{row['held_out']:.4g}", "",
+                rows.append((f"loss sigma {row['sigma_lo']:g}-{row['sigma_hi']:g}", f"{row['held_out']:.4g}", f"{row['held_out_se']:.2g}",
                              f"train {row['model']:.4g}, floor {row['floor']:.4g}"))
     widths = [max(len(r[i]) for r in rows + [("metric", "value", "sd", "notes")]) for i in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(("metric", "value", "sd", "notes"), widths)).rstrip()]

@@ -239,7 +239,8 @@ def loss_floor(
     log-uniform over the bucket, n ~ N(0, I), loss lambda(sigma) |D(x_0 + sigma n; sigma) - x_0|^2
     averaged over the item (EDM eq. 8). The ideal denoiser minimizes this loss
     for the training set, so no model can fall below the floor. With `held_out` items, each row
-    also holds the model's loss on them ("held_out"), with the same sigma and noise draws.
+    also holds the model's loss on them ("held_out"), with the same sigma and noise draws, and its
+    standard error over the draws ("held_out_se").
     """
     from .ideal import IdealDenoiser
 
@@ -249,7 +250,8 @@ def loss_floor(
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for lo, hi in zip(buckets[:-1], buckets[1:]):
-        model_sum = floor_sum = held_sum = 0.0
+        model_sum = floor_sum = 0.0
+        held_values: List[Tensor] = []
         done = 0
         while done < num_draws:
             size = min(batch, num_draws - done)
@@ -258,19 +260,27 @@ def loss_floor(
             noise = expand_per_item(sigma, x0) * torch.randn(x0.shape, dtype=F64, generator=generator)
             weight = formulation.loss_weight(sigma)
 
-            def weighted(out: Tensor, target: Tensor) -> float:
-                return float((weight * ((out.to(F64) - target) ** 2).reshape(size, -1).mean(dim=1)).sum())
+            def weighted(out: Tensor, target: Tensor) -> Tensor:
+                return weight * ((out.to(F64) - target) ** 2).reshape(size, -1).mean(dim=1)
 
             with torch.no_grad():
-                model_sum += weighted(denoiser(x0 + noise, sigma), x0)
+                model_sum += float(weighted(denoiser(x0 + noise, sigma), x0).sum())
                 if held is not None:
                     h0 = held[torch.randint(len(held), (size,), generator=generator)]
-                    held_sum += weighted(denoiser(h0 + noise, sigma), h0)
-            floor_sum += weighted(ideal(x0 + noise, sigma), x0)
+                    held_values.append(weighted(denoiser(h0 + noise, sigma), h0))
+            floor_sum += float(weighted(ideal(x0 + noise, sigma), x0).sum())
             done += size
         rows.append({"sigma_lo": lo, "sigma_hi": hi, "model": model_sum / num_draws, "floor": floor_sum / num_draws,
-                     "excess": (model_sum - floor_sum) / num_draws, **({"held_out": held_sum / num_draws} if held is not None else {})})
+                     "excess": (model_sum - floor_sum) / num_draws, **_held_out_mean(held_values)})
     return rows
+
+
+def _held_out_mean(values: List[Tensor]) -> Dict[str, float]:
+    """{"held_out": mean, "held_out_se": its standard error} of per-draw losses ({} without any)."""
+    if not values:
+        return {}
+    losses = torch.cat(values)
+    return {"held_out": float(losses.sum()) / len(losses), "held_out_se": float(losses.std() / math.sqrt(len(losses)))}
 
 
 # ---------------------------------------------------------------------------

@@ -166,3 +166,17 @@ def test_bad_eval_input_is_one_line_and_writes_nothing(tmp_path, diffusion_run, 
                         (["--bootstrap", "1"], ["bootstrap"])):
         cli_error(["eval", "--ckpt", diffusion_run, *args, "--out", str(tmp_path / "e.json")], capsys, names, [tmp_path])
     cli_error(["eval", "--ckpt", diffusion_run, "--out", str(tmp_path / "e.txt")], capsys, ["--out"], [tmp_path])
+
+
+def test_guided_eval_scores_the_guided_samples_of_sample(tmp_path):
+    run = str(tmp_path / "cond")
+    train(TrainConfig(preset="edm", data="digits", data_size=120, net="unet", net_options=UNET, steps=3, batch=16, warmup_images=0,
+                      checkpoint_every=3, conditional=True, out=run), progress=False, device="cpu")
+    result, _ = run_eval(tmp_path, run, "--metrics", "fd", "--n", "20", "--steps", "2", "--guidance", "2", "--batch", "500", "--bootstrap", "3")
+    assert result["guidance"] == 2.0
+    samples = sampled(tmp_path, run, "--seeds", "0-19", "--steps", "2", "--guidance", "2")
+    reference = load("digits", n=120, seed=0)[torch.from_numpy(np.sort(np.random.default_rng(0).permutation(120)[:20]))]
+    expected = metrics.frechet_distance(classifier_features(reference), classifier_features(samples))
+    assert result["metrics"]["fd"]["value"] == pytest.approx(expected, rel=1e-9)
+    unguided, _ = run_eval(tmp_path, run, "--metrics", "fd", "--n", "20", "--steps", "2", "--batch", "500", "--bootstrap", "3", name="u.json")
+    assert unguided["metrics"]["fd"]["value"] != result["metrics"]["fd"]["value"]

@@ -202,3 +202,23 @@ def test_the_fd_classifier_of_a_large_set_trains_on_a_seeded_subset(monkeypatch,
     monkeypatch.setattr(classifier, "train_classifier", fake_training)
     classifier.cached_classifier("digits", str(tmp_path))
     assert seen == [(100, 100)] and (tmp_path / "classifier-digits-100-seed0.pt").exists()
+
+
+def test_held_out_loss_standard_error_is_that_of_the_per_draw_losses():
+    import presets
+
+    f = presets.get("edm")
+    data = torch.randn(30, 2, dtype=F64, generator=torch.Generator().manual_seed(5)) * 0.5
+    rows = metrics.loss_floor(lambda x, s: torch.zeros_like(x), f, data, num_draws=300, buckets=(0.5, 1.0), held_out=data, batch=100)
+    # Replay the draws by hand: per batch x0, sigma, noise, then the held-out indices.
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(3):
+        g_x0 = data[torch.randint(30, (100,), generator=g)]
+        sigma = torch.exp(math.log(0.5) + torch.rand(100, dtype=F64, generator=g) * (math.log(1.0) - math.log(0.5)))
+        torch.randn(g_x0.shape, dtype=F64, generator=g)
+        h0 = data[torch.randint(30, (100,), generator=g)]
+        losses.append(f.loss_weight(sigma) * (h0**2).mean(dim=1))  # D = 0, so the loss is lambda |x0|^2 / dim
+    losses = torch.cat(losses)
+    assert rows[0]["held_out"] == pytest.approx(float(losses.mean()), rel=1e-12)
+    assert rows[0]["held_out_se"] == pytest.approx(float(losses.std() / math.sqrt(300)), rel=1e-12)
