@@ -10,7 +10,7 @@ i from seed i); an autoencoder's "samples" are its reconstructions of the refere
 Reference images: the official test split of a set that has one (`mnist` -> `mnist-test`), the
 first held-out items of a family or autoencoder run, and otherwise the diffusion run's own training
 data (it holds nothing out; the result says which); n of them chosen by a fixed seed when there are more. The features of the reference images are cached per
-(data set, split, items, feature extractor) in the cache folder, written atomically.
+(data set, split, size, feature extractor, checksum of the items) in the cache folder, written atomically.
 
 Metrics (each with a bootstrap standard deviation over the points it averages):
 - fd: Frechet distance in the features of the project's small classifier of the data set
@@ -216,12 +216,15 @@ def _with_bar(network, x: Tensor, what: str, progress: bool) -> Tensor:
 
 
 def reference_features(target: Target, extractor: str, features: Callable[[Tensor], Tensor], cache_dir: str) -> Tensor:
-    """Features of the reference items, read from / written to the cache for built-in data sets."""
-    builtin = isinstance(target.data_name, str) and target.data_name in data.names()
-    key = f"{target.data_name}|{target.split}|{len(target.reference)}|{extractor}"
-    name = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir, "reference", f"{extractor}-{name}.npz")
-    if builtin and os.path.exists(path):
+    """Features of the reference items, read from / written to the cache.
+
+    The cache key holds the data set, split, size, extractor and a SHA-256 of the items themselves, so
+    runs whose references differ (another data size or seed, a changed file) never share an entry.
+    """
+    digest = hashlib.sha256(np.ascontiguousarray(target.reference.numpy()).tobytes()).hexdigest()[:16]
+    key = f"{target.data_name}|{target.split}|{len(target.reference)}|{extractor}|{digest}"
+    path = os.path.join(cache_dir, "reference", f"{extractor}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz")
+    if os.path.exists(path):
         try:
             with np.load(path, allow_pickle=False) as stored:
                 if str(stored["key"]) == key and len(stored["features"]) == len(target.reference):
@@ -229,9 +232,8 @@ def reference_features(target: Target, extractor: str, features: Callable[[Tenso
         except (OSError, ValueError, KeyError):
             pass  # unreadable: computed afresh and replaced
     out = features(target.reference)
-    if builtin:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_npz_atomic(path, {"features": out.numpy(), "key": np.array(key)})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_npz_atomic(path, {"features": out.numpy(), "key": np.array(key)})
     return out
 
 

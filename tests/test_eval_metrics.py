@@ -222,3 +222,22 @@ def test_held_out_loss_standard_error_is_that_of_the_per_draw_losses():
     losses = torch.cat(losses)
     assert rows[0]["held_out"] == pytest.approx(float(losses.mean()), rel=1e-12)
     assert rows[0]["held_out_se"] == pytest.approx(float(losses.std() / math.sqrt(300)), rel=1e-12)
+
+
+def test_reference_features_are_cached_per_content_and_recomputed_for_other_items(tmp_path):
+    from edm_space.evaluation import Target, reference_features
+
+    calls = []
+
+    def features(x):
+        calls.append(len(x))
+        return x.reshape(len(x), -1).double() * 2
+
+    def target(items):
+        return Target("diffusion", "run", 1, None, None, "digits", items, "train")
+
+    a, b = torch.rand(6, 1, 2, 2), torch.rand(6, 1, 2, 2)  # same data set name, split and size; other items
+    first = reference_features(target(a), "raw", features, str(tmp_path))
+    again = reference_features(target(a), "raw", features, str(tmp_path))
+    other = reference_features(target(b), "raw", features, str(tmp_path))
+    assert calls == [6, 6] and torch.equal(first, again) and torch.equal(other, b.reshape(6, -1).double() * 2)
