@@ -46,6 +46,8 @@ What it measures:
    at 7 NFE and fewer, while the held-out error still reaches the goal.
 
 Writes solvers_TARGET[_fast][_quick].{json,md,png} and steps_TARGET_SOLVER_nfeN.json under --out-dir.
+The two few-evaluation goals (untuned at 8 NFE, optimized steps at 6, worse of two latent sets)
+are benchmarks/solver_goals.py, which reuses this file's references.
 """
 
 from __future__ import annotations

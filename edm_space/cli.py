@@ -14,17 +14,24 @@ import torch
 import torch.distributed as dist
 
 import presets
-from samplers.optimize import endpoint_error, optimize_steps, save_levels, steps_to_fit
+import samplers
+from samplers.discretizations import load_levels
+from samplers.optimize import MAX_NFE as MAX_FIT_NFE, endpoint_error, initial_levels, optimize_steps, save_levels, steps_to_fit
 
 from . import data, devices, families, latent
 from .demo import format_results, run_demo
 from .errors import ConfigError
-from .files import check_writable_file
+from .files import check_writable_file, remove_stale_temporaries
 from .ideal import IdealDenoiser
 from .reference import solve_reference
-from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
+from .sampling import MAX_SAMPLES, TOY_REFERENCE_SIZE, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
 from .seeding import SeededNoise
 from .cli_eval import eval_command
+from .cli_options import given_options, quiet_option, show_progress
+from .cli_interop import register as register_interop
+from .cli_ema import ema_command
+from .cli_recipe import recipe_options, recipe_settings, refuse_for_family
+from .config_file import given as user_gave
 from .cli_models import autoencoder_group, explicit_settings, parse_options, sample_family_run, set_threads, train_family
 from .model_training import is_model_run
 from .training import load_trained, resolve_config, train
@@ -46,7 +53,8 @@ def cli() -> None:
 
 @cli.command("presets")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table instead of aligned text.")
-def presets_command(markdown: bool) -> None:
+@quiet_option
+def presets_command(markdown: bool, quiet: bool) -> None:
     """Print the preset table: s(t), sigma(t), preconditioning, lambda, p_train, default sampler."""
     rows = [presets.get(name).describe() for name in presets.names()]
     click.echo(format_table(rows, markdown=markdown))
@@ -91,17 +99,18 @@ threads_option = click.option(
 @click.option("--ckpt", "run_dir", default=None, help="A training run directory, or one of its checkpoint files: sample its trained model (default: the exact denoiser of --data).")
 @click.option("--step", "checkpoint_step", type=int, default=None, help="With --ckpt RUN_DIR: the checkpoint of this step [default: the newest].")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="With --ckpt: use the EMA weights.")
+@click.option("--ema-std", type=float, default=None, help="With --ckpt: post-hoc EMA of this relative std, rebuilt from the run's snapshots at --step (see `edm-space ema`).")
 @click.option("--class", "class_label", type=int, default=None, help="With a class-conditional --ckpt: the class of every sample [default: seed mod classes].")
-@click.option("--guidance", "guidance_weight", type=float, default=None, help="Guidance weight w: D_w = D_guide + w (D - D_guide); 1 is unguided. The guide is the null label (classifier-free) or --guide.")
+@click.option("--guidance", "guidance_weight", type=float, default=None, help="Guidance weight w: D_w = D_guide + w (D - D_guide); 1 is the conditional model alone (the guide is not evaluated). The guide is the null label (classifier-free) or --guide.")
 @click.option("--guidance-interval", default=None, help="SIGMA_LO,SIGMA_HI: guide only where SIGMA_LO < sigma <= SIGMA_HI [default: everywhere].")
 @click.option("--guide", "guide_dir", default=None, help="Autoguidance: a run directory (or checkpoint) of a weaker model of the same data that guides --ckpt.")
 @click.option("--guide-step", type=int, default=None, help="With --guide RUN_DIR: the checkpoint of this step [default: the newest].")
 @click.option("--preset", default=None, help="Formulation whose ODE is integrated (see `edm-space presets`) [default: the model's own, with its options; or edm].")
 @click.option("--preset-option", "preset_options", multiple=True, help="Preset constant key=value for the integrated ODE, repeatable (e.g. shift=3).")
-@click.option("--solver", default=None, help="Solver name [default: the preset's own].")
+@click.option("--solver", default=None, help=f"Solver: {', '.join(samplers.names())} [default: the preset's own].")
 @click.option("--solver-option", "solver_options", multiple=True, help="Solver option key=value, repeatable (e.g. eta=0.5 for ddim, alpha=0.5 for heun).")
 @click.option("--steps", "num_steps", type=int, default=None, help="Number of steps N [default: the preset's own].")
-@click.option("--discretization", default=None, help="Time steps: a name (see the README) or FILE.json with {\"sigmas\": [...]} [default: the preset's own].")
+@click.option("--discretization", default=None, help=f"Time steps: {', '.join(samplers.discretization_names())}, or FILE.json with {{\"sigmas\": [...]}} (edm-space optimize-steps) [default: the preset's own].")
 @click.option("--sigma-min", default=None, help="Lowest noise level [default: the discretization's own].")
 @click.option("--sigma-max", default=None, help="Highest noise level [default: the discretization's own].")
 @click.option("--rho", type=float, default=7.0, show_default=True, help="Exponent of the edm discretization.")
@@ -118,12 +127,13 @@ threads_option = click.option(
 @click.option("--final-step", type=click.Choice(["solver", "denoise"]), default="solver", show_default=True, help="solver: the solver steps into sigma = 0; denoise: it stops at sigma_min and one denoiser call ends the run.")
 @click.option("--analytic-first-step", is_flag=True, help="Replace the first evaluation, at sigma_max, by its limit: the mean of the model's training data (or of --data), saving one NFE.")
 @click.option("--trajectory", is_flag=True, help="Also write every step's state and denoised estimate (STEM_trajectory.npz) and a PNG strip of the denoised estimates, each frame labelled with its sigma.")
-@click.option("--out", "out_path", default="samples.npz", show_default=True, help="FILE.npz (arrays samples, seeds; a PNG beside it) or FILE.png.")
+@click.option("--out", "out_path", default="samples.npz", show_default=True, help="FILE.npz (arrays samples, seeds; a PNG beside it) or FILE.png; missing folders are created.")
 @click.option("--sampler-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True, help="dtype of the sampler's state; float32 where float64 is slow (consumer GPUs).")
 @device_option
 @precision_option
 @compile_option
 @threads_option
+@quiet_option
 def sample_command(threads: int, preset_options, solver_options, **options) -> None:
     """Sample a trained model (--ckpt RUN_DIR) or the exact denoiser of a built-in data set.
 
@@ -132,14 +142,15 @@ def sample_command(threads: int, preset_options, solver_options, **options) -> N
     mean of the data set, so the result shows the solver's error alone.
     """
     set_threads(threads)
-    run_dir = options["run_dir"]
+    run_dir, quiet = options["run_dir"], options.pop("quiet")
     if run_dir is not None and is_model_run(run_dir):  # a family or an autoencoder run: its own sampler
+        check_family_options(run_dir, given_options(click.get_current_context()))
         sample_family_run(run_dir, options["checkpoint_step"], options["num_samples"], options["seed"], options["seeds"],
                           options["out_path"], options["device"])
         return
     request = SampleOptions(preset_options=parse_options(preset_options, "--preset-option"),
-                            solver_options=parse_options(solver_options, "--solver-option"), **options)
-    sample_to_file(request, echo=click.echo)
+                            solver_options=parse_options(solver_options, "--solver-option"), progress=show_progress(quiet), **options)
+    sample_to_file(request, echo=click.echo, warn=lambda line: click.echo(f"warning: {line}", err=True))
 
 
 # ---------------------------------------------------------------------------
@@ -176,9 +187,11 @@ def sample_command(threads: int, preset_options, solver_options, **options) -> N
 @precision_option
 @compile_option
 @threads_option
+@recipe_options
+@quiet_option
 def train_command(preset, family, family_options, data_name, data_size, net, net_options, preset_options, steps, batch, lr, warmup_images, grad_clip,
                   ema_halflife_images, conditional, label_dropout, seed, checkpoint_every, keep_checkpoints, log_every, out_dir, latent_run, latent_mode, stream_data, workers, device,
-                  precision, compile_network, threads) -> None:
+                  precision, compile_network, threads, quiet, **recipe) -> None:
     """Train a network under a preset's loss; resumes the run in --out if it exists.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: the result depends on K only through
@@ -187,16 +200,18 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
     set_threads(threads)
     context = click.get_current_context()
     if family is not None:
-        for option, value in (("--net", net), ("--conditional", conditional or None), ("--stream-data", stream_data or None)):
+        for option, value in (("--net", net), ("--conditional", conditional or None), ("--stream-data", stream_data or None),
+                              ("--latent", latent_run), ("--precision", None if precision == "fp32" else precision)):
             if value is not None:
                 raise ConfigError(f"{option} is for diffusion training; --family {family} takes its settings as --family-option key=value")
         if context.get_parameter_source("preset").name == "COMMANDLINE":
             raise ConfigError(f"--preset is for diffusion training; --family {family} is not a diffusion model")
+        refuse_for_family(context, family)  # edm_space/cli_recipe.py
         settings = ["data", "data_size", "steps", "batch", "lr", "seed", "checkpoint_every", "keep_checkpoints", "log_every", "options"]
         explicit = explicit_settings(context, settings, {"data": "data_name", "options": "family_options"})
         train_family(family, data_name, parse_options(family_options, "--family-option"), out_dir, data_size=data_size, steps=steps,
                      batch=batch, lr=lr if "lr" in explicit else None, seed=seed, checkpoint_every=checkpoint_every,
-                     keep_checkpoints=keep_checkpoints, log_every=log_every, device=device, explicit=explicit)
+                     keep_checkpoints=keep_checkpoints, log_every=log_every, device=device, explicit=explicit, progress=show_progress(quiet))
         return
     given = dict(
         preset=preset, data=data_name, net=net, net_options=parse_options(net_options, "--net-option"),
@@ -204,9 +219,12 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         lr=lr, warmup_images=warmup_images, grad_clip=grad_clip, ema_halflife_images=ema_halflife_images, conditional=conditional,
         label_dropout=label_dropout, seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
         latent=latent_run, latent_mode=latent_mode,
+        **recipe_settings(recipe),  # edm_space/cli_recipe.py
     )
     sources = {"data": "data_name", "latent": "latent_run"}
-    explicit = [key for key in given if context.get_parameter_source(sources.get(key, key)).name == "COMMANDLINE"]
+    explicit = [key for key in given if user_gave(context, sources.get(key, key))]  # on the command line or in --config
+    if latent_run is not None and "data" not in explicit:
+        given["data"] = None  # the autoencoder's own training items (edm_space.latent.takes_autoencoder_data)
     config = resolve_config(out_dir, given, explicit)
     if config.net is None or config.batch is None:
         images = stream_data or config.latent is not None or data.load(config.data, n=1).ndim == 4
@@ -215,7 +233,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
             net=("unet" if images else "mlp") if config.net is None else config.net,
             batch=(64 if images else 256) if config.batch is None else config.batch,
         )
-    summary = train(config, echo=click.echo, device=device, precision=precision, compile=compile_network,
+    summary = train(config, progress=show_progress(quiet), echo=click.echo, device=device, precision=precision, compile=compile_network,
                     stream_data=stream_data, workers=workers)
     rank = 0
     if dist.is_available() and dist.is_initialized():
@@ -224,7 +242,7 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
         dist.destroy_process_group()
     if rank == 0:
         click.echo(
-            f"trained {config.preset} on {config.data} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
+            f"trained {config.preset} on {config.data or 'the data of ' + str(config.latent)} to step {summary['steps']} (sigma_data {summary['sigma_data']}); "
             f"checkpoint {summary['checkpoint']}. Sample it: edm-space sample --ckpt {out_dir} --out samples.png"
         )
 
@@ -236,17 +254,22 @@ def train_command(preset, family, family_options, data_name, data_size, net, net
 @click.option("--data-size", type=int, default=None, help="Without --ckpt: items the exact denoiser averages over [default: 5,000 for toy sets, all of an image set].")
 @click.option("--preset", default=None, help="Formulation whose ODE the solver integrates [default: the model's own, or edm].")
 @click.option("--solver", required=True, help="A deterministic solver (see the README's solver table).")
-@click.option("--nfe", type=int, required=True, help="Denoiser evaluations per sample to fit the steps for.")
-@click.option("--sigma-min", type=float, default=0.002, show_default=True, help="Lowest level of the starting (EDM rho) steps.")
-@click.option("--sigma-max", type=float, default=80.0, show_default=True, help="The first level, kept fixed.")
+@click.option("--solver-option", "solver_options", multiple=True, help="Solver option key=value, repeatable (e.g. taylor=true for dpm++3m); recorded in the output.")
+@click.option("--nfe", type=int, required=True, help=f"Denoiser evaluations per sample to fit the steps for (at most {MAX_FIT_NFE}).")
+@click.option("--discretization", "initial", default="edm", show_default=True,
+              help="The levels the fit starts from: a discretization name on [--sigma-min, --sigma-max], or FILE.json (its levels, first at sigma-max).")
+@click.option("--analytic-first-step", is_flag=True, help="Replace the first evaluation by the data mean (one NFE saved, so one more step).")
+@click.option("--sigma-min", type=float, default=0.002, show_default=True, help="Lowest level of the starting steps (for a discretization name).")
+@click.option("--sigma-max", type=float, default=None, help="The first level, kept fixed [default: 80, or the first level of --discretization FILE.json].")
 @click.option("--calibration", type=int, default=64, show_default=True, help="Latents the steps are fitted on (seeds seed ..).")
 @click.option("--held-out", type=int, default=256, show_default=True, help="Other latents the fitted steps are scored on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed of the calibration latents.")
 @click.option("--max-evaluations", type=int, default=1000, show_default=True, help="Sampling runs the fit may use.")
 @click.option("--out", "out_path", required=True, help="FILE.json for --discretization FILE.json.")
 @threads_option
-def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, preset, solver, nfe, sigma_min, sigma_max, calibration,
-                           held_out, seed, max_evaluations, out_path, threads) -> None:
+@quiet_option
+def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, preset, solver, solver_options, nfe, initial, analytic_first_step,
+                           sigma_min, sigma_max, calibration, held_out, seed, max_evaluations, out_path, threads, quiet) -> None:
     """Fit the time steps of a solver and NFE budget to a trained model (or an exact target).
 
     The steps minimize the error against the model's own probability-flow ODE solved to high
@@ -257,7 +280,12 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     if not out_path.endswith(".json"):
         raise ConfigError(f"--out {out_path!r} must end in .json")
     check_writable_file(out_path, "--out")
-    steps_to_fit(solver, nfe)  # before the reference solve: a bad solver or budget fails at once
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(out_path)))  # left by a run killed while writing
+    options = parse_options(solver_options, "--solver-option")
+    samplers.get(solver).check_options(options)
+    num_steps = steps_to_fit(solver, nfe, analytic_first_step)  # before the reference solve: a bad solver or budget fails at once
+    if sigma_max is None:
+        sigma_max = float(load_levels(initial)[0]) if initial.endswith(".json") else 80.0
     for name, value in (("--calibration", calibration), ("--held-out", held_out)):
         if not 1 <= value <= 100_000:
             raise ConfigError(f"{name} {value} is invalid; it must be between 1 and 100,000")
@@ -267,14 +295,20 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
             raise ConfigError("--ckpt is class-conditional; optimize-steps fits unconditional models for now")
         f = presets.get(preset) if preset else denoiser.formulation
         source = f"{run_dir} (step {step})"
+        training_data = data.load(config.data, n=config.data_size, seed=config.seed) if analytic_first_step else None
     else:
         size = data_size if data_size is not None else (TOY_REFERENCE_SIZE if data_name in data.TOY_SETS else None)
         points = data.load(data_name, n=size, seed=seed)
         denoiser, item_shape = IdealDenoiser(points.to(torch.float64)), tuple(points.shape[1:])
         f = presets.get(preset or "edm")
         source = f"the exact denoiser of {data_name}"
+        training_data = points
     if not sigma_max <= f.support[1]:
         raise ConfigError(f"--sigma-max {sigma_max:g} is beyond what the {f.name} preset supports (<= {f.support[1]:g})")
+    initial_levels(f, num_steps, initial, sigma_min, sigma_max)  # a bad --discretization fails before the reference solve
+    sampling = dict(options)
+    if analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
+        sampling.update(analytic_first_step=True, data_mean=training_data.to(torch.float64).mean(dim=0))
     seeds = list(range(seed, seed + calibration + held_out))
     latents = SeededNoise(seeds).randn([len(seeds), *item_shape], dtype=torch.float64)
     sigma_end = min(1e-4, sigma_min / 10)
@@ -286,12 +320,15 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     with torch.no_grad():
         reference = solve_reference(denoiser, latents, sigma_0=sigma_max, sigma_end=sigma_end, rtol=1e-8, finish=finish).x
         fit = optimize_steps(denoiser, f, solver, nfe, latents[:calibration], reference[:calibration], sigma_min=sigma_min,
-                             sigma_max=sigma_max, max_evaluations=max_evaluations, log=lambda line: click.echo(line, err=True))
-        before = endpoint_error(denoiser, latents[calibration:], reference[calibration:], f, solver, fit.initial_sigmas)
-        after = endpoint_error(denoiser, latents[calibration:], reference[calibration:], f, solver, fit.sigmas)
-    save_levels(out_path, fit.sigmas, solver=solver, nfe=fit.nfe, formulation=f.name, source=source,
-                held_out_error_before=before, held_out_error_after=after)
-    click.echo(f"{solver} at {fit.nfe} NFE on {f.name}: held-out RMS error {before:.3g} with EDM's rho = 7 steps -> "
+                             sigma_max=sigma_max, max_evaluations=max_evaluations, log=None if quiet else (lambda line: click.echo(line, err=True)),
+                             initial=initial, solver_options=options, analytic_first_step=analytic_first_step,
+                             data_mean=sampling.get("data_mean"))
+        held = latents[calibration:], reference[calibration:], f, solver
+        before = endpoint_error(denoiser, *held, fit.initial_sigmas, **sampling)
+        after = endpoint_error(denoiser, *held, fit.sigmas, **sampling)
+    save_levels(out_path, fit.sigmas, solver=solver, nfe=fit.nfe, formulation=f.name, source=source, solver_options=options,
+                analytic_first_step=analytic_first_step, initial=initial, held_out_error_before=before, held_out_error_after=after)
+    click.echo(f"{solver} at {fit.nfe} NFE on {f.name}: held-out RMS error {before:.3g} with the {initial} steps -> "
                f"{after:.3g} with the fitted steps ({len(seeds) - calibration} latents); wrote {out_path}")
 
 
@@ -301,19 +338,22 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
 @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per preset.")
 @click.option("--n", "num_samples", type=int, default=2000, show_default=True, help="Samples per configuration.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and sampling.")
-def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, seed: int) -> None:
+@quiet_option
+def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, seed: int, quiet: bool) -> None:
     """Train edm and flow on a toy set, sample each with heun and euler at 5-35 NFE, and compare.
 
     Prints a table of sliced W2 to fresh data against NFE and writes demo.png
     (samples side by side, and the metric against NFE). A finished run is reused.
     """
-    results = run_demo(out_dir, data=data_name, steps=steps, num_samples=num_samples, seed=seed, echo=click.echo)
+    results = run_demo(out_dir, data=data_name, steps=steps, num_samples=num_samples, seed=seed, echo=click.echo, progress=show_progress(quiet))
     click.echo(format_results(results))
     click.echo(f"wrote {out_dir}/demo.png, {out_dir}/results.md and results.json in {results['seconds']:.0f} s")
 
 
 cli.add_command(autoencoder_group)
 cli.add_command(eval_command)
+cli.add_command(ema_command)
+register_interop(cli)
 
 
 # ---------------------------------------------------------------------------

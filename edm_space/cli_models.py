@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 import click
 import torch
 
+from .cli_options import quiet_option, show_progress
 from . import autoencoders, devices
 from .data import load
 from .errors import ConfigError
@@ -60,7 +61,7 @@ def _image_items(data_name: str) -> bool:
 
 
 def _train(kind: str, name: str, out: str, settings: Dict[str, Any], explicit: Optional[Iterable[str]], device: str,
-           echo: Callable[[str], None]) -> Dict[str, Any]:
+           echo: Callable[[str], None], progress: bool = True) -> Dict[str, Any]:
     """Resolve the configuration (a stored run keeps every setting not in `explicit`), train, report in one line."""
     given = dict(kind=kind, name=name, **settings)
     if explicit is None:  # a setting left at None takes the stored run's value, or its default
@@ -70,7 +71,7 @@ def _train(kind: str, name: str, out: str, settings: Dict[str, Any], explicit: O
         config.batch = 64 if _image_items(config.data) else 256
     if config.lr is None:
         config.lr = default_lr(kind, name)
-    summary = train_model(config, device=device, echo=echo)
+    summary = train_model(config, progress=progress, device=device, echo=echo)
     echo(f"trained {config.describe()} on {config.data} to step {summary['steps']} ({summary['training_items']:,} items, "
          f"{summary['held_out']:,} held out); checkpoint {summary['checkpoint']}")
     return summary
@@ -80,7 +81,7 @@ def train_family(name: str, data: str, options: Dict[str, Any], out: str, data_s
                  held_out: Optional[int] = None, steps: int = 2000, batch: Optional[int] = None, lr: Optional[float] = None,
                  seed: int = 0, checkpoint_every: int = 500, keep_checkpoints: int = 2, log_every: int = 50,
                  device: str = "auto", explicit: Optional[Iterable[str]] = None,
-                 echo: Callable[[str], None] = click.echo) -> Dict[str, Any]:
+                 echo: Callable[[str], None] = click.echo, progress: bool = True) -> Dict[str, Any]:
     """`edm-space train --family NAME`: train (or resume) a generative family (nice, gan, pixelcnn, vae) in `out`.
 
     `batch` None: 64 for images, 256 for vectors; `lr` None: the family's default (model_training.default_lr).
@@ -89,7 +90,7 @@ def train_family(name: str, data: str, options: Dict[str, Any], out: str, data_s
     """
     settings = dict(options=options, data=data, data_size=data_size, held_out=held_out, steps=steps, batch=batch, lr=lr,
                     seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every)
-    summary = _train("family", name, out, settings, explicit, device, echo)
+    summary = _train("family", name, out, settings, explicit, device, echo, progress)
     echo(f"Sample it: edm-space sample --ckpt {out} --out samples.png")
     return summary
 
@@ -116,7 +117,7 @@ def autoencoder_group() -> None:
 
 
 @autoencoder_group.command("train")
-@click.option("--kind", type=click.Choice(autoencoders.names()), required=True, help="kl (a VAE) or vq (a VQ-VAE).")
+@click.option("--kind", type=click.Choice(list(autoencoders.TRAINABLE)), required=True, help="kl (a VAE) or vq (a VQ-VAE).")
 @click.option("--data", "data_name", default="mnist", show_default=True, help="Image data set (digits, mnist), FILE.npy/.npz or a PNG folder.")
 @click.option("--data-size", type=int, default=None, help="Train on a seeded subset of this many of the items not held out [default: all of them].")
 @click.option("--held-out", type=int, default=None, help="Items set aside for `autoencoder eval`, the same for every run of the data [default: a tenth].")
@@ -131,26 +132,28 @@ def autoencoder_group() -> None:
 @click.option("--out", "out_dir", required=True, help="Run directory (config.json, checkpoints/, log.jsonl); an existing one is resumed.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+@quiet_option
 def autoencoder_train_command(kind, data_name, data_size, held_out, options, steps, batch, lr, seed, checkpoint_every, keep_checkpoints,
-                              log_every, out_dir, device, threads) -> None:
+                              log_every, out_dir, device, threads, quiet) -> None:
     """Train (or resume) a KL or VQ autoencoder on an image data set."""
     set_threads(threads)
     settings = dict(options=parse_options(options, "--option"), data=data_name, data_size=data_size, held_out=held_out, steps=steps,
                     batch=batch, lr=lr, seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every)
     explicit = explicit_settings(click.get_current_context(), settings, {"data": "data_name"})
-    _train("autoencoder", kind, out_dir, settings, explicit, device, click.echo)
+    _train("autoencoder", kind, out_dir, settings, explicit, device, click.echo, show_progress(quiet))
     click.echo(f"Evaluate it: edm-space autoencoder eval --ckpt {out_dir} --out recon.png")
 
 
 @autoencoder_group.command("eval")
 @click.option("--ckpt", "run_dir", required=True, help="An autoencoder run directory, or one of its checkpoint files.")
 @click.option("--step", "checkpoint_step", type=int, default=None, help="With a run directory: the checkpoint of this step [default: the newest].")
-@click.option("--n", "num_items", type=int, default=1000, show_default=True, help="Held-out items to score (all of them if fewer).")
+@click.option("--n", "num_items", type=int, default=1000, show_default=True, help="Held-out items to score, a seeded random subset (all of them if fewer).")
 @click.option("--iwae-samples", type=int, default=32, show_default=True, help="KL autoencoder: posterior draws of the IWAE bound.")
 @click.option("--out", "out_path", default="recon.png", show_default=True, help="PNG of held-out originals (top row) above their reconstructions.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
-def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, out_path, device, threads) -> None:
+@quiet_option
+def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, out_path, device, threads, quiet) -> None:
     """Reconstruction MSE and PSNR of an autoencoder on held-out items; bits/dim (kl) or codebook use (vq)."""
     set_threads(threads)
     if os.path.splitext(out_path)[1].lower() != ".png":
@@ -158,10 +161,7 @@ def autoencoder_eval_command(run_dir, checkpoint_step, num_items, iwae_samples, 
     check_writable_file(out_path, "--out")
     result = evaluate_autoencoder(run_dir, step=checkpoint_step, n=num_items, iwae_samples=iwae_samples, device=device)
     line = f"held-out reconstruction of {run_dir} (step {result['step']}, {result['n']} items): MSE {result['mse']:.6g}, PSNR {result['psnr']:.4f} dB"
-    if "iwae_bits_per_dim" in result:
-        line += f"; ELBO {result['elbo_bits_per_dim']:.4f} bits/dim, IWAE (k={result['iwae_samples']}) {result['iwae_bits_per_dim']:.4f} bits/dim"
-    if "perplexity" in result:
-        line += f"; codebook usage {result['codebook_usage']:.1%} of {result['num_codes']} codes, perplexity {result['perplexity']:.2f}"
+    line += result["details"]
     columns = min(RECONSTRUCTION_COLUMNS, result["n"])
     pictures = torch.cat([result["originals"][:columns], result["reconstructions"][:columns]]).clamp(-1, 1)
     image_grid_png(out_path, pictures, ncols=columns,

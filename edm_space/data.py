@@ -483,6 +483,16 @@ class StreamedPNGFolder(torch.utils.data.Dataset):
         return torch.from_numpy(pixels)
 
 
+def worker_error(error: Exception) -> ConfigError:
+    """The one-line error a DataLoader worker raised, without the worker's traceback that torch wraps around
+    an exception it passes to the main process ("Caught ConfigError in DataLoader worker process 0. Original Traceback ...")."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Original Traceback" in text and lines:
+        text = lines[-1].split(": ", 1)[1] if ": " in lines[-1] else lines[-1]  # "edm_space.errors.ConfigError: message"
+    return ConfigError(" ".join(text.split()))
+
+
 def streamed_sigma_data(dataset: torch.utils.data.Dataset) -> float:
     """estimate_sigma_data over every item of a streamed data set, read once (float64 sums of x and x^2)."""
     total = square = count = 0.0

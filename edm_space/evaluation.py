@@ -8,7 +8,7 @@ autoencoder run. The samples of a generative run are drawn as `edm-space sample`
 i from seed i); an autoencoder's "samples" are its reconstructions of the reference items.
 
 Reference images: the official test split of a set that has one (`mnist` -> `mnist-test`), the
-first held-out items of a family or autoencoder run, and otherwise the diffusion run's own training
+first held-out items of a family run (an autoencoder: the seeded subset its own evaluation uses), and otherwise the diffusion run's own training
 data (it holds nothing out; the result says which); n of them chosen by a fixed seed when there are more. The features of the reference images are cached per
 (data set, split, size, feature extractor, checksum of the items) in the cache folder, written atomically.
 
@@ -127,6 +127,7 @@ class Target:
     split: str
     latent_space: Optional[latent.LatentSpace] = None
     num_classes: int = 0
+    autoencoder_scores: Optional[Dict[str, Any]] = None  # evaluate_autoencoder's, whose originals are the reference
 
     @property
     def images(self) -> bool:
@@ -140,8 +141,11 @@ def load_target(run: str, step: Optional[int], n: int, device: str = "cpu") -> T
         _, held, _ = load_split(config)
         if not len(held):
             raise ConfigError(f"run {run!r} holds out no items (trained with held_out = 0), so it has nothing to be scored against")
-        return Target(config.kind if config.kind == "autoencoder" else "family", run, step, model, config, config.data,
-                      held[:n], f"held-out {len(held)}")
+        if config.kind == "autoencoder":  # its seeded subset of the held-out items, with their reconstructions
+            scores = evaluate_autoencoder(run, step, n=min(n, len(held)), device=device)
+            return Target("autoencoder", run, step, model, config, config.data, scores["originals"], f"held-out {len(held)}",
+                          autoencoder_scores=scores)
+        return Target("family", run, step, model, config, config.data, held[:n], f"held-out {len(held)}")
     denoiser, config, _, num_classes, step = load_trained(run, step=step, device=device)
     space = latent.open_latent_space(config.latent_space, run) if config.latent_space is not None else None
     test = data.TEST_SPLITS.get(config.data) if isinstance(config.data, str) else None
@@ -164,8 +168,7 @@ def generate_images(target: Target, settings: EvalSettings) -> Tuple[Tensor, Dic
     """(samples [n, ...] float64 on the CPU, a description of the sampler) of the run."""
     seeds = list(range(settings.seed, settings.seed + settings.n))
     if target.kind == "autoencoder":
-        reconstructions = evaluate_autoencoder(target.run, target.step, n=len(target.reference), seed=settings.seed)["reconstructions"]
-        return reconstructions.double(), {"sampler": "reconstructions of the reference items"}
+        return target.autoencoder_scores["reconstructions"].double(), {"sampler": "reconstructions of the reference items"}
     if target.kind == "family":
         return draw_samples(target.model, target.config, target.run, seeds).double(), {"sampler": f"{target.config.name}'s own"}
     options = SampleOptions(run_dir=target.run, checkpoint_step=target.step, solver=settings.solver, num_steps=settings.steps,
@@ -276,8 +279,8 @@ def nll_scores(target: Target, settings: EvalSettings) -> Dict[str, Any]:
     if target.kind == "autoencoder":
         if target.config.name != "kl":
             return {"skipped": f"a {target.config.name} autoencoder has no likelihood"}
-        scores = evaluate_autoencoder(target.run, target.step, n=len(x), seed=settings.seed)
-        return {"bits_per_dim": {"value": scores["iwae_bits_per_dim"], "sd": None}, "method": "IWAE bound", "n": len(x)}
+        scores = target.autoencoder_scores
+        return {"bits_per_dim": {"value": scores["iwae_bits_per_dim"], "sd": None}, "method": "IWAE bound", "n": scores["n"]}
     bits = target.model.bits_per_dim(x, generator)
     if bits is None:
         return {"skipped": f"the {target.config.name} model has no likelihood"}
@@ -357,7 +360,7 @@ def _extractors(target: Target, settings: EvalSettings) -> Dict[str, str]:
 
 
 def _recon_scores(target: Target, settings: EvalSettings) -> Dict[str, Any]:
-    scores = evaluate_autoencoder(target.run, target.step, n=len(target.reference), seed=settings.seed)
+    scores = target.autoencoder_scores
     squared = ((scores["reconstructions"].double() - scores["originals"].double()) ** 2).reshape(scores["n"], -1).mean(dim=1)
     mse = _bootstrap_mean(squared, settings.bootstrap, settings.seed)
     psnr_values = 10 * torch.log10(4.0 / squared.clamp_min(1e-30))

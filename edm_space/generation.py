@@ -31,6 +31,7 @@ from .errors import ConfigError
 from .guidance import GuidedDenoiser
 from .parameterization import F64, Formulation
 from .seeding import SeededNoise
+from .training import distributed_context
 
 Tensor = torch.Tensor
 
@@ -147,7 +148,7 @@ def generate(
     if labels is not None and len(labels) != len(seeds):
         raise ConfigError(f"{len(labels)} labels for {len(seeds)} seeds; give one label per seed")
     gather = shard is None
-    rank, world = _distributed() if shard is None else shard
+    rank, world = distributed_context() if shard is None else shard  # torchrun's processes, or one
     mine = deal_batches(seeds, batch_size, rank, world)
     offset = sum(len(b) for r in range(rank) for b in deal_batches(seeds, batch_size, r, world))  # of my first seed
     results = [torch.zeros((0, *item_shape), dtype=F64)]
@@ -182,13 +183,6 @@ def _model_of(denoiser: Callable, labels: Optional[Tensor], guidance: Optional[G
     if labels is not None:
         return lambda x_hat, sigma: denoiser(x_hat, sigma, labels)
     return denoiser
-
-
-def _distributed() -> Tuple[int, int]:
-    """(rank, world) of torchrun's processes (the process group is started when torchrun asks for one)."""
-    from .training import distributed_context
-
-    return distributed_context()
 
 
 def _gather(samples: Tensor, nfe: int, passes: int, rows: int, world: int) -> Tuple[Tensor, int, int, int]:

@@ -118,6 +118,9 @@ class GuidedDenoiser:
         labels = self._labels_for(labels, batch)
         sigma = torch.as_tensor(sigma, dtype=F64, device=x_hat.device)
         sigma = sigma.expand(batch) if sigma.numel() == 1 else sigma.reshape(batch)
+        if not bool(torch.isfinite(x_hat).all()):
+            raise ConfigError(f"the sampler's state became non-finite at sigma = {float(sigma.max()):.4g} under the guidance weight "
+                              f"w = {self.weight:g} (--guidance), which amplifies D - D_guide; use a smaller weight")
         lo, hi = self.interval
         inside = (sigma > lo) & (sigma <= hi)  # Kynkäänniemi et al. 2024: guide only in (sigma_lo, sigma_hi]
         self.calls += 1
@@ -144,9 +147,13 @@ class GuidedDenoiser:
             guiding = self._run(self.guide, part(x_hat), part(sigma), part(labels))
         # lerp(guide, D, w) = guide + w (D - guide), exactly D at w = 1 and the guide at w = 0
         if every:
-            return torch.lerp(guiding, conditional, self.weight)
-        out = conditional.clone()
-        out[rows] = torch.lerp(guiding, conditional[rows], self.weight)
+            out = torch.lerp(guiding, conditional, self.weight)
+        else:
+            out = conditional.clone()
+            out[rows] = torch.lerp(guiding, conditional[rows], self.weight)
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(conditional).all() and torch.isfinite(guiding).all()):
+            raise ConfigError(f"the guidance weight w = {self.weight:g} (--guidance) takes D_guide + w (D - D_guide) beyond the "
+                              f"float range at sigma = {float(sigma.max()):.4g}; use a smaller weight")
         return out
 
     def _run(self, denoiser: DenoiserFn, x_hat: Tensor, sigma: Tensor, labels: Optional[Tensor]) -> Tensor:

@@ -18,6 +18,8 @@ silently with other weights.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -26,11 +28,14 @@ import torch
 
 from .errors import ConfigError
 from .files import save_npz_atomic
-from .model_training import autoencoder_checksum, is_model_run, load_model
+from .rundir import find_checkpoint, pin_checkpoint
+from .model_training import autoencoder_checksum, is_model_run, load_model, read_model_config, training_items
 
 LATENT_SIGMA_DATA = 0.5
 LATENT_MODES = ("mean", "sample")
 CACHE_NAME = "latents.npz"
+# The latent record's "data" when the run trains on its autoencoder's own training items (no --data given).
+AUTOENCODER_DATA = "autoencoder"
 
 
 @dataclass
@@ -74,8 +79,7 @@ def _per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _load_autoencoder(run: str, step: Optional[int]) -> Tuple[torch.nn.Module, int, str]:
-    if not os.path.isdir(run) or not is_model_run(run):
-        raise ConfigError(f"--latent {run!r} is not an autoencoder run (train one with `edm-space autoencoder train`)")
+    _autoencoder_config(run)
     model, config, step = load_model(run, step=step)
     if config.kind != "autoencoder":
         raise ConfigError(f"--latent {run!r} is not an autoencoder run (train one with `edm-space autoencoder train`)")
@@ -88,6 +92,9 @@ def _encode(autoencoder: torch.nn.Module, x: torch.Tensor, mode: str, seed: int,
         raise ConfigError(f"latent mode {mode!r} is invalid; valid: {', '.join(LATENT_MODES)}")
     if tuple(x.shape[1:]) != tuple(autoencoder.item_shape):
         raise ConfigError(f"the autoencoder encodes items {list(autoencoder.item_shape)}; this data has {list(x.shape[1:])}")
+    if mode == "sample" and "sample" not in getattr(autoencoder, "latent_modes", ("mean", "sample")):
+        raise ConfigError(f"--latent-mode sample draws from a KL autoencoder's posterior; this {type(autoencoder).__name__} "
+                          f"encodes deterministically (use --latent-mode mean)")
     generator = torch.Generator().manual_seed(seed)
     parts = []
     with torch.no_grad():
@@ -99,9 +106,53 @@ def _encode(autoencoder: torch.nn.Module, x: torch.Tensor, mode: str, seed: int,
     return torch.cat(parts).to(torch.float64)
 
 
-def encode_data(x: torch.Tensor, run: str, mode: str, seed: int) -> Tuple[LatentSpace, torch.Tensor]:
-    """Encode images with the newest checkpoint of the autoencoder run; (latent space, normalized float32 latents)."""
-    autoencoder, step, checksum = _load_autoencoder(run, None)
+def takes_autoencoder_data(config) -> bool:
+    """Whether a latent run trains on its autoencoder's training items: a new run without a data set of its own,
+    or one that recorded so."""
+    if config.latent_space is not None:
+        return config.latent_space.get("data") == AUTOENCODER_DATA
+    return config.latent is not None and config.data is None
+
+
+def _autoencoder_config(run: str):
+    if not os.path.isdir(run) or not is_model_run(run):
+        raise ConfigError(f"--latent {run!r} is not an autoencoder run (train one with `edm-space autoencoder train`)")
+    return read_model_config(run)
+
+
+def autoencoder_data_name(run: str) -> str:
+    """The data set the autoencoder run trained on."""
+    return _autoencoder_config(run).data
+
+
+def autoencoder_data(run: str, seed: int, n: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor], str]:
+    """(items, labels, data set name) the autoencoder run trained on (its held-out items left out); with `n`, a
+    seeded subset of n of them in their order."""
+    config = _autoencoder_config(run)
+    x, labels = training_items(config)
+    if n is not None:
+        if n > len(x):
+            raise ConfigError(f"data_size = {n} is too many: the autoencoder {run!r} trained on {len(x)} items")
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        x, labels = x[keep], None if labels is None else labels[keep]
+    return x, labels, config.data
+
+
+def encode_data(x: torch.Tensor, run: str, mode: str, seed: int, owner: Optional[str] = None) -> Tuple[LatentSpace, torch.Tensor]:
+    """Encode images with the newest checkpoint of the autoencoder run; (latent space, normalized float32 latents).
+
+    With `owner` (the latent run), that checkpoint is first pinned (rundir.pin_checkpoint), so that an autoencoder
+    still training never prunes the checkpoint the latent run records.
+    """
+    step = None
+    if owner is not None:
+        _autoencoder_config(run)
+        step = find_checkpoint(run)[1]
+        try:
+            pin_checkpoint(run, step, owner)
+        except OSError:
+            pass  # a read-only autoencoder run: nothing trains in it; the recorded checksum still guards its weights
+    autoencoder, step, checksum = _load_autoencoder(run, step)
     z = _encode(autoencoder, x, mode, seed)
     shift = z.mean(dim=(0, *range(2, z.ndim)))
     std = z.transpose(0, 1).reshape(z.shape[1], -1).std(dim=1, correction=0)
@@ -111,9 +162,23 @@ def encode_data(x: torch.Tensor, run: str, mode: str, seed: int) -> Tuple[Latent
     return space, space.normalize(z).to(torch.float32)
 
 
+def record_path(autoencoder_run: str, run_dir: str) -> str:
+    """The autoencoder's run directory as a latent run records it: relative to the latent run's directory, so that
+    the pair may be used from any working directory (and moved together)."""
+    return os.path.relpath(os.path.abspath(autoencoder_run), os.path.abspath(run_dir))
+
+
+def autoencoder_path(record: Dict[str, Any], owner: str) -> str:
+    """The recorded autoencoder's run directory, seen from here: relative to the latent run `owner` (records that say
+    so), else as recorded (older runs recorded it relative to the directory training ran in)."""
+    if record.get("run_base") == "run directory" and not os.path.isabs(record["run"]):
+        return os.path.normpath(os.path.join(owner, record["run"]))
+    return record["run"]
+
+
 def open_latent_space(record: Dict[str, Any], owner: str) -> LatentSpace:
     """The latent space a run recorded; refused with one line if the autoencoder changed since."""
-    run, step = record["run"], int(record["step"])
+    run, step = autoencoder_path(record, owner), int(record["step"])
     try:
         autoencoder, step, checksum = _load_autoencoder(run, step)
     except ConfigError as error:
@@ -138,8 +203,8 @@ def cached_latents(run_dir: str, record: Dict[str, Any]) -> Optional[Tuple[torch
                 return None
             labels = torch.from_numpy(cache["labels"]) if "labels" in cache.files else None
             return torch.from_numpy(cache["latents"]), labels
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged cache is encoded again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # a damaged cache (truncated, a flipped bit: bad CRC) is encoded again
 
 
 def write_cache(run_dir: str, record: Dict[str, Any], latents: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
@@ -159,8 +224,10 @@ def training_latents(run_dir: str, config, x: torch.Tensor, labels: Optional[tor
     """
     record = config.latent_space
     if record is None:
-        space, z = encode_data(x, config.latent, config.latent_mode, config.seed)
-        record = space.record()
+        space, z = encode_data(x, config.latent, config.latent_mode, config.seed, owner=run_dir if write_cache_file else None)
+        record = dict(space.record(), run=record_path(config.latent, run_dir), run_base="run directory")
+        if config.data is None:
+            record["data"] = AUTOENCODER_DATA
     else:
         space = open_latent_space(record, run_dir)  # refuses a changed autoencoder
         cached = cached_latents(run_dir, record)

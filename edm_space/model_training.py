@@ -42,15 +42,15 @@ from tqdm.auto import tqdm
 
 from . import autoencoders, devices, families
 from .data import load
-from .outputs import write_samples
+from .outputs import write_sample_files
 from .errors import ConfigError, unknown
 from .families.base import optimize
-from .families.bits import DEQUANTIZED_SCALE, bits_per_dim, dequantize, to_levels
 from .families.vae import generator_on, prior_samples
-from .files import StagedOutputs, check_writable_file, read_json
+from .files import check_writable_file, read_json
 from .devices import make_optimizer
 from .rundir import (
     config_from_json,
+    read_run_payload,
     MAX_BATCH,
     MAX_STEPS,
     RESUMABLE,
@@ -62,7 +62,6 @@ from .rundir import (
     training_run,
     checkpoint_dir,
     checkpoint_path,
-    disk_error,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -74,7 +73,7 @@ from .seeding import step_generator
 __all__ = [
     "ModelConfig", "KINDS", "train_model", "load_model", "autoencoder_checksum", "evaluate_autoencoder",
     "sample_model", "is_model_run", "read_model_config", "resolve_model_config", "split_indices",
-    "load_split", "default_lr",
+    "load_split", "training_items", "default_lr",
 ]
 
 KINDS = ("family", "autoencoder")
@@ -88,6 +87,8 @@ DERIVED = ("held_out", "item_shape")
 DEFAULT_LR = {("family", "gan"): 2e-4}
 FALLBACK_LR = 1e-3
 MAX_SAMPLES = 10**7
+# Posterior draws of the IWAE bound per item: far past where the bound stops moving (Burda et al. 2016 use 5000).
+MAX_IWAE_SAMPLES = 10_000
 
 
 @dataclass
@@ -141,13 +142,7 @@ def is_model_run(run_dir: str) -> bool:
 
 def read_model_config(run_dir: str) -> ModelConfig:
     """The ModelConfig stored in a run directory; a diffusion run or no run is refused in one line."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"{run_dir!r} is not a run directory (no config.json)")
-    payload = read_json(path, "run config")
-    if "kind" not in payload:
-        raise ConfigError(f"run directory {run_dir!r} holds a diffusion run ({payload.get('preset', '?')!r}), not a family or autoencoder run")
-    return ModelConfig.from_json(payload)
+    return ModelConfig.from_json(read_run_payload(run_dir, KINDS, "this needs a family or autoencoder run"))
 
 
 def resolve_model_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> ModelConfig:
@@ -178,6 +173,7 @@ def check_model_config(config: ModelConfig) -> None:
         raise unknown(config.kind, config.name, valid)
     if not isinstance(config.options, dict):
         raise ConfigError(f"options = {config.options!r} is invalid; it must be a dict of the model's arguments")
+    (families if config.kind == "family" else autoencoders).check_options(config.name, config.options)
     _check_positive_int("steps", config.steps, high=MAX_STEPS)
     _check_positive_int("batch", config.batch, high=MAX_BATCH)
     for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
@@ -235,6 +231,14 @@ def load_split(config: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor, int]:
     return x[torch.from_numpy(train_index)], x[torch.from_numpy(held_index)], held_out
 
 
+def training_items(config: ModelConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(items, labels or None) the run trained on: its data set less the held-out items, as load_split draws them."""
+    x, labels = load(config.data, seed=config.seed, with_labels=True)
+    held_out = len(x) // 10 if config.held_out is None else config.held_out
+    index = torch.from_numpy(split_indices(len(x), held_out, config.data_size, config.seed)[0])
+    return x[index], None if labels is None else labels[index]
+
+
 def build_model(config: ModelConfig, item_shape: Sequence[int]) -> nn.Module:
     """The run's family or autoencoder, its weights initialised from the run's seed (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
@@ -278,6 +282,9 @@ def train_model(config: ModelConfig, progress: bool = True, device: str = "auto"
     line naming the step and the last good checkpoint (TrainingDiverged).
     """
     check_model_config(config)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":  # every rank would train the same model into the same directory
+        raise ConfigError(f"{config.describe()} trains in one process; run it without torchrun (WORLD_SIZE = {world})")
     device = devices.resolve_device(device)
     echo = echo or tqdm.write
     run_dir = config.out
@@ -445,51 +452,44 @@ def autoencoder_checksum(run_dir: str, step: Optional[int] = None) -> str:
 @torch.no_grad()
 def evaluate_autoencoder(run: str, step: Optional[int] = None, n: int = 1000, iwae_samples: int = 32, batch: int = 250,
                          device: str = "cpu", seed: int = 0) -> Dict[str, Any]:
-    """Reconstruction error of an autoencoder run on its first `n` held-out items (all of them if fewer).
+    """Reconstruction error of an autoencoder run on `n` held-out items drawn with `seed` (all of them, in order, if fewer).
 
     Returns step, n, mse (mean over every element), psnr = 10 log10(4 / mse) (data in [-1, 1], so
     the peak-to-peak range is 2), the originals and reconstructions (CPU tensors); for a KL
     autoencoder also elbo_bits_per_dim and iwae_bits_per_dim, from its bounds with `iwae_samples`
     posterior draws on uniformly dequantized data (families.bits); for a VQ autoencoder
-    codebook_usage (fraction of codes used) and perplexity over the held-out latents. The
-    reconstruction of a KL autoencoder decodes the posterior mean; a VQ one its quantized latents.
+    codebook_usage (fraction of codes used) and perplexity over the held-out latents (each
+    autoencoder's `summarize`), and `details`, those numbers as text. The reconstruction decodes
+    the default latents: a KL autoencoder's posterior mean; a VQ one's quantized latents.
     """
     _check_positive_int("--n", n, high=MAX_SAMPLES)
-    _check_positive_int("--iwae-samples", iwae_samples)
+    _check_positive_int("--iwae-samples", iwae_samples, high=MAX_IWAE_SAMPLES)
     model, config, step = load_model(run, step, device)
     if config.kind != "autoencoder":
         raise ConfigError(f"run {run!r} holds the {config.describe()} model, not an autoencoder")
     _, held, _ = load_split(config)
     if not len(held):
         raise ConfigError(f"run {run!r} holds out no items (trained with held_out = 0), so it has nothing to evaluate on")
-    originals = held[:n]
+    # A seeded random subset: data sets may be sorted by class (MNIST is), so the first n would not be representative.
+    subset = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:n] if n < len(held) else slice(None)
+    originals = held[subset]
     target = devices.resolve_device(device)
-    latent_mode = "mean" if config.name == "kl" else "continuous"
     generator = torch.Generator().manual_seed(seed)
-    reconstructions, squared_error, bounds, codes = [], 0.0, {"elbo": [], "iwae": []}, []
+    reconstructions, squared_error, collected = [], 0.0, {}
     for start in range(0, len(originals), batch):
         x = originals[start:start + batch].to(target)
-        z = model.latents(x, mode=latent_mode)
-        x_hat = model.decode(z)  # a VQ decoder snaps z to the codebook first
+        x_hat = model.reconstruct(x)  # the default latent mode: a KL posterior mean; a VQ decoder snaps z to the codebook
         squared_error += float(((x_hat.double() - x.double()) ** 2).sum())
         reconstructions.append(x_hat.cpu())
-        if config.name == "kl":
-            y = dequantize(to_levels(x), generator, x.dtype)
-            for name, value in model.log_likelihood_bounds(y, k=iwae_samples, generator=generator_on(target, generator)).items():
-                bounds[name].append(bits_per_dim(value, math.prod(x.shape[1:]), DEQUANTIZED_SCALE).cpu())
-        elif config.name == "vq":
-            codes.append(model.nearest_codes(z).cpu())
+        for name, value in model.held_out_statistics(x, generator, iwae_samples).items():
+            collected.setdefault(name, []).append(value.cpu())
     mse = squared_error / originals.numel()
     result: Dict[str, Any] = {
         "step": step, "n": len(originals), "mse": mse, "psnr": 10.0 * math.log10(4.0 / mse) if mse > 0 else math.inf,
         "originals": originals, "reconstructions": torch.cat(reconstructions),
     }
-    if config.name == "kl":
-        result.update(elbo_bits_per_dim=float(torch.cat(bounds["elbo"]).mean()), iwae_bits_per_dim=float(torch.cat(bounds["iwae"]).mean()),
-                      iwae_samples=iwae_samples)
-    elif config.name == "vq":
-        usage, perplexity = model.code_statistics(torch.cat(codes).to(target))
-        result.update(codebook_usage=float(usage), perplexity=float(perplexity), num_codes=model.num_codes)
+    result.update(model.summarize({name: torch.cat(values) for name, values in collected.items()}, iwae_samples))
+    result["details"] = model.describe_evaluation(result)
     return result
 
 
@@ -501,7 +501,7 @@ def _sampler(model: nn.Module, config: ModelConfig, run: str) -> Tuple[Callable[
     """(draw one sample from a generator, network evaluations per sample) of a loaded run's model."""
     if config.kind == "family":
         return (lambda generator: model.sample(1, generator)), model.evaluations_per_sample
-    if config.name == "kl":
+    if model.has_prior:
         return (lambda generator: prior_samples(model, 1, generator)), 1
     raise ConfigError(f"run {run!r} holds the {config.describe()} model, which has no prior to sample; train a generative model on its latents")
 
@@ -526,7 +526,7 @@ def sample_model(run: str, n: Optional[int] = None, seeds: Optional[Sequence[int
     extension = os.path.splitext(out)[1].lower()
     if extension not in (".npz", ".png"):
         raise ConfigError(f"--out {out!r} must end in .npz or .png")
-    check_writable_file(out, "--out")
+    check_writable_file(out, "--out", missing_folders=True)
     if seeds is None:
         n = 64 if n is None else n
         _check_positive_int("--n", n, high=MAX_SAMPLES)
@@ -542,9 +542,5 @@ def sample_model(run: str, n: Optional[int] = None, seeds: Optional[Sequence[int
     samples = draw_samples(model, config, run, seeds).numpy()
     if not np.isfinite(samples).all():
         raise ConfigError(f"the model of {run!r} (step {step}) produced non-finite samples")
-    try:
-        with StagedOutputs() as stage:
-            written = write_samples(stage, out, samples, seeds)
-    except OSError as error:
-        raise disk_error(error, f"--out {out!r}") from None
+    written = write_sample_files(out, samples, seeds)
     return {"written": written, "step": step, "seeds": seeds, "evaluations": evaluations * len(seeds), "config": config}

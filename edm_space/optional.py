@@ -10,7 +10,7 @@ from .errors import ConfigError
 # The pip name of packages whose import name differs.
 PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "matplotlib": "matplotlib", "mlxtend": "mlxtend"}
 # The extra of setup.cfg that installs each optional package.
-EXTRAS = {"sklearn": "data", "mlxtend": "data", "matplotlib": "plot"}
+EXTRAS = {"sklearn": "data", "mlxtend": "data", "matplotlib": "plot", "diffusers": "diffusers"}
 
 
 def require(module: str, needed_for: str) -> ModuleType:

@@ -127,10 +127,45 @@ class FlowSigma:
         return torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma / (1 + sigma))
 
 
-def ddpm_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """abar(t) for t = 0..T in Ho's 1-based time, abar(0) = 1 (Ho et al. 2020, Sec. 4, linear betas), float64."""
-    betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=F64)
-    return torch.cat([torch.ones(1, dtype=F64), torch.cumprod(1 - betas, dim=0)])
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SCHEDULE_PRECISIONS = ("float64", "float32")
+INTERPOLATIONS = ("log", "linear")
+
+
+def ddpm_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, schedule: str = "linear",
+               dtype: torch.dtype = F64) -> Tensor:
+    """beta_1..beta_T of a DDPM chain, computed in `dtype`.
+
+    linear:            beta_i linear from beta_start to beta_end (Ho et al. 2020, Sec. 4)
+    scaled_linear:     sqrt(beta_i) linear from sqrt(beta_start) to sqrt(beta_end) (Rombach et al. 2022, LDM / SD)
+    squaredcos_cap_v2: beta_i = min(1 - abar(i/T) / abar((i-1)/T), 0.999), abar(u) = cos((u + 0.008)/1.008 pi/2)^2
+                       (Nichol & Dhariwal 2021, eq. 17 with s = 0.008); beta_start / beta_end do not apply.
+    """
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_timesteps, dtype=dtype)
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=dtype) ** 2
+    if schedule == "squaredcos_cap_v2":
+        def abar(u: float) -> float:
+            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = [min(1 - abar((i + 1) / num_timesteps) / abar(i / num_timesteps), 0.999) for i in range(num_timesteps)]
+        return torch.tensor(betas, dtype=dtype)
+    raise _unknown_choice("beta schedule", schedule, BETA_SCHEDULES)
+
+
+def ddpm_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, schedule: str = "linear",
+                        precision: str = "float64") -> Tensor:
+    """abar(t) for t = 0..T in Ho's 1-based time, abar(0) = 1 (Ho et al. 2020, Sec. 4), returned in float64.
+
+    precision "float32" computes the betas, 1 - beta and their cumulative product in float32, as diffusers'
+    schedulers do, so that an imported model sees exactly the levels it was trained on.
+    """
+    if precision not in SCHEDULE_PRECISIONS:
+        raise _unknown_choice("schedule precision", precision, SCHEDULE_PRECISIONS)
+    dtype = torch.float32 if precision == "float32" else F64
+    alphas = 1.0 - ddpm_betas(num_timesteps, beta_start, beta_end, schedule, dtype)
+    return torch.cat([torch.ones(1, dtype=F64), torch.cumprod(alphas, dim=0).to(F64)])
 
 
 @dataclass(frozen=True)
@@ -143,21 +178,32 @@ class DiscreteSigma:
     where the two segments meet at a kink, sigma'(k) is the mean of the two
     one-sided slopes: a sampler that steps along the integers then integrates a
     smooth schedule through the same levels, and keeps its order.
+
+    interpolation "linear" makes sigma itself linear in t between the integers (on [0, 1] from
+    sigma(0) = 0), as diffusers' EulerDiscreteScheduler interpolates its sigmas over timesteps.
+    `beta_schedule` and `precision` choose the betas (see ddpm_betas, ddpm_alphas_cumprod).
     """
 
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    precision: str = "float64"
+    interpolation: str = "log"
     formula: str = "sqrt(1/abar(t) - 1), abar(t) = prod_{i<=t}(1 - beta_i)"
     sigmas: Tensor = field(init=False, repr=False, compare=False)
     log_slopes: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        abar = ddpm_alphas_cumprod(self.num_timesteps, self.beta_start, self.beta_end)
+        if self.interpolation not in INTERPOLATIONS:
+            raise _unknown_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        abar = ddpm_alphas_cumprod(self.num_timesteps, self.beta_start, self.beta_end, self.beta_schedule, self.precision)
         sigmas = (1 / abar - 1).sqrt()
         log_sigmas = sigmas.clamp_min(1e-300).log()
         slopes = log_sigmas[1:] - log_sigmas[:-1]  # slope of segment [k, k+1], k = 0..T-1
         slopes[0] = slopes[1]  # [0, 1]: the power law's exponent p
+        if self.interpolation == "linear":
+            slopes = sigmas[1:] - sigmas[:-1]  # slope of sigma itself on [k, k+1], from sigma(0) = 0
         object.__setattr__(self, "sigmas", sigmas)
         object.__setattr__(self, "log_slopes", slopes)
 
@@ -167,6 +213,8 @@ class DiscreteSigma:
     def sigma(self, t: Tensor) -> Tensor:
         k = self._segment(t)
         frac = t - k
+        if self.interpolation == "linear":
+            return self.sigmas[k] + frac * self.log_slopes[k]
         # sigma_k (sigma_{k+1}/sigma_k)^frac, written so that integer t returns the table entry exactly.
         log_linear = self.sigmas[k] * torch.exp(frac * self.log_slopes[k])
         power_law = self.sigmas[1] * t.clamp_min(0) ** self.log_slopes[0]
@@ -175,15 +223,26 @@ class DiscreteSigma:
     def sigma_deriv(self, t: Tensor) -> Tensor:
         k = self._segment(t)
         slope = self.log_slopes[k]
-        at_kink = (t == k) & (k >= 2)
+        at_kink = (t == k) & (k >= (1 if self.interpolation == "linear" else 2))
         slope = torch.where(at_kink, 0.5 * (slope + self.log_slopes[(k - 1).clamp_min(0)]), slope)
+        if self.interpolation == "linear":
+            return slope
         return torch.where(t < 1, self.log_slopes[0] / t, slope) * self.sigma(t)
 
     def sigma_inv(self, sigma: Tensor) -> Tensor:
-        k = (torch.searchsorted(self.sigmas, sigma.contiguous(), right=True) - 1).clamp(1, self.num_timesteps - 1)
+        low = 0 if self.interpolation == "linear" else 1
+        k = (torch.searchsorted(self.sigmas, sigma.contiguous(), right=True) - 1).clamp(low, self.num_timesteps - 1)
+        if self.interpolation == "linear":
+            return k + (sigma - self.sigmas[k]) / self.log_slopes[k]
         log_linear = k + (sigma.log() - self.sigmas[k].log()) / self.log_slopes[k]
         power_law = (sigma / self.sigmas[1]) ** (1 / self.log_slopes[0])
         return torch.where(sigma < self.sigmas[1], power_law, log_linear)
+
+
+def _unknown_choice(kind: str, value: object, valid) -> ValueError:
+    from .errors import unknown
+
+    return unknown(kind, value, valid)
 
 
 # ---------------------------------------------------------------------------
@@ -354,13 +413,48 @@ class FlowPrecond:
     Written through t = sigma/(1+sigma) so that sigma = inf (t = 1) stays finite.
     """
 
+    time_scale: float = 1.0  # c_noise = time_scale t: diffusers' flow-matching models take the timestep 1000 t
+
     @property
     def formulas(self) -> Tuple[str, str, str, str]:
-        return ("1/(1+sigma)", "-sigma/(1+sigma)", "1/(1+sigma)", "t")
+        return ("1/(1+sigma)", "-sigma/(1+sigma)", "1/(1+sigma)", "t" if self.time_scale == 1 else f"{self.time_scale:g} t")
 
     def __call__(self, sigma: Tensor, noise: NoiseSchedule) -> Coefficients:
         t = torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma / (1 + sigma))
-        return 1 - t, -t, 1 - t, t
+        return 1 - t, -t, 1 - t, t if self.time_scale == 1 else self.time_scale * t
+
+
+@dataclass(frozen=True)
+class VPredictionPrecond:
+    """The network predicts v = (eps - sigma x_0) / sqrt(1 + sigma^2) (Salimans & Ho 2022, Sec. 4 and App. D), in EDM's terms:
+
+    c_skip = 1/(1+sigma^2), c_out = -sigma/sqrt(1+sigma^2), c_in = 1/sqrt(1+sigma^2)
+    (D = (x_hat - sigma sqrt(1+sigma^2) v) / (1+sigma^2), the inverse of denoised_to_prediction("v")).
+    """
+
+    noise_input: Callable[[Tensor, NoiseSchedule], Tensor]
+
+    @property
+    def formulas(self) -> Tuple[str, str, str, str]:
+        return ("1/(sigma^2+1)", "-sigma/sqrt(sigma^2+1)", "1/sqrt(sigma^2+1)", self.noise_input.formula)
+
+    def __call__(self, sigma: Tensor, noise: NoiseSchedule) -> Coefficients:
+        root = (sigma**2 + 1).sqrt()
+        return 1 / (sigma**2 + 1), -sigma / root, 1 / root, self.noise_input(sigma, noise)
+
+
+@dataclass(frozen=True)
+class SamplePredictionPrecond:
+    """The network predicts x_0 itself (Ho et al. 2020, Sec. 3.2's alternative): c_skip = 0, c_out = 1, c_in = 1/sqrt(sigma^2+1)."""
+
+    noise_input: Callable[[Tensor, NoiseSchedule], Tensor]
+
+    @property
+    def formulas(self) -> Tuple[str, str, str, str]:
+        return ("0", "1", "1/sqrt(sigma^2+1)", self.noise_input.formula)
+
+    def __call__(self, sigma: Tensor, noise: NoiseSchedule) -> Coefficients:
+        return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma**2 + 1).sqrt(), self.noise_input(sigma, noise)
 
 
 # ---------------------------------------------------------------------------
@@ -397,6 +491,26 @@ class FlowWeight:
 
     def __call__(self, sigma: Tensor) -> Tensor:
         return ((1 + sigma) / sigma) ** 2
+
+
+@dataclass(frozen=True)
+class VPredictionWeight:
+    """lambda(sigma) = (sigma^2 + 1) / sigma^2 = 1 / c_out^2 of v-prediction: the plain v-MSE (Salimans & Ho 2022)."""
+
+    formula: str = "(sigma^2+1)/sigma^2"
+
+    def __call__(self, sigma: Tensor) -> Tensor:
+        return (sigma**2 + 1) / sigma**2
+
+
+@dataclass(frozen=True)
+class UnitWeight:
+    """lambda(sigma) = 1 = 1 / c_out^2 of x_0-prediction: the plain x_0-MSE."""
+
+    formula: str = "1"
+
+    def __call__(self, sigma: Tensor) -> Tensor:
+        return torch.ones_like(sigma)
 
 
 # ---------------------------------------------------------------------------

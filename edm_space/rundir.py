@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import io
 import json
 import math
@@ -25,7 +26,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from .errors import ConfigError
-from .files import write_atomic
+from .files import process_alive as _process_alive
+from .files import read_json, write_atomic
+from .posthoc_ema import remove_snapshots_after
 
 CHECKPOINT_FORMAT = "edm-space-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -42,16 +45,6 @@ _TEMPORARY_NAME = re.compile(r"(\.tmp-.*|.*\.tmp-\d+)")
 
 # ---------------------------------------------------------------------------
 # The lock.
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunLock:
@@ -148,6 +141,7 @@ def training_run(run_dir: str, owner: bool = True) -> Iterator[None]:
         elif os.path.isdir(run_dir):
             try:  # the log keeps no step that the checkpoints do not hold (a failed write may have been a full disk)
                 trim_log(run_dir, found[-1][0] if found else 0)
+                remove_snapshots_after(run_dir, found[-1][0] if found else 0)  # nor do the post-hoc EMA snapshots
             except OSError:
                 pass
         raise
@@ -297,6 +291,38 @@ def config_from_json(cls: type, payload: Dict[str, Any]):
     return cls(**payload)
 
 
+def run_kind(payload: Dict[str, Any]) -> str:
+    """The kind of run a config.json payload describes: "diffusion" (no field "kind"), "family" or "autoencoder"."""
+    return str(payload.get("kind", "diffusion"))
+
+
+def _run_commands(kind: str, payload: Dict[str, Any], run_dir: str) -> Tuple[str, str]:
+    """(what the run is, the commands that continue and use it) for a run of `kind`."""
+    name = payload.get("name", "?")
+    if kind == "family":
+        return f"a {name} family run", f"resume it with `edm-space train --family {name} --out {run_dir}`, sample it with `edm-space sample --ckpt {run_dir}`"
+    if kind == "autoencoder":
+        return (f"a {name} autoencoder run", f"resume it with `edm-space autoencoder train --kind {name} --out {run_dir}`, "
+                f"use it with `edm-space autoencoder eval --ckpt {run_dir}` or `edm-space train --latent {run_dir}`")
+    return f"a diffusion run ({payload.get('preset', '?')!r})", f"resume it with `edm-space train --out {run_dir}`, sample it with `edm-space sample --ckpt {run_dir}`"
+
+
+def read_run_payload(run_dir: str, wanted: Tuple[str, ...], use: str) -> Dict[str, Any]:
+    """The config.json of a run directory if its run is of a kind in `wanted`; otherwise one line saying what kind of
+    run it is and which commands take it (`use` says what was asked for, e.g. "optimize-steps needs a diffusion run")."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{run_dir!r} is not a run directory (no config.json)")
+    payload = read_json(path, "run config")
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{path!r} does not hold a run configuration (a JSON object)")
+    kind = run_kind(payload)
+    if kind not in wanted:
+        what, commands = _run_commands(kind, payload, run_dir)
+        raise ConfigError(f"run directory {run_dir!r} holds {what}; {use}: {commands}")
+    return payload
+
+
 def disk_error(error: OSError, what: str) -> ConfigError:
     """A one-line ConfigError for an OSError while writing `what` (full disk, read-only, missing folder)."""
     reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
@@ -312,11 +338,40 @@ class TrainingDiverged(ConfigError):
     """The loss or the gradient became NaN or infinite."""
 
 
+# Markers of checkpoints another run depends on (a latent run on its autoencoder's): checkpoints/pinned/STEP-ID.
+PINNED = "pinned"
+
+
+def pin_checkpoint(run_dir: str, step: int, by: str) -> None:
+    """Keep checkpoint `step` of `run_dir` from ever being pruned, for the run `by` (a marker file naming it)."""
+    folder = os.path.join(checkpoint_dir(run_dir), PINNED)
+    os.makedirs(folder, exist_ok=True)
+    by = os.path.abspath(by)
+    with open(os.path.join(folder, f"{step}-{hashlib.sha256(by.encode()).hexdigest()[:12]}"), "w") as file:
+        file.write(by + "\n")
+
+
+def pinned_steps(run_dir: str) -> List[int]:
+    """The steps of the checkpoints other runs have pinned; a pin whose run directory is gone holds nothing."""
+    folder = os.path.join(checkpoint_dir(run_dir), PINNED)
+    steps = set()
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name)) as file:
+                owner = file.read().strip()
+        except OSError:
+            continue
+        if re.fullmatch(r"\d+-[0-9a-f]+", name) and os.path.isdir(owner):
+            steps.add(int(name.split("-")[0]))
+    return sorted(steps)
+
+
 def confirm_checkpoint(run_dir: str, good: Tuple[int, str], keep: int, rank: int) -> None:
-    """`good` is confirmed: prune older checkpoints so that `keep` remain, `good` among them."""
+    """`good` is confirmed: prune older checkpoints so that `keep` remain, `good` among them (pinned ones are never pruned)."""
     if rank != 0:
         return
-    older = [path for step, path in list_checkpoints(run_dir) if step < good[0]]
+    pinned = set(pinned_steps(run_dir))
+    older = [path for step, path in list_checkpoints(run_dir) if step < good[0] and step not in pinned]
     for path in older[: max(len(older) - (keep - 1), 0)]:
         os.unlink(path)
 

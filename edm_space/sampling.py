@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -20,17 +21,17 @@ import presets
 import samplers
 from samplers.trajectory import TrajectoryRecorder
 
-from . import data, devices, latent
+from . import data, devices, latent, posthoc_ema
 from .denoiser import Denoiser
 from .errors import ConfigError
-from .files import StagedOutputs, check_writable_file, save_npz_atomic
+from .files import StagedOutputs, check_writable_file, read_json, save_npz_atomic
 from .generation import Generated, Guidance, SamplerSettings, check_finite, class_labels, generate
 from .ideal import IdealDenoiser
-from .outputs import write_samples
+from .model_training import is_model_run, read_model_config
+from .outputs import write_sample_files
 from .plotting import trajectory_png
-from .rundir import disk_error
 from .seeding import parse_seeds
-from .training import build_formulation, load_trained
+from .training import build_formulation, distributed_context, load_trained
 
 __all__ = ["SampleOptions", "SamplingModel", "sample_to_file", "parse_interval", "TOY_REFERENCE_SIZE", "MAX_SAMPLES"]
 
@@ -46,6 +47,7 @@ class SampleOptions:
     run_dir: Optional[str] = None
     checkpoint_step: Optional[int] = None
     ema: bool = True
+    ema_std: Optional[float] = None
     class_label: Optional[int] = None
     guidance_weight: Optional[float] = None
     guidance_interval: Optional[str] = None
@@ -94,6 +96,7 @@ class SamplingModel:
     decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     reference: Optional[torch.Tensor] = None  # the exact denoiser's data, drawn beside 2-D samples
     config: Any = None
+    name: str = ""  # short, for picture captions: "RUN step S" or "exact DATA"
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +147,7 @@ def check_options(o: SampleOptions) -> None:
     """Every check that needs no model: the output, the numbers, the guidance options."""
     if os.path.splitext(o.out_path)[1].lower() not in (".npz", ".png"):
         raise ConfigError(f"--out {o.out_path!r} must end in .npz or .png")
-    check_writable_file(o.out_path, "--out")
+    check_writable_file(o.out_path, "--out", missing_folders=True)
     if o.batch_size < 1:
         raise ConfigError(f"--batch {o.batch_size} is invalid; it must be >= 1")
     finite(o.churn, "--churn", 0.0)
@@ -156,7 +159,25 @@ def check_options(o: SampleOptions) -> None:
         finite(o.guidance_weight, "--guidance")
     elif o.guidance_interval is not None or o.guide_dir is not None:
         raise ConfigError("--guidance-interval and --guide need --guidance W")
+    if o.guide_step is not None and o.guide_dir is None:
+        raise ConfigError(f"--guide-step {o.guide_step} needs --guide RUN_DIR: it picks that run's checkpoint")
     parse_interval(o.guidance_interval)
+    if o.run_dir is None and o.device not in ("auto", "cpu"):
+        raise ConfigError(f"--device {o.device} needs --ckpt: the exact denoiser of --data runs on the CPU")
+    if o.run_dir is None and o.compile_network:
+        raise ConfigError("--compile needs --ckpt: the exact denoiser of --data has no network to compile")
+
+
+#: What `sample` does with a family or autoencoder run: its own sampler takes only these options.
+FAMILY_SAMPLE_OPTIONS = ("run_dir", "checkpoint_step", "num_samples", "seed", "seeds", "out_path", "device", "threads", "quiet")
+
+
+def check_family_options(run_dir: str, given: Dict[str, str]) -> None:
+    """Refuse options a family run's sampler cannot apply; `given` maps each option given to its flag."""
+    ignored = [flag for name, flag in given.items() if name not in FAMILY_SAMPLE_OPTIONS]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)} cannot apply to {run_dir!r}: it is a family or autoencoder run, sampled by its own "
+                          f"sampler (options: --step, --n, --seed, --seeds, --out, --device)")
 
 
 # ---------------------------------------------------------------------------
@@ -182,26 +203,52 @@ def _integrated_formulation(o: SampleOptions, config, own) -> Any:
 def open_run(o: SampleOptions, device: torch.device) -> SamplingModel:
     """A trained run's denoiser (on `device`, at --precision, compiled if asked), its guide and its decoder."""
     loaded, config, item_shape, num_classes, step = load_trained(o.run_dir, ema=o.ema, step=o.checkpoint_step, device=str(device))
+    if o.ema_std is not None:  # post-hoc EMA of this std, rebuilt from the run's snapshots (EDM2 Sec. 3)
+        loaded.network.load_state_dict(posthoc_ema.ema_weights(o.run_dir, o.ema_std, step))
     network = devices.compiled(loaded.network, o.compile_network)
     denoiser = Denoiser(network, loaded.formulation, precision=o.precision)
-    source = f"{o.run_dir} (step {step}, {'EMA' if o.ema else 'raw'} weights)"
+    weights = f"post-hoc EMA std {o.ema_std:g}" if o.ema_std is not None else ("EMA" if o.ema else "raw")
+    source = f"{o.run_dir} (step {step}, {weights} weights)"
     decode = None
     if config.latent_space is not None:  # a latent model: its samples are latents, the images come from the decoder
-        decode = latent.open_latent_space(config.latent_space, o.run_dir).decode
-        source += f", decoded by {config.latent_space['run']}"
+        space = latent.open_latent_space(config.latent_space, o.run_dir)
+        decode = space.decode
+        source += f", decoded by {space.run}"
     model = SamplingModel(denoiser, _integrated_formulation(o, config, build_formulation(config)), item_shape, num_classes,
-                          source, decode=decode, config=config)
-    if o.guidance_weight is not None and o.guide_dir is None and config.conditional and not config.label_dropout:
+                          source, decode=decode, config=config, name=f"{os.path.basename(os.path.normpath(o.run_dir))} step {step}")
+    if not config.conditional:  # a run on labelled data trained without --conditional records its classes, unused
+        model.num_classes = 0
+        if o.class_label is not None:
+            raise ConfigError(f"--class {o.class_label}: the model in {o.run_dir!r} is not class-conditional (train it with --conditional)")
+        if o.guidance_weight is not None and o.guide_dir is None:
+            raise ConfigError(f"--guidance {o.guidance_weight:g} without --guide is classifier-free guidance, which needs a class-conditional model; "
+                              f"the model in {o.run_dir!r} is unconditional: give --guide RUN_DIR (autoguidance) or train with --conditional")
+    elif o.guidance_weight is not None and o.guide_dir is None and not config.label_dropout:
         raise ConfigError(f"--guidance without --guide needs the null label, which the model in {o.run_dir!r} never learned (trained with --label-dropout 0); give --guide RUN_DIR")
     if o.guide_dir is not None:
-        guide, _, guide_shape, guide_classes, guide_at = load_trained(o.guide_dir, ema=o.ema, step=o.guide_step, device=str(device))
-        if guide_shape != item_shape or guide_classes != num_classes:
-            raise ConfigError(f"--guide {o.guide_dir!r} models items {list(guide_shape)} with {guide_classes} classes; --ckpt has {list(item_shape)} with {num_classes}")
-        model.guide = Denoiser(guide.network, guide.formulation, precision=o.precision)
-        model.source += f", guided by {o.guide_dir} (step {guide_at})"
-    if o.class_label is not None and not num_classes:
-        raise ConfigError(f"--class {o.class_label}: the model in {o.run_dir!r} is not class-conditional (train it with --conditional)")
+        model.guide, at = open_guide(o, config, item_shape, model.num_classes, device)
+        model.source += f", guided by {o.guide_dir} (step {at})"
     return model
+
+
+def open_guide(o: SampleOptions, config, item_shape, num_classes: int, device: torch.device) -> Tuple[Denoiser, int]:
+    """--guide's denoiser: a diffusion run of the same items, classes and latent space as --ckpt."""
+    if is_model_run(o.guide_dir):
+        try:
+            kind = read_model_config(o.guide_dir).describe()
+        except (ConfigError, OSError):
+            kind = "family or autoencoder"
+        raise ConfigError(f"--guide {o.guide_dir!r} is a {kind} run, not a diffusion run; autoguidance needs a weaker diffusion model of the same data")
+    guide, guide_config, guide_shape, guide_classes, guide_at = load_trained(o.guide_dir, ema=o.ema, step=o.guide_step, device=str(device))
+    guide_classes = guide_classes if guide_config.conditional else 0
+    if guide_shape != item_shape or guide_classes != num_classes:
+        raise ConfigError(f"--guide {o.guide_dir!r} models items {list(guide_shape)} with {guide_classes} classes; --ckpt has {list(item_shape)} with {num_classes}")
+    mine, theirs = (c.latent_space["checksum"] if c.latent_space else None for c in (config, guide_config))
+    if mine != theirs:
+        describe = lambda c: f"the latents of {c.latent_space['run']!r}" if c.latent_space else "pixels"  # noqa: E731
+        raise ConfigError(f"--guide {o.guide_dir!r} models {describe(guide_config)} (autoencoder checksum {str(theirs)[:12]}); "
+                          f"--ckpt models {describe(config)} (checksum {str(mine)[:12]}): a guide must model the same space")
+    return Denoiser(guide.network, guide.formulation, precision=o.precision), guide_at
 
 
 def open_exact(o: SampleOptions) -> SamplingModel:
@@ -217,7 +264,7 @@ def open_exact(o: SampleOptions) -> SamplingModel:
     num_classes = int(labels.max()) + 1 if conditional else 0
     denoiser = IdealDenoiser(reference.to(torch.float64), labels=labels, num_classes=num_classes) if conditional else IdealDenoiser(reference.to(torch.float64))
     source = f"the exact {'class-conditional ' if conditional else ''}denoiser of {o.data_name}"
-    return SamplingModel(denoiser, f, tuple(reference.shape[1:]), num_classes, source, reference=reference)
+    return SamplingModel(denoiser, f, tuple(reference.shape[1:]), num_classes, source, reference=reference, name=f"exact {o.data_name}")
 
 
 # ---------------------------------------------------------------------------
@@ -246,6 +293,32 @@ def sampler_settings(o: SampleOptions, model: SamplingModel) -> SamplerSettings:
     )
 
 
+def check_guidance_levels(o: SampleOptions, settings: SamplerSettings, warn: Callable[[str], None]) -> None:
+    """Warn when --guidance-interval contains none of the noise levels the sampler evaluates: it would guide nothing."""
+    interval = parse_interval(o.guidance_interval)
+    if interval is None or o.guidance_weight is None:
+        return
+    f = settings.formulation
+    t = samplers.time_steps(f, settings.num_steps, settings.discretization, settings.sigma_min, settings.sigma_max, rho=settings.rho)
+    levels = [float(s) for s in f.sigma(t[:-1])]
+    lo, hi = interval
+    if not any(lo < s <= hi for s in levels):
+        warn(f"--guidance-interval {o.guidance_interval} contains none of the sampler's noise levels "
+             f"({levels[-1]:.4g} .. {levels[0]:.4g}), so the guidance would guide nothing: these samples are unguided")
+
+
+def check_fitted_levels(o: SampleOptions, settings: SamplerSettings, warn: Callable[[str], None]) -> None:
+    """Warn when --discretization FILE.json was fitted (edm-space optimize-steps) for another solver or NFE."""
+    if not (isinstance(o.discretization, str) and o.discretization.endswith(".json")):
+        return
+    fitted = read_json(o.discretization, "sigma levels file")
+    nfe = samplers.get(settings.solver).nfe(settings.num_steps) - (1 if settings.analytic_first_step else 0)
+    solver, fitted_nfe = fitted.get("solver"), fitted.get("nfe")
+    if (solver is not None and solver != settings.solver) or (fitted_nfe is not None and fitted_nfe != nfe):
+        warn(f"--discretization {o.discretization} was fitted for {solver} at {fitted_nfe} NFE; "
+             f"it is used here with {settings.solver} at {nfe} NFE, where it is not optimal")
+
+
 def _labels_and_guidance(o: SampleOptions, model: SamplingModel, seeds: List[int]) -> Tuple[Optional[torch.Tensor], Optional[Guidance]]:
     """One-hot labels of the seeds (a conditional model) and the guidance, from --class, --guidance and --guide."""
     if o.class_label is not None and not 0 <= o.class_label < max(model.num_classes, 1):
@@ -261,17 +334,23 @@ def _labels_and_guidance(o: SampleOptions, model: SamplingModel, seeds: List[int
 # The command.
 
 
-def sample_to_file(o: SampleOptions, echo: Callable[[str], None] = print) -> Optional[Generated]:
-    """Check the options, sample, write --out (rank 0 under torchrun) and echo one line; returns the samples."""
-    from .training import distributed_context  # the process group is started only when torchrun asks for one
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
+
+def sample_to_file(o: SampleOptions, echo: Callable[[str], None] = print, warn: Callable[[str], None] = _warn) -> Optional[Generated]:
+    """Check the options, sample, write --out (rank 0 under torchrun) and echo one line; returns the samples."""
     check_options(o)
     seeds = seed_list(o)
     device = devices.resolve_device(o.device) if o.run_dir is not None else torch.device("cpu")  # exact denoisers run on the CPU
     devices.check_precision(o.precision, device)
     model = open_run(o, device) if o.run_dir is not None else open_exact(o)
     settings = sampler_settings(o, model)
+    check_guidance_levels(o, settings, warn)
+    check_fitted_levels(o, settings, warn)
     labels, guidance = _labels_and_guidance(o, model, seeds)
+    if o.compile_network:
+        probe_compiled(model, settings, labels, device)
     result_bytes = len(seeds) * math.prod(model.item_shape) * 8
     if result_bytes > MAX_RESULT_BYTES:
         raise ConfigError(f"{len(seeds):,} samples of shape {list(model.item_shape)} need {result_bytes / 2**30:.1f} GiB; at most {MAX_RESULT_BYTES / 2**30:.0f} GiB: sample fewer per command")
@@ -287,21 +366,40 @@ def sample_to_file(o: SampleOptions, echo: Callable[[str], None] = print) -> Opt
         return None
     what = f"{settings.formulation.name} + {settings.solver}, {settings.num_steps} steps"
     check_finite(generated, what, guidance)
-    written = write_outputs(o.out_path, generated, model, recorder)
+    written = write_outputs(o.out_path, generated, model, recorder, caption(o, model, settings, generated, guidance))
     echo(summary_line(generated, model, what, guidance, written))
     return generated
 
 
-def write_outputs(out_path: str, generated: Generated, model: SamplingModel, recorder: Optional[TrajectoryRecorder]) -> List[str]:
-    """--out (and the trajectory files), staged and replaced together; a full disk is one line naming --out."""
+def probe_compiled(model: SamplingModel, settings: SamplerSettings, labels: Optional[torch.Tensor], device: torch.device) -> None:
+    """One call of the compiled network before sampling: a compiler that fails becomes one line (as train --compile)."""
+    x = torch.zeros((1, *model.item_shape), dtype=torch.float64, device=device)
+    sigma = torch.ones(1, dtype=torch.float64, device=device)
     try:
-        with StagedOutputs() as stage:
-            written = write_samples(stage, out_path, generated.samples.numpy(), generated.seeds, model.reference)
-            if recorder is not None:
-                written += write_trajectory(stage, os.path.splitext(out_path)[0] + "_trajectory", recorder, model.decode)
-    except OSError as error:
-        raise disk_error(error, f"--out {out_path!r}") from None
-    return written
+        with torch.no_grad():
+            model.denoiser(x, sigma, None if labels is None else labels[:1].to(device))
+    except Exception as error:  # noqa: BLE001 - torch.compile compiles at the first call
+        if isinstance(error, ConfigError):
+            raise
+        raise devices.compile_error(error) from None
+
+
+def caption(o: SampleOptions, model: SamplingModel, settings: SamplerSettings, generated: Generated, guidance: Optional[Guidance]) -> str:
+    """A picture's caption: run and step, preset, solver, NFE, class and guidance weight."""
+    parts = [f"{len(generated.seeds)} samples of {model.name}", f"{settings.formulation.name} + {settings.solver}, {generated.nfe} NFE"]
+    if model.num_classes:
+        parts.append(f"class {o.class_label}" if o.class_label is not None else f"class = seed mod {model.num_classes}")
+    if guidance is not None:
+        parts.append(f"w = {guidance.weight:g}")
+    return ", ".join(parts)
+
+
+def write_outputs(out_path: str, generated: Generated, model: SamplingModel, recorder: Optional[TrajectoryRecorder],
+                  picture_caption: Optional[str] = None) -> List[str]:
+    """--out (and the trajectory files), staged and replaced together."""
+    stem = os.path.splitext(out_path)[0] + "_trajectory"
+    more = None if recorder is None else (lambda stage: write_trajectory(stage, stem, recorder, model.decode))
+    return write_sample_files(out_path, generated.samples.numpy(), generated.seeds, model.reference, picture_caption, more)
 
 
 def summary_line(generated: Generated, model: SamplingModel, what: str, guidance: Optional[Guidance], written: List[str]) -> str:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import math
@@ -33,16 +35,18 @@ from tqdm.auto import tqdm
 
 import presets
 
-from . import devices, latent, networks
-from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data
+from . import devices, init_from, latent, lr_schedule, networks, posthoc_ema, run_phases
+from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data, worker_error
 from .denoiser import Denoiser
 from .errors import ConfigError
-from .files import read_json
 from .seeding import step_generator
+from .monitor import TrainingMonitor
 from .parameterization import Formulation
+from .weights import is_weights_run, read_weights_run
 from .devices import make_optimizer
 from .rundir import (
     config_from_json,
+    read_run_payload,
     MAX_BATCH,
     MAX_STEPS,
     RESUMABLE,
@@ -102,6 +106,21 @@ class TrainConfig:
     sigma_data: Optional[float] = None
     item_shape: Optional[List[int]] = None
     num_classes: int = 0
+    # Post-hoc EMA (edm_space/posthoc_ema.py): relative stds tracked, snapshot cadence in images (None: with checkpoints).
+    ema_stds: List[float] = field(default_factory=lambda: list(posthoc_ema.DEFAULT_STDS))
+    ema_snapshot_images: Optional[int] = None
+    # Learning-rate schedule and optimizer (edm_space/lr_schedule.py).
+    lr_schedule: str = "constant"
+    lr_ref_images: Optional[int] = None
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    # Resuming with other settings, starting from another run (edm_space/run_phases.py, edm_space/init_from.py).
+    phases: List[Dict[str, Any]] = field(default_factory=list)
+    init_from: Optional[str] = None
+    init_weights: str = "ema"
+    # Watching the run in TensorBoard (edm_space/monitor.py); sample pictures every so many images (None: with checkpoints).
+    tensorboard: bool = False
+    sample_every_images: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,13 +151,32 @@ def build_formulation(config: TrainConfig) -> Formulation:
     return presets.get(config.preset, **options)
 
 
-def import_network_class(path: str) -> type:
-    """The class named "package.module:Class" (a user's own network)."""
-    module_name, _, class_name = path.partition(":")
-    if os.getcwd() not in sys.path:  # the console script does not look in the working directory by itself
-        sys.path.append(os.getcwd())
+def _import_module(module_name: str):
+    """importlib.import_module, where a top-level package not on sys.path is also looked for in the working
+    directory (the console script does not search it by itself); sys.path is left as it is."""
     try:
-        target = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        top = module_name.split(".")[0]
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) if error.name == top else None
+        if spec is None or spec.loader is None:
+            raise
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module  # an import registers its module, as importlib.import_module would
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(module_name)
+
+
+def import_network_class(path: str) -> type:
+    """The class named "package.module:Class" (a user's own network): the module is imported from sys.path or,
+    failing that, from the working directory."""
+    module_name, _, class_name = path.partition(":")
+    try:
+        target = _import_module(module_name)
         for part in class_name.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as error:
@@ -189,8 +227,12 @@ def network_path(network: nn.Module) -> str:
 
 
 def load_training_data(config: TrainConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The training set (float32) and its labels (or None)."""
-    x, labels = load(config.data, n=config.data_size, seed=config.seed, with_labels=True)
+    """The training set (float32) and its labels (or None); a latent run without a data set of its own takes
+    the items its autoencoder trained on."""
+    if latent.takes_autoencoder_data(config):
+        x, labels, _ = latent.autoencoder_data(config.latent, config.seed, config.data_size)
+    else:
+        x, labels = load(config.data, n=config.data_size, seed=config.seed, with_labels=True)
     if config.conditional and labels is None:
         raise ConfigError(f"--conditional needs class labels; data set {config.data!r} has none")
     return x, labels
@@ -230,11 +272,8 @@ def bucket_labels() -> List[str]:
 
 
 def read_run_config(run_dir: str) -> TrainConfig:
-    """The TrainConfig stored in a run directory."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"{run_dir!r} is not a run directory (no config.json)")
-    return TrainConfig.from_json(read_json(path, "run config"))
+    """The TrainConfig stored in a run directory; a family or autoencoder run is refused in one line naming its kind."""
+    return TrainConfig.from_json(read_run_payload(run_dir, ("diffusion",), "this needs a diffusion run"))
 
 
 def resolve_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> TrainConfig:
@@ -272,7 +311,11 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"data_size = {config.data_size!r} is invalid; it must be an integer >= 1")
     if not isinstance(config.net, str) or not config.net:
         raise ConfigError(f"net = {config.net!r} is invalid; give a network name ({', '.join(networks.names())}) or package.module:Class")
+    if ":" not in config.net:  # a registered network: its options against their declared bounds, before any work
+        networks.NETWORKS.check_options(networks.NETWORKS.resolve(config.net), config.net_options, skip=("item_shape",))
     presets.get(config.preset, **config.preset_options)  # validates the preset and its constants
+    posthoc_ema.check_settings(config.ema_stds, config.ema_snapshot_images)
+    lr_schedule.check_settings(config.lr_schedule, config.lr_ref_images, config.optimizer, config.weight_decay)
 
 
 def warmup_notice(config: TrainConfig) -> Optional[str]:
@@ -315,19 +358,6 @@ def ema_beta(config: TrainConfig, images_seen: int) -> float:
 
 
 
-def _check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
-    """A run directory keeps its configuration: resuming with other settings is refused."""
-    run_dir = config.out
-    if stored.preset != config.preset:
-        raise ConfigError(f"run directory {run_dir!r} holds a {stored.preset!r} run; it cannot continue as {config.preset!r}")
-    differing = [
-        key for key, value in config.to_json().items()
-        if key not in RESUMABLE + DERIVED + ("out",) and stored.to_json()[key] != value and value is not None
-    ]
-    if differing:
-        raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
-
-
 def train(config: TrainConfig, progress: bool = True, resume: bool = True, network: Optional[nn.Module] = None,
           echo=None, device: str = "auto", precision: str = "fp32", compile: bool = False, stream_data: bool = False,
           workers: int = 2) -> Dict[str, Any]:
@@ -358,7 +388,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = True, netwo
     run_dir = config.out
     echo = echo or tqdm.write
 
-    with training_run(run_dir, owner=rank == 0):
+    # Weights are initialised under torch.manual_seed(config.seed); the fork gives the caller's RNG state back afterwards.
+    with training_run(run_dir, owner=rank == 0), torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         return _train_locked(config, rank, world, progress, resume, network, echo, device, precision, compile, stream_data, workers)
 
 def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, resume: bool,
@@ -369,11 +400,13 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     devices.check_precision(precision, device)
     stored = None
     if os.path.isfile(os.path.join(run_dir, "config.json")):
-        stored = read_run_config(run_dir)
-        _check_resumable(stored, config)
+        stored = network_options_for_loading(read_run_config(run_dir))
+    # A new DiT run records the conventions it is built with; a resumed one keeps those it has.
+    config = with_recorded_convention(config, stored.net_options.get("convention", "dit") if stored is not None else "dit")
+    if stored is not None:
+        run_phases.check_resumable(stored, config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
-        config = dataclasses.replace(stored, out=config.out, **{k: getattr(config, k) for k in RESUMABLE})
 
     start_step = 0
     state = None
@@ -381,6 +414,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     if found:
         start_step, path = found[-1]
         state = load_checkpoint(path)
+    if stored is not None:
+        config = run_phases.resumed_config(stored, config, start_step)
     if config.steps < start_step:
         raise ConfigError(f"run directory {run_dir!r} is at step {start_step}; --steps {config.steps} is below it (give --steps >= {start_step})")
 
@@ -396,7 +431,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         if config.latent is not None or config.latent_space is not None:
             # Latent diffusion: the data set encoded once by the autoencoder run, normalized per channel.
             x_data, labels, record = latent.training_latents(run_dir, config, x_data, labels, write_cache_file=rank == 0)
-            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"])
+            data_name = config.data or latent.autoencoder_data_name(config.latent)
+            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"], data=data_name)
         num_items, item_shape = len(x_data), tuple(x_data.shape[1:])
     if config.sigma_data is None:
         sigma_data = round(streamed_sigma_data(streamed) if stream_data else estimate_sigma_data(x_data), 6)
@@ -406,14 +442,18 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     num_classes = int(labels.max()) + 1 if labels is not None else 0
     config = dataclasses.replace(config, item_shape=list(item_shape), num_classes=num_classes)
     formulation = build_formulation(config)
-    torch.manual_seed(config.seed)  # weight initialisation
+    torch.manual_seed(config.seed)  # weight initialisation (and dropout), inside train()'s fork of the global RNG
     net = network if network is not None else build_network(config, item_shape, num_classes)
     net = net.to(device)
     if x_data is not None:
         x_data = x_data.to(device)  # kept on the device: no copy per step
     labels = labels.to(device) if labels is not None else None
+    if state is None and config.init_from is not None:
+        loaded = init_from.load_initial_weights(net, config.init_from, config.init_weights)
+        if rank == 0:
+            echo(loaded)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = make_optimizer(net, config.lr)
+    optimizer = lr_schedule.build_optimizer(net, config)
     scaler = devices.grad_scaler(device, precision)
     if state is not None:
         try:
@@ -422,6 +462,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as error:
             raise ConfigError(f"checkpoint of step {start_step} in {run_dir!r} does not fit this network ({type(error).__name__})") from None
+    profiles = posthoc_ema.TrainingProfiles(run_dir, net, config.ema_stds, config.ema_snapshot_images, state, start_step, rank == 0)
+    monitor = TrainingMonitor(run_dir, config.tensorboard and rank == 0, config.sample_every_images, formulation, item_shape)
     if rank == 0 and start_step < config.steps:
         echo(f"network {config.net}: {sum(p.numel() for p in net.parameters()):,} parameters on {device}")
         notice = warmup_notice(config)
@@ -455,7 +497,10 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
         if streamed_batches is None:
             x0 = x_data[index[part]]
         else:  # the loader read exactly index[part] (StepIndices draws it the same way)
-            x0 = next(streamed_batches).to(device, non_blocking=True)
+            try:
+                x0 = next(streamed_batches).to(device, non_blocking=True)
+            except ConfigError as error:  # e.g. an image removed while the run reads the folder
+                raise worker_error(error) from None
         batch_labels = None
         if config.conditional:
             batch_labels = nn.functional.one_hot(labels[index[part]], num_classes).float()
@@ -493,9 +538,9 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 raise
             if not torch.isfinite(global_loss):
                 raise diverged_error(run_dir, f"training loss became {float(global_loss)} at step {step}", pending, step, rank)
-            images_seen = (step + 1) * config.batch
+            images_seen = run_phases.images_seen(config, step + 1)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * (min(images_seen / config.warmup_images, 1.0) if config.warmup_images else 1.0)
+                group["lr"] = lr_schedule.run_learning_rate(config, images_seen)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 per_example.mean().backward()
@@ -517,6 +562,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 beta = ema_beta(config, images_seen)
                 # EDM's ema <- net + beta (ema - net), as one fused pass over all tensors.
                 torch._foreach_lerp_(ema_params, net_params, 1.0 - beta)
+            profiles.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, step + 1 == config.steps)
+            monitor.after_step(step + 1, images_seen, config.batch, (step + 1) % config.checkpoint_every == 0, ema, config.latent_space is not None)
 
             # Logging: mean loss and loss per sigma bucket since the last entry (this process's slice).
             with torch.no_grad():
@@ -532,7 +579,7 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 elapsed = time.perf_counter() - window_start
                 entry = {
                     "step": done,
-                    "images": done * config.batch,
+                    "images": images_seen,
                     "loss": window_loss / window_steps,
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": window_steps * config.batch / max(elapsed, 1e-9),
@@ -544,12 +591,13 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
                 if rank == 0:
                     with open(log_path, "a") as file:
                         file.write(json.dumps(entry) + "\n")
+                    monitor.log(entry, float(grad_norm))
                 bucket_sum.zero_()
                 bucket_count.zero_()
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if done % config.checkpoint_every == 0 or done == config.steps:
                 if rank == 0:
-                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config))
+                    pending = (done, _write_checkpoint(run_dir, done, net, ema, optimizer, config, profiles.checkpoint_state()))
                 if world > 1:
                     dist.barrier()
         if start_step < config.steps:
@@ -572,7 +620,8 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
 
 
 
-def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig) -> str:
+def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, optimizer, config: TrainConfig,
+                      extra: Optional[Dict[str, Any]] = None) -> str:
     """The checkpoint of `step`, then config.json (the run's settings, steps included), both atomically."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -582,6 +631,7 @@ def _write_checkpoint(run_dir: str, step: int, net: nn.Module, ema: nn.Module, o
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "config": json.dumps(config.to_json()),
+        **(extra or {}),
     }
     os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
     path = checkpoint_path(run_dir, step)
@@ -601,8 +651,13 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
 
     `run_dir` is a run directory (its newest checkpoint, or that of `step`) or a checkpoint file.
     `network` supplies the network object for a run trained on a user's instance whose class
-    cannot be rebuilt from the recorded options; its weights are loaded into it.
+    cannot be rebuilt from the recorded options; its weights are loaded into it. A weights run
+    (edm_space.weights: config.json + weights.safetensors, exported or imported) loads the same way.
     """
+    if os.path.isdir(run_dir) and is_weights_run(run_dir):
+        if step is not None:
+            raise ConfigError(f"{run_dir!r} holds one set of weights (safetensors); --step does not apply")
+        return _load_weights_run(run_dir, ema, network, device)
     run_dir, step, path = find_checkpoint(run_dir, step)
     config = read_run_config(run_dir)
     state = load_checkpoint(path)
@@ -612,8 +667,10 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
         raise ConfigError(f"checkpoint {path!r} has an unreadable config; it is damaged") from None
     if stored.get("preset") != config.preset:
         raise ConfigError(f"checkpoint {path!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
-    run_network = {key: getattr(config, key) for key in NETWORK_KEYS}
+    run_network = {key: getattr(network_options_for_loading(config), key) for key in NETWORK_KEYS}
     checkpoint_network = {key: stored.get(key) for key in NETWORK_KEYS}
+    if stored.get("net") == "dit" and isinstance(stored.get("net_options"), dict):
+        checkpoint_network["net_options"] = {"convention": "legacy", **stored["net_options"]}
     if any(v is not None and checkpoint_network[k] != v for k, v in run_network.items()):
         differ = ", ".join(k for k, v in run_network.items() if v is not None and checkpoint_network[k] != v)
         raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({differ} differ); it does not belong to this run")
@@ -622,16 +679,44 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
     weights = state.get(key)
     if not isinstance(weights, dict):
         raise ConfigError(f"checkpoint {path!r} has no {key!r} weights; it is damaged")
+    return (*_denoiser(config, weights, network, device, f"checkpoint {path!r}"), step)
+
+
+def _denoiser(config: TrainConfig, weights: Dict[str, torch.Tensor], network: Optional[nn.Module], device: str, what: str):
+    """(Denoiser, config, item_shape, num_classes) of a stored run: its network rebuilt (or `network`), `weights` loaded strictly."""
     if config.item_shape is None:
-        raise ConfigError(f"checkpoint {path!r} does not record its item shape")
+        raise ConfigError(f"{what} does not record its item shape")
     item_shape, num_classes = tuple(config.item_shape), config.num_classes
-    net = network if network is not None else build_network(config, item_shape, num_classes)
+    net = network if network is not None else build_network(network_options_for_loading(config), item_shape, num_classes)
     try:
         net.load_state_dict(weights)
     except RuntimeError as error:
-        raise ConfigError(f"checkpoint {path!r} does not fit a {config.net!r} network ({' '.join(str(error).split())[:120]})") from None
+        raise ConfigError(f"{what} does not fit a {config.net!r} network ({' '.join(str(error).split())[:160]})") from None
     net.eval().requires_grad_(False).to(devices.resolve_device(device))
-    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes, step
+    return Denoiser(net, build_formulation(config)), config, item_shape, num_classes
+
+
+def _load_weights_run(run_dir: str, ema: bool, network: Optional[nn.Module], device: str):
+    """load_trained of a weights run (edm_space.weights): config.json and weights.safetensors."""
+    payload, tensors, metadata = read_weights_run(run_dir)
+    kind = metadata.get("weights", "imported")
+    if kind != "imported" and (kind == "ema") != ema:
+        raise ConfigError(f"{run_dir!r} holds only the {kind} weights; sample it {'with --ema' if kind == 'ema' else 'with --no-ema'}")
+    what = f"the weights in {run_dir!r}"
+    return (*_denoiser(TrainConfig.from_json(payload), tensors, network, device, what), int(metadata.get("step", "0")))
+
+
+def with_recorded_convention(config: TrainConfig, convention: str) -> TrainConfig:
+    """`config` with the DiT convention (networks.dit.CONVENTIONS) recorded in its net_options: its own, else `convention`."""
+    if config.net != "dit" or "convention" in config.net_options:
+        return config
+    return dataclasses.replace(config, net_options={**config.net_options, "convention": convention})
+
+
+def network_options_for_loading(config: TrainConfig) -> TrainConfig:
+    """The config to rebuild a stored run's network from: a DiT run written before its convention was recorded
+    keeps the legacy one (position embedding row first, output features (C, p, p))."""
+    return with_recorded_convention(config, "legacy")
 
 
 def read_log(run_dir: str) -> List[Dict[str, Any]]:

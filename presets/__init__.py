@@ -11,13 +11,15 @@ A preset is data: a function that fills in a Formulation. Keyword arguments of
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 
-from edm_space.errors import ConfigError, unknown
+from edm_space.errors import ConfigError
+from edm_space.registry import Option, Registry
 from edm_space.parameterization import (
     DiscreteLevels,
     DiscreteSigma,
@@ -36,14 +38,21 @@ from edm_space.parameterization import (
     LogNormalSigma,
     LogUniformSigma,
     NearestLevelIndex,
+    SamplePredictionPrecond,
     ScaledTime,
     SqrtSigma,
     UniformTime,
     UnitScale,
+    UnitWeight,
     VEPrecond,
+    VPredictionPrecond,
+    VPredictionWeight,
     VPScale,
     VPSigma,
     iddpm_levels,
+    BETA_SCHEDULES,
+    INTERPOLATIONS,
+    SCHEDULE_PRECISIONS,
 )
 
 __all__ = ["get", "names", "parameters", "Formulation"]
@@ -109,9 +118,15 @@ def ve(sigma_min: float = 0.02, sigma_max: float = 100.0) -> Formulation:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _iddpm_levels(M: int, C1: float, C2: float) -> torch.Tensor:
+    """iDDPM's levels u_j (a loop over M; computed once per constants, never handed out uncopied)."""
+    return iddpm_levels(M, C1, C2)
+
+
 def iddpm(M: int = 1000, C1: float = 0.001, C2: float = 0.008) -> Formulation:
     """Improved DDPM (Nichol & Dhariwal 2021; EDM Table 1, "iDDPM" column): discrete levels u_j."""
-    levels = iddpm_levels(M, C1, C2)
+    levels = _iddpm_levels(M, C1, C2).clone()  # the formulation's own copy
     return Formulation(
         name="iddpm",
         noise=LinearSigma(),
@@ -130,34 +145,54 @@ def iddpm(M: int = 1000, C1: float = 0.001, C2: float = 0.008) -> Formulation:
     )
 
 
-def ddpm(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Formulation:
-    """DDPM (Ho et al. 2020): linear betas, T = 1000, eps-prediction with the 0-based timestep as input."""
-    return _ddpm_family("ddpm", num_timesteps, beta_start, beta_end, solver="ancestral", steps=1000)
+def ddpm(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, beta_schedule: str = "linear",
+         prediction: str = "epsilon", precision: str = "float64", interpolation: str = "log") -> Formulation:
+    """DDPM (Ho et al. 2020): linear betas, T = 1000, eps-prediction with the 0-based timestep as input.
+
+    The other constants express the DDPM-family models of diffusers (see `_ddpm_family`).
+    """
+    return _ddpm_family("ddpm", num_timesteps, beta_start, beta_end, beta_schedule, prediction, precision, interpolation,
+                        solver="ancestral", steps=1000)
 
 
-def ddim(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Formulation:
+def ddim(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, beta_schedule: str = "linear",
+         prediction: str = "epsilon", precision: str = "float64", interpolation: str = "log") -> Formulation:
     """DDPM's formulation sampled with deterministic DDIM (Song et al. 2021a; EDM Appendix)."""
-    return _ddpm_family("ddim", num_timesteps, beta_start, beta_end, solver="ddim", steps=50)
+    return _ddpm_family("ddim", num_timesteps, beta_start, beta_end, beta_schedule, prediction, precision, interpolation,
+                        solver="ddim", steps=50)
 
 
-def _ddpm_family(name: str, num_timesteps: int, beta_start: float, beta_end: float, solver: str, steps: int) -> Formulation:
+# What the network of a DDPM chain predicts -> (preconditioning, loss weighting lambda = 1/c_out^2), diffusers' names.
+_PREDICTIONS = {
+    "epsilon": (EpsPrecond, InverseSigmaSquared),
+    "v_prediction": (VPredictionPrecond, VPredictionWeight),  # Salimans & Ho 2022
+    "sample": (SamplePredictionPrecond, UnitWeight),
+}
+
+
+def _ddpm_family(name: str, num_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str, prediction: str,
+                 precision: str, interpolation: str, solver: str, steps: int) -> Formulation:
+    """The DDPM chain with `beta_schedule` betas (ddpm_betas), a network predicting eps, v or x_0 from the 0-based timestep,
+    the schedule computed in `precision` and interpolated between timesteps in log sigma or sigma (DiscreteSigma)."""
     if not beta_start <= beta_end:
         raise ConfigError(f"preset {name!r}: beta_start = {beta_start!r} must not exceed beta_end = {beta_end!r}")
-    noise = DiscreteSigma(num_timesteps, beta_start, beta_end)
+    noise = DiscreteSigma(num_timesteps, beta_start, beta_end, beta_schedule, precision, interpolation)
+    precond, weight = _PREDICTIONS[prediction]
+    what = "" if (beta_schedule, prediction) == ("linear", "epsilon") else f", {beta_schedule} betas, {prediction}"
     return Formulation(
         name=name,
         noise=noise,
         scale_schedule=VPScale(),
-        preconditioning=EpsPrecond(ScaledTime(factor=1.0, offset=-1.0)),
-        loss_weighting=InverseSigmaSquared(),
+        preconditioning=precond(ScaledTime(factor=1.0, offset=-1.0)),
+        loss_weighting=weight(),
         p_train=DiscreteTimesteps(num_timesteps),
         sigma_min=float(noise.sigmas[1]),
         sigma_max=float(noise.sigmas[-1]),
         support=(float(noise.sigmas[1]), float(noise.sigmas[-1])),
         default_solver=solver,
         default_discretization="ddpm",
-        default_steps=steps,
-        description=f"DDPM chain, T = {num_timesteps}, sampled with {solver}",
+        default_steps=min(steps, num_timesteps),
+        description=f"DDPM chain, T = {num_timesteps}{what}, sampled with {solver}",
     )
 
 
@@ -166,17 +201,21 @@ def flow() -> Formulation:
     return _flow_family("flow", UniformTime(0.0, 1.0), 1.0, "rectified flow: x_t = (1-t) x_0 + t eps, velocity-prediction")
 
 
-def sd3(shift: float = 1.0, mean: float = 0.0, std: float = 1.0) -> Formulation:
-    """Flow with logit-normal training times and a time shift t' = a t / (1 + (a-1) t) for training and sampling (Esser et al. 2024, SD3)."""
-    return _flow_family("sd3", LogitNormalTime(mean, std, shift), shift, "SD3: flow with logit-normal t and time shift")
+def sd3(shift: float = 1.0, mean: float = 0.0, std: float = 1.0, time_scale: float = 1.0) -> Formulation:
+    """Flow with logit-normal training times and a time shift t' = a t / (1 + (a-1) t) for training and sampling (Esser et al. 2024, SD3).
+
+    time_scale multiplies the network's time input: diffusers' flow-matching models take the timestep 1000 t
+    (FlowMatchEulerDiscreteScheduler with num_train_timesteps = 1000).
+    """
+    return _flow_family("sd3", LogitNormalTime(mean, std, shift), shift, "SD3: flow with logit-normal t and time shift", time_scale)
 
 
-def _flow_family(name: str, p_train, shift: float, description: str) -> Formulation:
+def _flow_family(name: str, p_train, shift: float, description: str, time_scale: float = 1.0) -> Formulation:
     return Formulation(
         name=name,
         noise=FlowSigma(),
         scale_schedule=FlowScale(),
-        preconditioning=FlowPrecond(),
+        preconditioning=FlowPrecond(time_scale),
         loss_weighting=FlowWeight(),
         p_train=p_train,
         sigma_min=0.0,
@@ -189,7 +228,7 @@ def _flow_family(name: str, p_train, shift: float, description: str) -> Formulat
     )
 
 
-_PRESETS: Dict[str, Callable[..., Formulation]] = {
+_PRESETS: Registry = Registry("preset", {
     "edm": edm,
     "vp": vp,
     "ve": ve,
@@ -198,73 +237,59 @@ _PRESETS: Dict[str, Callable[..., Formulation]] = {
     "ddim": ddim,
     "flow": flow,
     "sd3": sd3,
+})
+
+
+# What each paper constant may be, checked by get() before a preset is built (the presets share these names).
+_INTEGER_STEPS = Option.integer(2, 10**7 - 1)
+_CONSTANTS: Dict[str, Option] = {
+    "sigma_data": Option.number(0.0, open_low=True),
+    "p_mean": Option.number(),
+    "p_std": Option.number(0.0, open_low=True),
+    "beta_d": Option.number(0.0, open_low=True),
+    "beta_min": Option.number(0.0),
+    "epsilon_t": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "M": _INTEGER_STEPS,
+    "sigma_min": Option.number(0.0, open_low=True),
+    "sigma_max": Option.number(0.0, open_low=True),
+    "C1": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "C2": Option.number(0.0),
+    "num_timesteps": _INTEGER_STEPS,
+    "beta_start": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "beta_end": Option.number(0.0, 1.0, open_low=True, open_high=True),
+    "shift": Option.number(0.0, open_low=True),
+    "mean": Option.number(),
+    "std": Option.number(0.0, open_low=True),
 }
-_CACHE: Dict[str, Formulation] = {}
-
-
-# What each paper constant may be, checked by get() before a preset is built: (kind, low, high, open at low).
-_CONSTANTS = {
-    "sigma_data": ("number", 0.0, math.inf, True),
-    "p_mean": ("number", -math.inf, math.inf, True),
-    "p_std": ("number", 0.0, math.inf, True),
-    "beta_d": ("number", 0.0, math.inf, True),
-    "beta_min": ("number", 0.0, math.inf, False),
-    "epsilon_t": ("number", 0.0, 1.0, True),
-    "M": ("integer", 2, 10**7, False),
-    "sigma_min": ("number", 0.0, math.inf, True),
-    "sigma_max": ("number", 0.0, math.inf, True),
-    "C1": ("number", 0.0, 1.0, True),
-    "C2": ("number", 0.0, math.inf, False),
-    "num_timesteps": ("integer", 2, 10**7, False),
-    "beta_start": ("number", 0.0, 1.0, True),
-    "beta_end": ("number", 0.0, 1.0, True),
-    "shift": ("number", 0.0, math.inf, True),
-    "mean": ("number", -math.inf, math.inf, True),
-    "std": ("number", 0.0, math.inf, True),
-}
-
-
-def _checked_constant(preset: str, key: str, value):
-    """`value` as the number preset constant `key` must be, or a one-line ConfigError saying what is allowed."""
-    kind, low, high, open_low = _CONSTANTS[key]
-    bound = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
-    article = "an" if kind == "integer" else "a"
-    allowed = f"{article} {kind} {bound}" if math.isfinite(low) else f"a finite {kind}"
-    integral = kind == "integer" and isinstance(value, int) and not isinstance(value, bool)
-    number = kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (integral or number) or not math.isfinite(value) or value < low or (open_low and value == low) or value >= high:
-        raise ConfigError(f"preset {preset!r}: {key} = {value!r} is invalid; it must be {allowed}")
-    return value
+_CONSTANTS.update({
+    "time_scale": Option.number(0.0, open_low=True),
+    "beta_schedule": Option.name(*BETA_SCHEDULES),
+    "prediction": Option.name(*_PREDICTIONS),
+    "precision": Option.name(*SCHEDULE_PRECISIONS),
+    "interpolation": Option.name(*INTERPOLATIONS),
+})
+for _build in _PRESETS.values():
+    _build.OPTIONS = {key: _CONSTANTS[key] for key in inspect.signature(_build).parameters}
 
 
 def parameters(name: str) -> List[str]:
     """The paper constants preset `name` lets `get` override."""
-    if name not in _PRESETS:
-        raise unknown("preset", name, names())
-    return list(inspect.signature(_PRESETS[name]).parameters)
+    return list(inspect.signature(_PRESETS.get(name)).parameters)
 
 
 def names() -> List[str]:
     """The preset names, in the order of the design table."""
-    return list(_PRESETS)
+    return _PRESETS.names()
 
 
 def get(name, **overrides) -> Formulation:
     """The formulation of preset `name`; keyword arguments override its paper constants.
 
-    A Formulation passed as `name` is returned unchanged.
+    A Formulation passed as `name` is returned unchanged. Each call builds a new Formulation, so
+    changing one (or one of its tensors) never reaches another caller.
     """
     if isinstance(name, Formulation):
         return name
-    if name not in _PRESETS:
-        raise unknown("preset", name, names())
+    name = _PRESETS.resolve(name)
     build = _PRESETS[name]
-    if overrides:
-        allowed = parameters(name)
-        bad = [key for key in overrides if key not in allowed]
-        if bad:
-            raise ConfigError(f"preset {name!r} has no parameter {bad[0]!r}; valid: {', '.join(allowed) or 'none'}")
-        return build(**{key: _checked_constant(name, key, value) for key, value in overrides.items()})
-    if name not in _CACHE:
-        _CACHE[name] = build()
-    return _CACHE[name]
+    return build(**_PRESETS.check_options(name, overrides))

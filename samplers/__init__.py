@@ -102,8 +102,7 @@ def sample(
     for name, value in (("churn", churn), ("s_noise", s_noise)):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name} = {value!r} is invalid; it must be a finite number >= 0")
-    if not isinstance(latents, torch.Tensor) or latents.ndim < 1 or latents.shape[0] < 1:
-        raise ConfigError("latents must be a tensor of shape [batch, ...] with batch >= 1")
+    _check_latents(latents)
 
     check_final_step(final_step)
     first_denoised = _first_denoised(latents, analytic_first_step, data_mean)
@@ -115,16 +114,12 @@ def sample(
         raise ConfigError(f"state_dtype = {state_dtype!r} is invalid; valid: torch.float64, torch.float32")
     x = latents.to(state_dtype) * (f.sigma(t_steps[0]) * f.scale(t_steps[0])).to(device=latents.device, dtype=state_dtype)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, desc=f"{solver} x {num_steps}", unit="step", leave=False)
+    bar = _progress_bar(num_steps, solver) if progress else None
 
     def on_step(step, t, sigma, x_step, denoised):
-        if bar is not None:
+        if bar is not None:  # the step's numbers first, then one refresh that shows them
+            bar.set_postfix(nfe=ode.nfe, sigma=f"{float(sigma):.3g}", refresh=False)
             bar.update(1)
-            bar.set_postfix(nfe=ode.nfe, sigma=f"{float(sigma):.3g}")
         if callback is not None:
             callback(step, t, sigma, x_step, denoised)
 
@@ -143,8 +138,25 @@ def sample(
         if bar is not None:
             bar.close()
     if info is not None:
-        info.update(nfe=ode.nfe, t_steps=t_steps, sigma_steps=f.sigma(t_steps), solver=solver, formulation=f.name)
+        info.update(nfe=ode.nfe, t_steps=t_steps, sigma_steps=f.sigma(t_steps), solver=entry.name, formulation=f.name)  # an alias gives its solver
     return x
+
+
+def _check_latents(latents: Tensor) -> None:
+    """Latents must be a finite tensor [batch, ...] with batch >= 1; the rows that are not finite are named."""
+    if not isinstance(latents, torch.Tensor) or latents.ndim < 1 or latents.shape[0] < 1:
+        raise ConfigError("latents must be a tensor of shape [batch, ...] with batch >= 1")
+    bad = (~torch.isfinite(latents.reshape(len(latents), -1)).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        rows = ", ".join(map(str, bad[:8])) + (" ..." if len(bad) > 8 else "")
+        raise ConfigError(f"latents have non-finite values (NaN or inf) in {len(bad)} of {len(latents)} rows: {rows}")
+
+
+def _progress_bar(num_steps: int, solver: str):
+    """A tqdm bar over the steps, cleared when sampling ends."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=num_steps, desc=f"{solver} x {num_steps}", unit="step", leave=False)
 
 
 def _first_denoised(latents: Tensor, analytic_first_step: bool, data_mean) -> Optional[Tensor]:

@@ -9,7 +9,7 @@ When sigma_min / sigma_max are not given they default to the discretization's
 own range (as in EDM's ablation sampler); either way they are clipped to the
 sigma range the formulation supports.
 
-Two names are aliases: `time-uniform` is `vp` (DPM-Solver's time-uniform steps,
+Three names are aliases: `karras` is `edm` (k-diffusion's get_sigmas_karras), `time-uniform` is `vp` (DPM-Solver's time-uniform steps,
 Lu et al. 2022: t uniform between 1 and epsilon_s = 1e-3 under a VP
 schedule, which is EDM Table 1's VP discretization), and `logsnr` is `log-sigma`
 (logSNR = ln(alpha^2 / sigma_vp^2) = -2 ln sigma, so uniform logSNR, uniform
@@ -48,6 +48,7 @@ import torch
 
 from edm_space.errors import ConfigError, unknown
 from edm_space.files import read_json
+from edm_space.registry import Registry
 from edm_space.parameterization import F64, DiscreteSigma, Formulation, VPSigma, iddpm_levels
 
 Tensor = torch.Tensor
@@ -157,17 +158,22 @@ def time_shift(t: Tensor, shift: float) -> Tensor:
 
 
 SigmaLevels = Callable[[int, float, float], Tensor]
-_LEVELS: Dict[str, SigmaLevels] = {
+# Name -> the sigma levels of N steps (None: ddpm and uniform-t are built from the formulation's own time).
+DISCRETIZATIONS: Registry = Registry("discretization", {
     "edm": edm_sigmas,
     "vp": vp_sigmas,
     "ve": ve_sigmas,
     "iddpm": iddpm_sigmas,
+    "ddpm": None,
+    "uniform-t": None,
     "log-sigma": log_sigmas,
     "time-quadratic": time_quadratic_sigmas,
-}
-_NAMES = ("edm", "vp", "ve", "iddpm", "ddpm", "uniform-t", "log-sigma", "time-quadratic")
-# Other names of the same levels (see the module docstring).
-ALIASES: Dict[str, str] = {"time-uniform": "vp", "logsnr": "log-sigma"}
+})
+# Other names of the same levels (see the module docstring), and k-diffusion's name of EDM's.
+DISCRETIZATIONS.alias("time-uniform", "vp", "DPM-Solver's time-uniform steps are EDM's VP discretization")
+DISCRETIZATIONS.alias("logsnr", "log-sigma", "uniform logSNR = uniform ln sigma")
+DISCRETIZATIONS.alias("karras", "edm", "k-diffusion's get_sigmas_karras, EDM eq. 5")
+ALIASES: Dict[str, str] = {alias: target for alias, (target, _) in DISCRETIZATIONS.aliases.items()}
 
 # How a sampler ends (see the module docstring): the solver's own step into t = 0, or a jump x = D(x; sigma_min).
 FINAL_STEPS = ("solver", "denoise")
@@ -175,7 +181,7 @@ FINAL_STEPS = ("solver", "denoise")
 
 def names() -> list:
     """The discretization names (explicit levels, a tensor or a FILE.json, work everywhere a name does)."""
-    return list(_NAMES) + list(ALIASES)
+    return DISCRETIZATIONS.names() + list(DISCRETIZATIONS.aliases)
 
 
 def check_final_step(final_step: str) -> str:
@@ -198,7 +204,7 @@ def load_levels(path: str) -> Tensor:
 
 def default_range(formulation: Formulation, discretization: str) -> Tuple[float, float]:
     """The discretization's own sigma range for this formulation, before clipping."""
-    discretization = ALIASES.get(discretization, discretization)
+    discretization = DISCRETIZATIONS.aliases.get(discretization, (discretization,))[0]
     if discretization in OWN_RANGE:
         return OWN_RANGE[discretization]
     lo, hi = formulation.sigma_min, formulation.sigma_max
@@ -231,6 +237,10 @@ def sigma_range(
     return lo, hi
 
 
+#: The most steps a sampler takes: refused before any level is allocated (DDPM's chain has 1,000).
+MAX_STEPS = 1_000_000
+
+
 def time_steps(
     formulation: Formulation,
     num_steps: int,
@@ -251,11 +261,11 @@ def time_steps(
     if isinstance(discretization, str) and discretization.endswith(".json"):
         return _explicit_levels(formulation, load_levels(discretization))
     name = formulation.default_discretization if discretization is None else discretization
-    name = ALIASES.get(name, name)
-    if name not in _NAMES:
+    if not (isinstance(name, str) and (name in DISCRETIZATIONS or name in DISCRETIZATIONS.aliases)):
         raise unknown("discretization", name, names() + ["FILE.json"])
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ConfigError(f"num_steps = {num_steps!r} is invalid; it must be an integer >= 1")
+    name = DISCRETIZATIONS.resolve(name)
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= MAX_STEPS:
+        raise ConfigError(f"num_steps = {num_steps!r} is invalid; it must be an integer >= 1 and <= {MAX_STEPS:,}")
     f = formulation
     zero = torch.zeros(1, dtype=F64)
     if name == "ddpm":
@@ -276,7 +286,7 @@ def time_steps(
         elif name == "iddpm" and f.levels is not None:  # the sampled model's own discrete levels
             levels = iddpm_sigmas(num_steps, *sigma_range(f, name, sigma_min, sigma_max), levels=f.levels)
         else:
-            levels = _LEVELS[name](num_steps, *sigma_range(f, name, sigma_min, sigma_max))
+            levels = DISCRETIZATIONS[name](num_steps, *sigma_range(f, name, sigma_min, sigma_max))
         t = torch.cat([f.sigma_inv(f.round_sigma(levels)), zero])
     if not torch.isfinite(f.sigma(t[0])):
         t = t.clone()

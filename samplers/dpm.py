@@ -29,10 +29,15 @@ def _multistep(
     t_steps: Tensor,
     *,
     order: int,
+    taylor: bool = False,
     randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
     callback: Optional[Callable] = None,
 ) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) or (3M), warm-started with lower orders; first order on the last step."""
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) or (3M), warm-started with lower orders; first order on the last step.
+
+    taylor (3M only): False (default) is the published 3M of DPM-Solver, k-diffusion and diffusers; True gives
+    every Taylor term its exact phi coefficient (see `_third_order_terms`).
+    """
     f = ode.formulation
     history = []  # (lambda, D) of earlier steps, newest first
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
@@ -46,26 +51,9 @@ def _multistep(
             h = lam_next - lam
             x_hat = (sigma_next / sigma) * x_hat - torch.expm1(-h) * denoised
             if order == 2 and len(history) >= 1:
-                # Lu et al. 2022, Alg. 2: D_i + (D_i - D_{i-1}) / (2 r), r = h_{i-1} / h_i.
-                r = (lam - history[0][0]) / h
-                x_hat = x_hat - torch.expm1(-h) * (denoised - history[0][1]) / (2 * r)
+                x_hat = x_hat + _midpoint_term(h, lam, denoised, history)
             elif order == 3 and len(history) >= 1:
-                # Taylor terms of D in lambda: D' h phi_2 and D'' (-h^2 phi_3), with phi_2 = (h - 1 + e^-h)/h and
-                # phi_3 = phi_2/h - 1/2 the integrals of e^-(h-u) u and e^-(h-u) u^2/2 over [0, h] divided by h, -h^2
-                # (Lu et al. 2022, eq. 9-10). D' and D'' come from divided differences of the last three D.
-                h_1 = lam - history[0][0]
-                d1_0 = (denoised - history[0][1]) * (h / h_1)
-                phi_2 = torch.expm1(-h) / h + 1
-                if len(history) >= 2:
-                    h_2 = history[0][0] - history[1][0]
-                    r0, r1 = h_1 / h, h_2 / h
-                    d1_1 = (history[0][1] - history[1][1]) / r1
-                    d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                    d2 = (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 D'' / 2
-                    phi_3 = phi_2 / h - 0.5  # -h^2 phi_3 = int_0^h e^-(h-u) u^2/2 du
-                    x_hat = x_hat + phi_2 * d1 - phi_3 * 2 * d2
-                else:
-                    x_hat = x_hat + phi_2 * d1_0
+                x_hat = x_hat + _third_order_terms(h, lam, denoised, history, taylor)
             history = [(lam, denoised)] + history[:1]
         x = x_hat * f.scale(t_next)
         if callback is not None:
@@ -73,12 +61,48 @@ def _multistep(
     return x
 
 
+def _midpoint_term(h: Tensor, lam: Tensor, denoised: Tensor, history) -> Tensor:
+    """The second-order term of DPM-Solver++(2M), Lu et al. 2022, Alg. 2: -(e^-h - 1) (D_i - D_{i-1}) / (2 r),
+    r = h_{i-1} / h_i (diffusers' solver_type="midpoint")."""
+    r = (lam - history[0][0]) / h
+    return -torch.expm1(-h) * (denoised - history[0][1]) / (2 * r)
+
+
+def _third_order_terms(h: Tensor, lam: Tensor, denoised: Tensor, history, taylor: bool) -> Tensor:
+    """The terms of DPM-Solver++(3M) beyond first order, with d1 ~ h D' and d2 ~ h^2 D'' / 2 from divided
+    differences of the last three D (D' = dD/dlambda).
+
+    The exact Taylor terms of D in lambda are h phi_2 D' - h^2 phi_3 D'' with phi_2 = (h - 1 + e^-h)/h and
+    phi_3 = phi_2/h - 1/2 (integrals of e^-(h-u) u and e^-(h-u) u^2/2 over [0, h]; Lu et al. 2022, eq. 9-10),
+    i.e. phi_2 d1 - 2 phi_3 d2 (taylor=True, third order). The published 3M (DPM-Solver's
+    multistep_dpm_solver_third_update, k-diffusion's sample_dpmpp_3m_sde at eta = 0, diffusers'
+    DPMSolverMultistepScheduler with solver_order=3) uses phi_2 d1 - phi_3 d2 (taylor=False). Its warm-up
+    step with one earlier D is 2M's midpoint term (diffusers' default solver_type="midpoint"); taylor=True
+    takes phi_2 d1 there (solver_type="heun").
+    """
+    h_1 = lam - history[0][0]
+    d1_0 = (denoised - history[0][1]) * (h / h_1)
+    phi_2 = torch.expm1(-h) / h + 1
+    if len(history) < 2:
+        return phi_2 * d1_0 if taylor else _midpoint_term(h, lam, denoised, history)
+    h_2 = history[0][0] - history[1][0]
+    r0, r1 = h_1 / h, h_2 / h
+    d1_1 = (history[0][1] - history[1][1]) / r1
+    d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    phi_3 = phi_2 / h - 0.5
+    return phi_2 * d1 - (2 if taylor else 1) * phi_3 * d2
+
 
 dpmpp_2m = register("dpm++2m", order=2, stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), Alg. 2")(
-    variant(_multistep, order=2, doc="DPM-Solver++(2M): second-order multistep in log-sigma, first order on the first and last steps.")
+    variant(_multistep, order=2, taylor=False, doc="DPM-Solver++(2M): second-order multistep in log-sigma, first order on the first and last steps.")
 )
 dpmpp_3m = register("dpm++3m", order=3, stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), multistep order 3")(
-    variant(_multistep, order=3, doc="DPM-Solver++(3M): third-order multistep in log-sigma, warm-started with orders 1 and 2.")
+    variant(
+        _multistep, order=3,
+        doc="DPM-Solver++(3M) as published (DPM-Solver, k-diffusion, diffusers), warm-started with orders 1 and 2 "
+        "(midpoint); taylor=True: the exact Taylor coefficients (third order).",
+    )
 )
 
 

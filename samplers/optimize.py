@@ -11,10 +11,14 @@ For a deterministic solver and a budget of NFE denoiser evaluations, the run has
 N = samplers.get(solver).steps_for_nfe(NFE) steps. The first level is fixed at
 sigma_max (the calibration's reference starts there); the N - 1 levels below it
 are free, written as ln sigma_i = ln sigma_{i-1} - softplus(p_i), so that any p
-gives strictly decreasing positive levels. They start at EDM's rho = 7 levels
-(Karras et al. 2022, eq. 5) and are fitted with Nelder-Mead (derivative-free) to
+gives strictly decreasing positive levels. They start at any discretization
+(`initial`: a name, explicit levels or a FILE.json; default EDM's rho = 7 levels,
+Karras et al. 2022, eq. 5) and are fitted with Nelder-Mead (derivative-free) to
 minimize the log of the RMS end-point error against the exact probability-flow
 end points of the calibration latents. The sampler appends sigma_N = 0.
+Solver options (e.g. taylor=True for dpm++3m) and the analytical first step
+(which saves one evaluation, so a budget of NFE buys the steps of NFE + 1) are
+passed to every sampling run of the fit.
 
 The fit only sees the calibration latents; score the levels on other latents
 (`endpoint_error`) to know whether they generalize. On a smooth data law the
@@ -29,7 +33,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -43,15 +47,17 @@ from edm_space.parameterization import F64, Formulation
 from edm_space.reference import rms_error
 
 from . import sample
-from .discretizations import edm_sigmas
+from .discretizations import edm_sigmas, time_steps
 from .registry import get
 
 Tensor = torch.Tensor
 
-__all__ = ["OptimizedSteps", "optimize_steps", "steps_to_fit", "endpoint_error", "levels_from_parameters", "parameters_from_levels", "save_levels"]
+__all__ = ["OptimizedSteps", "optimize_steps", "steps_to_fit", "initial_levels", "endpoint_error", "levels_from_parameters", "parameters_from_levels", "save_levels"]
 
 #: The objective of a run that fails or blows up: ln(error) of e^50, worse than any real run.
 FAILED_RUN = 50.0
+#: The largest NFE budget a fit takes: Nelder-Mead in N - 1 dimensions gains nothing beyond a few dozen steps.
+MAX_NFE = 1000
 
 
 @dataclass
@@ -59,7 +65,7 @@ class OptimizedSteps:
     """The fitted levels and what they did on the calibration latents.
 
     sigmas: the N levels sigma_0 = sigma_max > ... > sigma_{N-1} > 0 (float64; sigma_N = 0 is implied).
-    initial_sigmas: EDM's rho-levels the fit started from. error_before / error_after: the RMS
+    initial_sigmas: the levels the fit started from. error_before / error_after: the RMS
     end-point error (edm_space.reference.rms_error) of the initial and the fitted levels on the
     calibration latents.
     """
@@ -75,6 +81,7 @@ class OptimizedSteps:
     objective_evaluations: int
     converged: bool
     seconds: float
+    sample_options: dict = field(default_factory=dict)
 
 
 def levels_from_parameters(p: Sequence[float], sigma_max: float) -> np.ndarray:
@@ -92,15 +99,46 @@ def parameters_from_levels(levels: Sequence[float]) -> np.ndarray:
     return gaps + np.log(-np.expm1(-gaps))
 
 
-def steps_to_fit(solver: str, nfe: int) -> int:
-    """The steps of `solver` within `nfe` evaluations; a ConfigError if it is stochastic or leaves fewer than 2 steps."""
+def steps_to_fit(solver: str, nfe: int, analytic_first_step: bool = False) -> int:
+    """The steps of `solver` within `nfe` evaluations (one more with the analytical first step, which saves one);
+    a ConfigError if it is stochastic, `nfe` is beyond MAX_NFE, or it leaves fewer than 2 steps."""
     entry = get(solver)
     if entry.stochastic:
         raise ConfigError(f"solver {solver!r} is stochastic; step optimization needs a deterministic solver")
-    num_steps = entry.steps_for_nfe(int(nfe))
+    if not 1 <= int(nfe) <= MAX_NFE:
+        raise ConfigError(f"an NFE budget of {nfe} is invalid; step optimization takes 1 to {MAX_NFE} evaluations")
+    num_steps = entry.steps_for_nfe(int(nfe) + int(analytic_first_step))
     if num_steps < 2:
         raise ConfigError(f"an NFE budget of {nfe} leaves {solver} {num_steps} step; optimizing needs at least 2")
     return num_steps
+
+
+def initial_levels(
+    formulation: Formulation,
+    num_steps: int,
+    initial: Union[None, str, Tensor, Sequence[float], np.ndarray],
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+) -> np.ndarray:
+    """The N levels a fit starts from: a discretization name on [sigma_min, sigma_max] (default "edm" with `rho`),
+    or explicit levels / a FILE.json, which must hold N levels starting at sigma_max (a final 0 is dropped)."""
+    if initial is None:
+        return edm_sigmas(num_steps, sigma_min, sigma_max, rho).numpy()
+    if isinstance(initial, str) and not initial.endswith(".json"):
+        t = time_steps(formulation, num_steps, initial, sigma_min, sigma_max, rho=rho)
+    elif isinstance(initial, str):
+        t = time_steps(formulation, num_steps, initial)
+    else:
+        t = time_steps(formulation, num_steps, torch.as_tensor(np.asarray(initial, dtype=np.float64)))
+    levels = formulation.sigma(t[:-1]).numpy().copy()
+    what = initial if isinstance(initial, str) else "the initial levels"
+    if len(levels) != num_steps:
+        raise ConfigError(f"{what} holds {len(levels)} levels; the fit needs {num_steps} (the steps of its NFE budget)")
+    if not math.isclose(levels[0], sigma_max, rel_tol=1e-6):
+        raise ConfigError(f"{what} starts at sigma {levels[0]:g}; the fit keeps sigma_max = {sigma_max:g} fixed: start there")
+    levels[0] = sigma_max
+    return levels
 
 
 def endpoint_error(
@@ -110,9 +148,12 @@ def endpoint_error(
     formulation: Union[Formulation, str],
     solver: str,
     sigmas: Union[Tensor, Sequence[float]],
+    **sample_options,
 ) -> float:
-    """RMS error of `solver` on the levels `sigmas` (formulation's own ODE) against the reference end points."""
-    x = sample(denoiser, latents, formulation=formulation, solver=solver, discretization=torch.as_tensor(sigmas, dtype=F64))
+    """RMS error of `solver` on the levels `sigmas` (formulation's own ODE) against the reference end points;
+    `sample_options` go to samplers.sample (solver options, analytic_first_step, data_mean)."""
+    x = sample(denoiser, latents, formulation=formulation, solver=solver, discretization=torch.as_tensor(sigmas, dtype=F64),
+               **sample_options)
     return rms_error(x, reference)
 
 
@@ -128,17 +169,28 @@ def optimize_steps(
     rho: float = 7.0,
     max_evaluations: int = 1500,
     log: Optional[Callable[[str], None]] = None,
+    *,
+    initial: Union[None, str, Tensor, Sequence[float]] = None,
+    solver_options: Optional[dict] = None,
+    analytic_first_step: bool = False,
+    data_mean: Optional[Union[float, Tensor]] = None,
 ) -> OptimizedSteps:
     """Fit the N - 1 free levels below sigma_max of `solver` within `nfe` evaluations on calibration latents.
 
     `reference` holds the exact PF-ODE end points of `latents` started at x_hat = z sigma_max
     (edm_space.reference.solve_reference with sigma_0 = sigma_max). The run integrates the
-    formulation's own ODE (exponential integrators do not depend on it). sigma_min and rho set
-    the starting levels (EDM eq. 5); `max_evaluations` bounds the sampling runs of the fit.
+    formulation's own ODE (exponential integrators do not depend on it). `initial` sets the
+    starting levels (`initial_levels`; default EDM eq. 5 on [sigma_min, sigma_max] with rho);
+    `solver_options`, analytic_first_step and data_mean go to every samplers.sample run;
+    `max_evaluations` bounds the sampling runs of the fit.
     """
     f = presets.get(formulation)
     entry = get(solver)
-    num_steps = steps_to_fit(solver, nfe)
+    num_steps = steps_to_fit(solver, nfe, analytic_first_step)
+    options = dict(solver_options or {})
+    entry.check_options(options)
+    if analytic_first_step:
+        options.update(analytic_first_step=True, data_mean=data_mean)
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ConfigError(f"the sigma range must satisfy 0 < sigma_min < sigma_max < inf; got [{sigma_min:g}, {sigma_max:g}]")
     if not sigma_max <= f.support[1]:
@@ -149,7 +201,7 @@ def optimize_steps(
         raise ConfigError(f"max_evaluations = {max_evaluations} is invalid; it must be >= 1")
 
     start = time.perf_counter()
-    initial = edm_sigmas(num_steps, sigma_min, sigma_max, rho).numpy()
+    initial = initial_levels(f, num_steps, initial, sigma_min, sigma_max, rho)
     errors = {}  # the error of every evaluated parameter vector, by its bytes
     runs = [0]
 
@@ -159,7 +211,7 @@ def optimize_steps(
         if not np.all(np.isfinite(levels)) or levels[-1] <= 0 or not np.all(np.diff(levels) < 0):
             return FAILED_RUN
         try:
-            error = endpoint_error(denoiser, latents, reference, f, solver, torch.from_numpy(levels))
+            error = endpoint_error(denoiser, latents, reference, f, solver, torch.from_numpy(levels), **options)
         except (ValueError, RuntimeError):  # e.g. a mixture's responsibilities underflowing after a blow-up
             return FAILED_RUN
         errors[p.tobytes()] = error
@@ -172,10 +224,11 @@ def optimize_steps(
     best = result.x if result.fun < value_before else p0
     levels = levels_from_parameters(best, sigma_max)
     fit = OptimizedSteps(
-        solver=solver, formulation=f.name, nfe=entry.nfe(num_steps), num_steps=num_steps,
+        solver=solver, formulation=f.name, nfe=entry.nfe(num_steps) - int(analytic_first_step), num_steps=num_steps,
         sigmas=torch.from_numpy(levels), initial_sigmas=torch.from_numpy(initial),
         error_before=errors.get(p0.tobytes(), math.inf), error_after=errors.get(best.tobytes(), math.inf),
         objective_evaluations=runs[0], converged=bool(result.success), seconds=time.perf_counter() - start,
+        sample_options=options,
     )
     if log is not None:
         log(f"  optimized {solver} N = {num_steps} (NFE {fit.nfe}): calibration error {fit.error_before:.3g} -> "

@@ -16,7 +16,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from edm_space.errors import ConfigError, unknown
+from edm_space.errors import ConfigError
+from edm_space.registry import Option, Registry, check_option_values, declared_options
 
 # Arguments every solver receives from `samplers.sample`; never user options.
 COMMON_ARGUMENTS = ("randn_like", "callback")
@@ -69,19 +70,22 @@ class SolverInfo:
         return _user_options(self.fn)
 
     def check_options(self, options: Dict[str, object]) -> None:
-        """Refuse an option the solver does not take (naming the ones it does) or a value not of its default's kind."""
-        defaults = {name: p.default for name, p in inspect.signature(self.fn).parameters.items()}
-        for key, value in options.items():
-            if key not in self.options:
-                raise ConfigError(f"solver {self.name!r} takes no option {key!r}; its options: {', '.join(self.options) or 'none'}")
-            default = defaults[key]
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"solver {self.name!r}: {key} = {value!r} is invalid; it must be true or false")
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and not (number and value == value):
-                raise ConfigError(f"solver {self.name!r}: {key} = {value!r} is invalid; it must be a number")
-            if isinstance(default, str) and not isinstance(value, str):
-                raise ConfigError(f"solver {self.name!r}: {key} = {value!r} is invalid; it must be a name")
+        """Refuse an option the solver does not take (naming the ones it does) or a value not of its kind:
+        its declaration in the function's OPTIONS, else its default's kind (a flag, a number, a name)."""
+        parameters = inspect.signature(self.fn).parameters
+        declared = {name: _solver_option(p.default) for name, p in parameters.items() if name in self.options}
+        declared.update(declared_options(self.fn))
+        skip = [name for name in parameters if name not in self.options]
+        check_option_values(f"solver {self.name!r}", options, self.fn, skip=skip, declared=declared)
+
+
+def _solver_option(default: object) -> Option:
+    """A solver option without a declaration: true/false, a name, or any number but NaN (s_tmax may be inf)."""
+    if isinstance(default, bool):
+        return Option.flag()
+    if isinstance(default, str):
+        return Option.name()
+    return Option.number(finite=False, optional=default is None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,7 +97,17 @@ def _user_options(fn: Callable) -> Tuple[str, ...]:
     )
 
 
-SOLVERS: Dict[str, SolverInfo] = {}
+SOLVERS: Registry = Registry("solver")
+# Names other code bases use for solvers of this project (k-diffusion's sample_*, diffusers' schedulers).
+for _alias, _target, _note in (
+    ("dpmpp_2m", "dpm++2m", "k-diffusion's DPM-Solver++(2M)"),
+    ("dpmpp_3m", "dpm++3m", "DPM-Solver++(3M), deterministic"),
+    ("dpmpp_3m_sde", "dpm++3m", "the deterministic DPM-Solver++(3M); there is no SDE variant here"),
+    ("euler_ancestral", "ancestral", "DDIM with eta = 1, k-diffusion's Euler ancestral step"),
+    ("DPMSolverMultistep", "dpm++2m", "diffusers' default solver_order=2, algorithm_type dpmsolver++"),
+    ("UniPC", "unipc-2", "diffusers' default solver_order=2 with the UniC corrector, bh2"),
+):
+    SOLVERS.alias(_alias, _target, _note)
 
 
 def register(
@@ -109,22 +123,20 @@ def register(
     last = evaluations_per_step if evaluations_last_step is None else evaluations_last_step
 
     def wrap(fn: Callable) -> Callable:
-        SOLVERS[name] = SolverInfo(name, fn, order, stochastic, paper, evaluations_per_step, last)
+        SOLVERS.add(name, SolverInfo(name, fn, order, stochastic, paper, evaluations_per_step, last))
         return fn
 
     return wrap
 
 
 def get(name: str) -> SolverInfo:
-    """The registered solver `name`; an unknown name lists the valid ones."""
-    if name not in SOLVERS:
-        raise unknown("solver", name, SOLVERS)
-    return SOLVERS[name]
+    """The registered solver `name` (or an alias such as dpmpp_2m, with a note); an unknown name lists the valid ones."""
+    return SOLVERS.get(name)
 
 
 def names() -> List[str]:
-    """Registered solver names."""
-    return list(SOLVERS)
+    """Registered solver names (aliases not included)."""
+    return SOLVERS.names()
 
 
 def variant(fn: Callable, doc: str, defaults: Optional[Dict[str, object]] = None, **fixed) -> Callable:

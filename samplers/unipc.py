@@ -20,7 +20,9 @@ point, and reused by the next predictor from the corrected point, so the
 corrector costs no evaluation; the accuracy rises from p to p + 1 (Zhao et al. 2023).
 The last step has no corrector (there is no evaluation after it), and a step
 into sigma = 0 returns D (lambda = inf), as DPM-Solver++'s does. Orders are
-warmed up: step i uses p = min(order, i + 1). The callback reports the corrected
+warmed up: step i uses p = min(order, i + 1); with lower_order_final (the default, as in
+diffusers' UniPCMultistepScheduler) also p <= N - i on the N steps' last ones, so that the
+last step is first order and, for unipc-3, the one before it second order. The callback reports the corrected
 state after each step and D_i, which was evaluated at the predicted state.
 """
 
@@ -70,6 +72,7 @@ def _unipc(
     *,
     order: int,
     variant: str = "bh2",
+    lower_order_final: bool = True,
     randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
     callback: Optional[Callable] = None,
 ) -> Tensor:
@@ -92,7 +95,7 @@ def _unipc(
             x_hat_next, denoised_next = denoised, None
         else:
             h = lambdas[i + 1] - lam
-            p = min(order, len(history) + 1)
+            p = min(order, len(history) + 1, num_steps - i if lower_order_final else order)
             rks = [(lam_m - lam) / h for lam_m, _ in history[: p - 1]]
             d1s = [(d_m - denoised) / r for (_, d_m), r in zip(history, rks)]
             base = x_hat * (sigma_next / sigmas[i]) - denoised * math.expm1(-h)

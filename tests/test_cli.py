@@ -125,3 +125,110 @@ def test_demo_writes_its_table_and_figure(tmp_path):
     assert result.stdout.count("moves about half as far as Euler's step") == 1
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "runs" / "edm" / "checkpoints").is_dir()
+
+
+# ---------------------------------------------------------------------------
+# What a first user meets: help, progress bars, pictures, fitted steps.
+
+COMMANDS = [["presets"], ["sample"], ["train"], ["optimize-steps"], ["demo"], ["autoencoder", "train"], ["autoencoder", "eval"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_takes_quiet(command):
+    result = CliRunner().invoke(cli, command + ["--help"])
+    assert result.exit_code == 0 and "--quiet" in result.output
+
+
+def test_sample_help_lists_every_solver_and_discretization():
+    import re
+
+    import samplers
+
+    text = re.sub(r"-\s+", "-", " ".join(CliRunner().invoke(cli, ["sample", "--help"]).output.split()))
+    for name in samplers.names() + samplers.discretization_names():
+        assert re.search(rf"[ :]{re.escape(name)}[,. ]", text), name
+    assert "see the README" not in text
+
+
+def _stderr_on_a_terminal(args, cwd):
+    """Run `edm-space ARGS` with stderr on a pseudo-terminal; what the terminal showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    process = subprocess.Popen([sys.executable, "-c", "from edm_space.cli import main; main()", *args], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    process.wait(timeout=120)
+    os.close(master)
+    assert process.returncode == 0, shown[-2000:]
+    return shown.decode(errors="replace")
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_quiet(tmp_path):
+    args = ["sample", "--data-size", "50", "--n", "4", "--solver", "euler", "--steps", "30"]
+    assert "euler x 30" in _stderr_on_a_terminal([*args, "--out", str(tmp_path / "a.npz")], tmp_path)
+    quiet = _stderr_on_a_terminal([*args, "--quiet", "--out", str(tmp_path / "b.npz")], tmp_path)
+    assert "euler x 30" not in quiet
+    logged = run(*args, "--out", str(tmp_path / "c.npz"), cwd=tmp_path)  # stderr to a pipe, as in a log file
+    assert logged.returncode == 0 and logged.stderr == ""
+
+
+def test_a_progress_bar_shows_each_steps_numbers_once(monkeypatch):
+    import io
+    import re
+
+    import tqdm.auto
+
+    import samplers
+    import torch
+
+    shown = io.StringIO()
+    real = tqdm.auto.tqdm
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **k: real(*a, **{**k, "file": shown, "mininterval": 0, "miniters": 1}))
+    samplers.sample(lambda x, sigma: x * 0, torch.zeros(2, 2, dtype=torch.float64), solver="euler", num_steps=6, progress=True)
+    states = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"(\d+)/6 \[[^\]]*nfe=(\d+)", shown.getvalue())]
+    assert states, shown.getvalue()
+    # Euler spends one evaluation per step: after k steps the bar shows k steps and nfe = k, each nfe once
+    assert all(k == nfe for k, nfe in states), states
+    assert [nfe for _, nfe in states] == sorted(set(nfe for _, nfe in states))
+
+
+def test_image_grids_are_captioned_with_the_sampler(tmp_path, monkeypatch):
+    from edm_space import outputs
+    from edm_space.cli import main
+
+    captions = []
+    real = outputs.image_grid_png
+    monkeypatch.setattr(outputs, "image_grid_png", lambda path, images, caption=None, **k: (captions.append(caption), real(path, images, caption=caption, **k)))
+    main(["sample", "--data", "digits", "--data-size", "200", "--n", "4", "--steps", "3", "--class", "3", "--guidance", "2",
+          "--out", str(tmp_path / "s.png")])
+    assert captions == ["4 samples of exact digits, edm + heun, 5 NFE, class 3, w = 2"]
+
+
+def test_steps_fitted_for_another_solver_or_nfe_warn_naming_both(tmp_path, capsys):
+    from samplers.optimize import save_levels
+
+    from helpers_cli import cli_run
+
+    path = str(tmp_path / "steps.json")
+    save_levels(path, [80.0, 10.0, 2.0, 0.5, 0.1, 0.0], solver="heun", nfe=9, formulation="edm")
+    base = ["sample", "--data-size", "50", "--n", "4", "--discretization", path]
+    code, _, err = cli_run([*base, "--solver", "heun", "--out", tmp_path / "a.npz"], capsys)
+    assert code == 0 and "warning" not in err  # fitted for heun at 9 NFE: 5 steps, 2 * 5 - 1 evaluations
+    code, _, err = cli_run([*base, "--solver", "euler", "--out", tmp_path / "b.npz"], capsys)
+    warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert code == 0 and len(warning) == 1
+    assert "heun at 9 NFE" in warning[0] and "euler at 5 NFE" in warning[0]

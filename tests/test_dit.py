@@ -71,24 +71,43 @@ def test_patchify_matches_a_hand_written_loop():
 
 
 # ---------------------------------------------------------------------------
-# The fixed 2-D sin-cos position embedding: first half the row, second half the column.
+# The fixed 2-D sin-cos position embedding: first half the column, second half the row (MAE / DiT / diffusers);
+# legacy runs: the row first.
 
 
-def test_sincos_position_embedding_equals_its_closed_form_at_hand_picked_entries():
+@pytest.mark.parametrize("column_first", [True, False])
+def test_sincos_position_embedding_equals_its_closed_form_at_hand_picked_entries(column_first):
     width, rows, cols = 8, 3, 5
-    table = sincos_position_embedding(width, rows, cols)
+    table = sincos_position_embedding(width, rows, cols, column_first)
     assert table.shape == (rows * cols, width)
     # Per axis d = 4 features: sin(pos w0), sin(pos w1), cos(pos w0), cos(pos w1) with w_i = 1/10000^(2i/4): w0 = 1, w1 = 0.01.
     r, c = 2, 3
     token = table[r * cols + c]
-    expected = [math.sin(2.0), math.sin(0.02), math.cos(2.0), math.cos(0.02), math.sin(3.0), math.sin(0.03), math.cos(3.0), math.cos(0.03)]
+    row_part = [math.sin(2.0), math.sin(0.02), math.cos(2.0), math.cos(0.02)]
+    col_part = [math.sin(3.0), math.sin(0.03), math.cos(3.0), math.cos(0.03)]
+    expected = col_part + row_part if column_first else row_part + col_part
     torch.testing.assert_close(token, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-15)
     # Width 16: per axis d = 8, w_i = 10000^(-i/4) = 1, 0.1, 0.01, 0.001; row 1, column 4 of a 2 x 5 grid.
-    token = sincos_position_embedding(16, 2, 5)[1 * 5 + 4]
-    torch.testing.assert_close(token[1], torch.tensor(math.sin(0.1), dtype=F64), rtol=0, atol=1e-15)
-    torch.testing.assert_close(token[7], torch.tensor(math.cos(0.001), dtype=F64), rtol=0, atol=1e-15)
-    torch.testing.assert_close(token[8 + 2], torch.tensor(math.sin(0.04), dtype=F64), rtol=0, atol=1e-15)
-    torch.testing.assert_close(token[8 + 4], torch.tensor(math.cos(4.0), dtype=F64), rtol=0, atol=1e-15)
+    token = sincos_position_embedding(16, 2, 5, column_first)[1 * 5 + 4]
+    first, second = (4.0, 1.0) if column_first else (1.0, 4.0)
+    torch.testing.assert_close(token[1], torch.tensor(math.sin(0.1 * first), dtype=F64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(token[7], torch.tensor(math.cos(0.001 * first), dtype=F64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(token[8 + 2], torch.tensor(math.sin(0.01 * second), dtype=F64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(token[8 + 4], torch.tensor(math.cos(second), dtype=F64), rtol=0, atol=1e-15)
+
+
+def test_unpatchify_channels_last_reads_token_features_as_p_p_c():
+    """DiT's unpatchify (diffusers: reshape (h, w, p, p, C), einsum nhwpqc->nchpwq): feature (a p + e) C + ch of token
+    (r, c) is pixel (ch, r p + a, c p + e)."""
+    c, h, w, p = 2, 4, 6, 2
+    tokens = torch.randn(1, (h // p) * (w // p), c * p * p, dtype=F64)
+    x = unpatchify(tokens, p, (c, h, w), channels_last=True)
+    for r in range(h // p):
+        for col in range(w // p):
+            for a in range(p):
+                for e in range(p):
+                    for ch in range(c):
+                        assert x[0, ch, r * p + a, col * p + e] == tokens[0, r * (w // p) + col, (a * p + e) * c + ch]
 
 
 # ---------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_autoencoder_eval_reports_reconstruction_of_held_out_items(tmp_path, aut
     if kind == "kl":
         assert result["metrics"]["nll"]["method"] == "IWAE bound" and recon["iwae_bits_per_dim"] > 0
     else:
-        assert "skipped" in result["metrics"]["nll"] and 0 < recon["codebook_usage"] <= 1
+        assert "skipped" in result["metrics"]["nll"]
 
 
 def test_bad_eval_input_is_one_line_and_writes_nothing(tmp_path, diffusion_run, capsys):

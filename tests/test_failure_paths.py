@@ -289,7 +289,8 @@ def test_sample_refuses_bad_explicit_sigma_levels(work, capsys, sigmas, problem)
 @pytest.mark.parametrize("array, problem", [
     (np.zeros((5, 0), dtype=np.float32), "[5, 0]"),
     (np.full((8, 2), 1e300, dtype=np.float64), ("float32", "overflow")),
-], ids=["no-features", "overflows-float32"])
+    (np.where(np.arange(16).reshape(8, 2) == 5, 1e39, 0.5), ("float32", "overflow")),  # just past float32's largest
+], ids=["no-features", "overflows-float32", "one-value-just-past-float32"])
 def test_train_refuses_a_bad_data_file(work, capsys, array, problem):
     np.save(work / "points.npy", array)
     cli_error(["train", *TINY_TRAIN, "--data", "points.npy", "--data-size", "5", "--out", "run"], capsys,
@@ -318,12 +319,91 @@ def test_presets_get_refuses_impossible_constants(name, options, names):
     assert_names(message, names)
 
 
+# Plug-in options outside the bounds declared next to each plug-in: refused before any data is read or anything
+# built, with no run directory left behind.
+PLUGIN_OPTIONS_BAD = [
+    (["autoencoder", "train", "--kind", "kl", "--option", "channels=0"], ["channels", "0"]),
+    (["autoencoder", "train", "--kind", "kl", "--option", "blocks=-1"], ["blocks", "-1"]),
+    (["autoencoder", "train", "--kind", "vq", "--option", "num_codes=2.5"], ["num_codes", "2.5"]),
+    (["autoencoder", "train", "--kind", "kl", "--option", "beta=nan"], ["beta", "nan"]),
+    (["autoencoder", "train", "--kind", "vq", "--option", "ema=maybe"], ["ema", "maybe"]),
+    (["train", "--family", "nice", "--family-option", "width=0"], ["width", "0"]),
+    (["train", "--family", "gan", "--family-option", "channels=0"], ["channels", "0"]),
+    (["train", "--family", "pixelcnn", "--family-option", "channels=0"], ["channels", "0"]),
+    (["train", "--family", "gan", "--family-option", "latent_dim=0"], ["latent_dim", "0"]),
+    (["train", "--net", "dit", "--net-option", "mlp_ratio=0"], ["mlp_ratio", "0"]),
+]
+
+
+@pytest.mark.parametrize("args, names", PLUGIN_OPTIONS_BAD, ids=[" ".join(a) for a, _ in PLUGIN_OPTIONS_BAD])
+def test_plugin_options_out_of_bounds_are_refused_before_any_work(work, capsys, args, names):
+    cli_error([*args, "--data", "digits", "--steps", "1", "--out", "run"], capsys, names=names, roots=[work])
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--latent", "ae"], ["--latent", "--family"]),
+    (["--precision", "bf16"], ["--precision", "--family"]),
+], ids=["latent", "precision"])
+def test_train_family_refuses_diffusion_options(work, capsys, args, names):
+    cli_error(["train", "--family", "nice", "--data", "digits", "--steps", "1", *args, "--out", "run"], capsys, names=names, roots=[work])
+
+
+@pytest.fixture(scope="module")
+def family_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("family") / "nice"
+    with one_torch_thread():
+        main(["train", "--family", "nice", "--data", "digits", "--data-size", "64", "--family-option", "couplings=1",
+              "--family-option", "width=8", "--family-option", "depth=1", "--steps", "2", "--batch", "8", "--out", str(run)])
+    return run
+
+
+@pytest.mark.parametrize("command", [["train", *TINY_TRAIN, "--out"], ["optimize-steps", "--solver", "euler", "--nfe", "4", "--out", "s.json", "--ckpt"]],
+                         ids=["train-without-family", "optimize-steps"])
+def test_a_family_run_given_to_a_diffusion_command_names_its_kind(family_run, work, capsys, command):
+    before = tree_state(family_run)
+    line = cli_error([*command, str(family_run)], capsys, names=["nice family run", "--family nice"], roots=[work])
+    assert "unknown fields" not in line
+    assert_tree_unchanged(before, family_run)
+
+
+def test_a_streamed_png_folder_whose_files_vanish_mid_run_is_one_line(work, capsys, monkeypatch):
+    from PIL import Image
+
+    from edm_space import training
+
+    folder = work / "pngs"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 20 * i, dtype=np.uint8), mode="L").save(folder / f"{i:02d}.png")
+    read_once = training.streamed_sigma_data
+
+    def then_remove_the_images(dataset):  # the run has read the folder once; now its files vanish
+        sigma = read_once(dataset)
+        for name in os.listdir(folder):
+            os.unlink(folder / name)
+        return sigma
+
+    monkeypatch.setattr(training, "streamed_sigma_data", then_remove_the_images)
+    line = cli_error(["train", "--data", str(folder), "--stream-data", "--workers", "1", "--net", "unet", "--net-option", "channels=8",
+                      "--net-option", "channel_mult=[1]", "--steps", "2", "--batch", "4", "--out", "run"], capsys, names=["cannot read image", ".png"])
+    assert "Traceback" not in line and "worker" not in line
+
+
+def test_autoencoder_eval_bounds_the_iwae_samples(work, capsys):
+    cli_error(["autoencoder", "eval", "--ckpt", "nowhere", "--iwae-samples", "1000000000"], capsys,
+              names=["--iwae-samples", "1000000000", "10,000"], roots=[work])
+
+
 # ---------------------------------------------------------------------------
 # Output paths and full disks.
 
 
-def test_sample_out_in_a_missing_folder(work, capsys):
-    cli_error(["sample", *TINY_SAMPLE, "--out", "missing_dir/s.npz"], capsys, names=["missing_dir"], roots=[work])
+def test_sample_out_in_a_missing_folder_creates_it(work, capsys):
+    cli_ok(["sample", *TINY_SAMPLE, "--out", "missing_dir/deeper/s.npz"], capsys)
+    with np.load(work / "missing_dir" / "deeper" / "s.npz") as out:
+        assert out["samples"].shape == (4, 2)
+    # a command refused for another reason creates no folder
+    cli_error(["sample", *TINY_SAMPLE, "--batch", "0", "--out", "other_dir/s.npz"], capsys, names=["--batch"], roots=[work])
 
 
 def test_sample_out_below_a_regular_file(work, capsys):
@@ -393,10 +473,12 @@ ABSURD = [
     (["train", *TINY_TRAIN, "--steps", "1000000000000", "--out", "run"], ("1000000000000", "1e+12", "1e12")),
     (["train", *TINY_TRAIN, "--data-size", "10000000000", "--out", "run"], ("10000000000", "1e+10", "1e10")),
     (["sample", *TINY_SAMPLE, "--n", "10000000000", "--out", "s.npz"], ("10000000000", "1e+10", "1e10")),
+    (["sample", "--data-size", "50", "--n", "4", "--steps", "1000000000000", "--out", "s.npz"], ("1000000000000",)),
+    (["sample", "--data-size", "50", "--n", "4", "--steps", "100000000000000000000", "--out", "s.npz"], ("100000000000000000000",)),
 ]
 
 
-@pytest.mark.parametrize("args, value", ABSURD, ids=["train-steps", "train-data-size", "sample-n"])
+@pytest.mark.parametrize("args, value", ABSURD, ids=["train-steps", "train-data-size", "sample-n", "sample-steps-1e12", "sample-steps-1e20"])
 def test_absurd_sizes_are_refused_before_allocating(work, args, value):
     before = tree_state(work)
     try:
@@ -513,3 +595,79 @@ def test_solver_options_reach_the_solver(work, capsys):
     with np.load("plain.npz") as plain, np.load("eta0.npz") as eta0, np.load("eta05.npz") as eta05:
         np.testing.assert_array_equal(plain["samples"], eta0["samples"])  # ddim's default eta is 0
         assert not np.allclose(eta0["samples"], eta05["samples"])
+
+
+# ---------------------------------------------------------------------------
+# Sampling faults.
+
+
+def test_non_finite_latents_are_refused_naming_the_rows():
+    import samplers
+
+    latents = torch.zeros(5, 2, dtype=F64)
+    latents[1, 0], latents[3] = math.nan, math.inf
+    with pytest.raises(ConfigError, match=r"non-finite .* 2 of 5 rows: 1, 3$"):
+        samplers.sample(lambda x, sigma: x * 0, latents, solver="euler", num_steps=2)
+    with pytest.raises(ConfigError, match="5 of 5 rows"):
+        samplers.sample(lambda x, sigma: x * 0, torch.full((5, 2), math.nan, dtype=F64), solver="euler", num_steps=2)
+
+
+def test_a_sample_killed_while_writing_leaves_no_temporaries_that_accumulate(work, capsys):
+    """A real SIGKILL between writing the temporary and renaming it over the previous good file; the next
+    sample into that folder removes what the killed one left."""
+    cli_ok(["sample", *TINY_SAMPLE, "--out", "s.npz"], capsys)
+    good = (work / "s.npz").read_bytes()
+    stall = ("import os, sys, time\n"
+             "def stall(a, b):\n"
+             "    open('renaming', 'w').close()\n"
+             "    time.sleep(120)\n"
+             "os.replace = stall\n"
+             "from edm_space.cli import main\n"
+             "main(sys.argv[1:])\n")
+    for _ in range(2):
+        child = subprocess.Popen([sys.executable, "-c", stall, "sample", *TINY_SAMPLE, "--seed", "9", "--out", "s.npz"],
+                                 cwd=work, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: (work / "renaming").exists(), child, timeout=120)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        (work / "renaming").unlink()
+        assert len(temp_files(work)) == 1  # what the killed writer left; the second one removed the first one's
+    assert (work / "s.npz").read_bytes() == good  # the previous file survives the kills
+    cli_ok(["sample", *TINY_SAMPLE, "--out", "s.npz"], capsys)
+    assert temp_files(work) == []
+
+
+def test_a_running_writers_temporaries_are_kept(work):
+    from edm_space.files import remove_stale_temporaries
+
+    mine = work / f".tmp-{os.getpid()}-abc-s.npz"
+    dead = work / f".tmp-{DEAD_PID}-abc-s.npz"
+    for path in (mine, dead):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(work) == [str(dead)]
+    assert mine.exists() and not dead.exists()
+
+
+def test_presets_with_stdout_on_a_full_device(work):
+    with open("/dev/full", "w") as full:
+        result = cli_subprocess(["presets"], cwd=work, stdout=full)
+    assert result.returncode != 0
+    assert_names(error_line(result.stderr), [NOSPACE])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_device_without_a_checkpoint_is_refused(work, capsys):
+    cli_error(["sample", *TINY_SAMPLE, "--device", "cuda", "--out", "s.npz"], capsys, names=["--device cuda", "--ckpt"], roots=[work])
+
+
+def test_sample_compile_with_a_broken_compiler_is_one_line(run_copy, work, capsys, monkeypatch):
+    def broken(network):
+        def call(*args, **kwargs):
+            raise RuntimeError("InductorError: backend exploded\nwith a second line")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cli_error(["sample", "--ckpt", run_copy, "--n", "2", "--steps", "2", "--compile", "--out", "s.npz"], capsys,
+              names=["--compile", "compiler"], roots=[work])

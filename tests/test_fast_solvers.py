@@ -26,7 +26,7 @@ import samplers
 from conftest import one_torch_thread
 from edm_space.errors import ConfigError
 from edm_space.ideal import IdealDenoiser
-from samplers.ipndm import constant_step_coefficients, lagrange_integrals
+from samplers.ipndm import constant_step_coefficients, lagrange_integrals, published_weights
 from test_solvers import C_2D, LARGE, MU_2D, SMALL, Gaussian, fitted_order, latents_2d, reference_end, schedule
 
 F64 = torch.float64
@@ -67,15 +67,16 @@ ORDER_CASES = [
     ("ipndm-v", {}, 4, NARROW, "edm", "edm", LARGE),
     ("ipndm-v", {"max_order": 3}, 3, NARROW, "edm", "edm", LARGE),
     ("ipndm", {"max_order": 2}, 2, NARROW, "edm", "edm", SMALL),
-    # Exponential integrators in lambda = -ln sigma: equal steps are log-sigma; unequal ones edm's.
-    ("unipc-2", {"variant": "bh1"}, 3, NARROW, "edm", "log-sigma", SMALL),
-    ("unipc-2", {"variant": "bh2"}, 3, NARROW, "edm", "log-sigma", SMALL),
-    ("unipc-2", {"variant": "bh1"}, 3, NARROW, "vp", "edm", LARGE),
-    ("unipc-2", {"variant": "bh2"}, 3, NARROW, "vp", "edm", LARGE),
-    ("unipc-3", {"variant": "bh1"}, 4, NARROW, "edm", "log-sigma", FINE),
-    ("unipc-3", {"variant": "bh2"}, 4, NARROW, "edm", "log-sigma", FINE),
-    ("unipc-3", {"variant": "bh1"}, 4, NARROW, "vp", "edm", LARGE),
-    ("unipc-3", {"variant": "bh2"}, 4, NARROW, "vp", "edm", LARGE),
+    # Exponential integrators in lambda = -ln sigma: equal steps are log-sigma; unequal ones edm's. UniPC at full
+    # order to the end (lower_order_final=False): its default lowers the last steps, which costs order (below).
+    ("unipc-2", {"variant": "bh1", "lower_order_final": False}, 3, NARROW, "edm", "log-sigma", SMALL),
+    ("unipc-2", {"variant": "bh2", "lower_order_final": False}, 3, NARROW, "edm", "log-sigma", SMALL),
+    ("unipc-2", {"variant": "bh1", "lower_order_final": False}, 3, NARROW, "vp", "edm", LARGE),
+    ("unipc-2", {"variant": "bh2", "lower_order_final": False}, 3, NARROW, "vp", "edm", LARGE),
+    ("unipc-3", {"variant": "bh1", "lower_order_final": False}, 4, NARROW, "edm", "log-sigma", FINE),
+    ("unipc-3", {"variant": "bh2", "lower_order_final": False}, 4, NARROW, "edm", "log-sigma", FINE),
+    ("unipc-3", {"variant": "bh1", "lower_order_final": False}, 4, NARROW, "vp", "edm", LARGE),
+    ("unipc-3", {"variant": "bh2", "lower_order_final": False}, 4, NARROW, "vp", "edm", LARGE),
     ("deis", {"max_order": 2}, 2, NARROW, "vp", "log-sigma", SMALL),
     ("deis", {"max_order": 2}, 2, NARROW, "vp", "edm", SMALL),
     ("deis", {"max_order": 3}, 3, NARROW, "vp", "log-sigma", SMALL),
@@ -94,7 +95,7 @@ def test_order_of_convergence(solver, options, order, D, preset, disc, steps):
 
 def test_deis_log_sigma_basis_at_least_third_order_on_equal_lambda_steps():
     """On equal steps in ln sigma this problem lets third-order multistep methods in lambda converge faster than
-    third order at these N (measured ~3.9; dpm++3m likewise, which tests/test_solvers.py checks as > 2.7)."""
+    third order at these N (measured ~3.9; dpm++3m with taylor=True likewise, which tests/test_solvers.py checks as > 2.7)."""
     errors = [denoised_end_error(NARROW, "deis", "edm", "log-sigma", n, basis="log-sigma") for n in SMALL]
     assert all(a > b for a, b in zip(errors, errors[1:])) and fitted_order(errors, SMALL) > 2.7, errors
 
@@ -186,6 +187,84 @@ def test_ipndm_steps_by_hand(solver, preset, disc):
     # The steps are unequal in t (edm's levels on flow; on vp the short last step into 0), so the two weight sets differ.
     other = samplers.sample(D, z, formulation=preset, solver="ipndm" if solver == "ipndm-v" else "ipndm-v", num_steps=9, discretization=disc)
     assert (other - ours).abs().max() > 1e-6
+
+
+def published_ipndm_v(D: Gaussian, z: torch.Tensor, sigmas: list, max_order: int = 4) -> torch.Tensor:
+    """The published ipndm_v sampler (zju-pi/diff-sampler, diff-solvers-main/solvers.py; its k-diffusion port returns D
+    on the step into sigma = 0), written from its formulas: EDM's ODE, t = sigma, d = (x - D) / sigma,
+    x_next = x + (t_next - t) (coeff1 d + coeff2 d_prev1 + coeff3 d_prev2 + coeff4 d_prev3)."""
+    x = z * sigmas[0]
+    buffer = []  # earlier d, oldest first
+    for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        denoised = D(x, torch.full((x.shape[0],), t_cur, dtype=F64))
+        d = (x - denoised) / t_cur
+        order = min(max_order, i + 1)
+        h_n = t_next - t_cur
+        if t_next == 0:
+            x_next = denoised
+        elif order == 1:
+            x_next = x + h_n * d
+        else:
+            h_n_1 = t_cur - sigmas[i - 1]
+            c1, c2, c3, c4 = (2 + h_n / h_n_1) / 2, -(h_n / h_n_1) / 2, 0.0, 0.0
+            if order >= 3:
+                h_n_2 = sigmas[i - 1] - sigmas[i - 2]
+                temp1 = (1 - h_n / (3 * (h_n + h_n_1)) * (h_n * (h_n + h_n_1)) / (h_n_1 * (h_n_1 + h_n_2))) / 2
+                c1, c2, c3 = c1 + temp1, c2 - (1 + h_n_1 / h_n_2) * temp1, temp1 * h_n_1 / h_n_2
+            if order == 4:
+                h_n_3 = sigmas[i - 2] - sigmas[i - 3]
+                ratio = h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3))
+                temp2 = ((1 - h_n / (3 * (h_n + h_n_1))) / 2 + (1 - h_n / (2 * (h_n + h_n_1))) * h_n / (6 * (h_n + h_n_1 + h_n_2))) * (
+                    h_n * (h_n + h_n_1) * (h_n + h_n_1 + h_n_2)) / (h_n_1 * (h_n_1 + h_n_2) * (h_n_1 + h_n_2 + h_n_3))
+                c1 += temp2
+                c2 -= (1 + h_n_1 / h_n_2 + ratio) * temp2
+                c3 += (h_n_1 / h_n_2 + ratio * (1 + h_n_2 / h_n_3)) * temp2
+                c4 = -temp2 * ratio * h_n_1 / h_n_2
+            history = [d] + buffer[::-1] + [torch.zeros_like(d)] * 3
+            x_next = x + h_n * sum(c * h for c, h in zip((c1, c2, c3, c4), history))
+        buffer = (buffer + [d])[-(max_order - 1):] if max_order > 1 else []
+        x = x_next
+    return x
+
+
+@pytest.mark.parametrize("max_order", [2, 3, 4])
+@pytest.mark.parametrize("disc", ["edm", "log-sigma"])
+@pytest.mark.parametrize("num_steps", [3, 6, 10])
+def test_published_ipndm_v_equals_the_published_formulas(max_order, disc, num_steps):
+    D = Gaussian(MU_2D, C_2D)
+    z = latents_2d(6)
+    info: dict = {}
+    ours = samplers.sample(D, z, formulation="edm", solver="ipndm-v", num_steps=num_steps, discretization=disc, info=info,
+                           weights="published", max_order=max_order)
+    reference = published_ipndm_v(D, z, info["sigma_steps"].tolist(), max_order)
+    assert torch.allclose(ours, reference, rtol=1e-12, atol=1e-13)
+    exact = samplers.sample(D, z, formulation="edm", solver="ipndm-v", num_steps=num_steps, discretization=disc, max_order=max_order)
+    assert num_steps < 3 or (exact - ours).abs().max() > 1e-6
+
+
+def test_published_ipndm_v_weights_on_equal_steps():
+    """Adams-Bashforth's up to 3 derivatives; with 4, 57, -65, 43, -11 over 24 (third-difference coefficient 11/24
+    where Adams-Bashforth has 9/24)."""
+    for k in (1, 2, 3):
+        assert published_weights([0.1] * k) == pytest.approx(TEXTBOOK_AB[k], abs=1e-14)
+    assert [24 * w for w in published_weights([0.1] * 4)] == pytest.approx([57, -65, 43, -11], abs=1e-12)
+    # On unequal steps the four weights do not sum to one (they would with h_{i-2}/h_{i-3} in the last one).
+    assert abs(sum(published_weights([-0.1, -0.2, -0.4, -0.5])) - 1) > 1e-3
+    assert sum(published_weights([-0.1, -0.2, -0.4])) == pytest.approx(1, abs=1e-14)
+
+
+BIG = (320, 640, 1280, 2560)
+
+
+@pytest.mark.parametrize("max_order,order", [(4, 2), (3, 3)])
+def test_published_ipndm_v_orders_on_edm_steps(max_order, order):
+    """Measured on edm's rho = 7 steps (final_step="denoise", so the step into 0 is not part of it): the published
+    weights give second order at max_order = 4 (the weights' sum is 1 + O(h^2)) and third at 3; the exact
+    variable-step weights keep fourth order (ORDER_CASES)."""
+    errors = [denoised_end_error(NARROW, "ipndm-v", "edm", "edm", n, weights="published", max_order=max_order) for n in BIG]
+    assert abs(fitted_order(errors, BIG) - order) < 0.3, errors
+    if max_order == 4:
+        assert denoised_end_error(NARROW, "ipndm-v", "edm", "edm", BIG[-1]) < errors[-1] / 100
 
 
 @pytest.mark.parametrize("preset", ["vp", "flow"])
@@ -285,14 +364,16 @@ def test_nfe_matches_the_registry(solver, num_steps, final_step):
 
 
 def test_options_are_discoverable_and_checked():
-    assert samplers.get("ipndm").options == ("max_order",) == samplers.get("ipndm-v").options
-    assert samplers.get("unipc-2").options == ("variant",) == samplers.get("unipc-3").options
+    assert samplers.get("ipndm").options == ("max_order",)
+    assert samplers.get("ipndm-v").options == ("weights", "max_order")
+    assert samplers.get("unipc-2").options == ("variant", "lower_order_final") == samplers.get("unipc-3").options
     assert samplers.get("deis").options == ("max_order", "basis")
     assert [samplers.get(name).order for name in NEW_SOLVERS] == [4, 4, 3, 4, 3]
     z = latents_2d(2)
     for solver, option, bad, allowed in [
         ("ipndm", "max_order", 5, "4"),
         ("ipndm-v", "max_order", 0, "4"),
+        ("ipndm-v", "weights", "constant", "published"),
         ("unipc-2", "variant", "bh3", "bh2"),
         ("deis", "max_order", 4, "3"),
         ("deis", "basis", "sigma", "log-sigma"),
@@ -392,3 +473,13 @@ def test_analytic_first_step_with_flow_from_pure_noise():
     assert (plain - afs).abs().max() < 1e-7
     wrong = samplers.sample(D, z, formulation="flow", solver="ipndm", num_steps=10, analytic_first_step=True)  # mean 0, not mu
     assert (plain - wrong).abs().max() > 1e-2
+
+
+def test_unipc_3_lower_order_final_costs_order_at_many_steps():
+    """diffusers' default lowers the last steps' order (for stability at few steps); at many steps the second-to-last
+    step's UniPC-2 then dominates: measured ~3.6 on these N (tending to 3) against ~4 at full order."""
+    full = [denoised_end_error(NARROW, "unipc-3", "edm", "log-sigma", n, lower_order_final=False) for n in FINE]
+    lowered = [denoised_end_error(NARROW, "unipc-3", "edm", "log-sigma", n) for n in FINE]
+    assert fitted_order(full, FINE) > 3.8, full
+    assert 2.7 < fitted_order(lowered, FINE) < 3.75, lowered
+    assert lowered[-1] > 1.5 * full[-1]

@@ -28,7 +28,7 @@ from edm_space.data import load
 from edm_space.networks.mlp import MLP
 from edm_space.seeding import SeededNoise
 from edm_space.training import load_trained
-from helpers_cli import cli_error, cli_ok
+from helpers_cli import cli_error, cli_ok, cli_run
 
 F64 = torch.float64
 
@@ -185,6 +185,8 @@ def runs(tmp_path_factory):
         "guide": TINY_BRANCHES + ["--net-option", "width=8", "--seed", "1"],
         "no-dropout": TINY_BRANCHES + ["--net-option", "width=16", "--label-dropout", "0"],
         "points3d": [*TINY_BRANCHES[2:], "--data", root / "points3d.npz", "--net-option", "width=8"],
+        # labelled data trained WITHOUT --conditional: the run records the data's classes, the network ignores them
+        "unconditional": [a for a in TINY_BRANCHES if a != "--conditional"] + ["--net-option", "width=8"],
     }
     paths = {}
     with one_torch_thread():
@@ -273,3 +275,38 @@ def test_bad_guidance_options(argv, names, runs, tmp_path, capsys):
 def test_guide_without_a_trained_model_is_refused(runs, tmp_path, capsys):
     cli_error(["sample", *EXACT, "--class", "1", "--guidance", "2", "--guide", runs["guide"], "--out", tmp_path / "s.npz"],
               capsys, names=["--guide", "--ckpt"], roots=[tmp_path])
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--class", "1"], ["--class", "--conditional"]),
+    (["--guidance", "3"], ["--guidance", "unconditional", "--guide"]),
+    (["--class", "1", "--guidance", "3"], ["--class"]),
+])
+def test_class_and_classifier_free_guidance_of_an_unconditional_run_are_refused(argv, names, runs, tmp_path, capsys):
+    # the run was trained on the labelled branches without --conditional: its config records 2 classes
+    assert load_trained(runs["unconditional"])[3] == 2 and not load_trained(runs["unconditional"])[1].conditional
+    cli_error(["sample", "--ckpt", runs["unconditional"], "--n", "3", "--steps", "3", *argv, "--out", tmp_path / "s.npz"],
+              capsys, names=names, roots=[tmp_path])
+
+
+def test_guide_step_without_guide_is_refused(runs, tmp_path, capsys):
+    cli_error(["sample", "--ckpt", runs["main"], *TRAINED, "--guidance", "2", "--guide-step", "5", "--out", tmp_path / "s.npz"],
+              capsys, names=["--guide-step", "--guide"], roots=[tmp_path])
+
+
+def test_an_interval_without_a_sampling_level_warns_that_it_guides_nothing(runs, tmp_path, capsys):
+    code, out, err = cli_run(["sample", "--ckpt", runs["main"], *TRAINED, "--guidance", "2", "--guidance-interval", "1e9,2e9",
+                              "--out", tmp_path / "s.npz"], capsys)
+    assert code == 0 and guided_cost(out)["rows"] == 5 * 7  # nothing guided: one row per item and evaluation
+    warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "--guidance-interval 1e9,2e9" in warning[0] and "guide nothing" in warning[0]
+    # an interval holding a level prints no warning
+    code, _, err = cli_run(["sample", "--ckpt", runs["main"], *TRAINED, "--guidance", "2", "--guidance-interval", "0.5,10",
+                            "--out", tmp_path / "t.npz"], capsys)
+    assert code == 0 and "warning" not in err
+
+
+def test_an_overflowing_guidance_weight_is_named(tmp_path, capsys):
+    line = cli_error(["sample", *EXACT, "--class", "1", "--guidance", "1e308", "--out", tmp_path / "s.npz"], capsys,
+                     names=["--guidance", "1e+308"], roots=[tmp_path])
+    assert "non-finite" in line and "steps" not in line.split(";")[-1]  # the cure named is the weight, not more steps

@@ -10,7 +10,7 @@ from edm_space import latent
 from edm_space.cli import main
 from edm_space.data import load
 from edm_space.errors import ConfigError
-from edm_space.model_training import ModelConfig, train_model
+from edm_space.model_training import HOLDOUT_SEED, ModelConfig, train_model
 from edm_space.rundir import list_checkpoints, load_checkpoint, save_checkpoint
 from edm_space.training import TrainConfig, read_run_config, train
 from conftest import one_torch_thread
@@ -109,3 +109,134 @@ def test_latent_training_refuses_a_run_that_is_not_an_autoencoder(tmp_path, caps
     with pytest.raises(ConfigError, match="not an autoencoder run"):
         train(latent_config(tmp_path / "latent", str(tmp_path / "diffusion")), progress=False, device="cpu")
     assert not (tmp_path / "latent").exists()
+
+
+def test_a_guide_on_another_autoencoder_or_an_autoencoder_run_is_refused(tmp_path, autoencoder_run, capsys):
+    from helpers_cli import cli_error
+
+    other = tmp_path / "kl-other"  # the same architecture and data, other weights: latents of the same shape
+    train_model(ModelConfig(kind="autoencoder", name="kl", options={"channels": 8, "latent_channels": 2, "downsample": 2},
+                            data="digits", steps=6, batch=32, lr=1e-3, checkpoint_every=6, seed=1, out=str(other)), progress=False, device="cpu")
+    train(latent_config(tmp_path / "a", autoencoder_run), progress=False, device="cpu")
+    train(latent_config(tmp_path / "b", str(other), seed=1), progress=False, device="cpu")
+    base = ["sample", "--ckpt", tmp_path / "a", "--n", "2", "--steps", "2", "--guidance", "2", "--out", tmp_path / "out" / "s.npz"]
+    line = cli_error([*base, "--guide", tmp_path / "b"], capsys, names=["--guide", "autoencoder", "kl-other"], roots=[tmp_path])
+    assert "same space" in line
+    line = cli_error([*base, "--guide", autoencoder_run], capsys, names=["--guide", "autoencoder", "not a diffusion run"], roots=[tmp_path])
+    assert "unknown fields" not in line
+    # a guide of the same latent space is accepted (autoguidance of an unconditional model)
+    train(latent_config(tmp_path / "c", autoencoder_run, seed=2, steps=2, checkpoint_every=2), progress=False, device="cpu")
+    main([*[str(a) for a in base], "--guide", str(tmp_path / "c")])
+    assert np.load(tmp_path / "out" / "s.npz")["samples"].shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--solver", "heun", "--steps", "10"], ["--solver", "--steps"]),
+    (["--discretization", "vp", "--churn", "1"], ["--discretization", "--churn"]),
+    (["--guidance", "2"], ["--guidance"]),
+    (["--trajectory"], ["--trajectory"]),
+    (["--precision", "bf16"], ["--precision"]),
+])
+def test_a_family_run_refuses_the_diffusion_sampler_options(argv, names, tmp_path, autoencoder_run, capsys):
+    from helpers_cli import cli_error
+
+    # a KL autoencoder run is sampled by its own sampler (its prior), as a family run is
+    line = cli_error(["sample", "--ckpt", autoencoder_run, "--n", "2", *argv, "--out", tmp_path / "s.npz"], capsys,
+                     names=names, roots=[tmp_path])
+    assert "family or autoencoder run" in line
+
+
+def test_a_family_run_samples_into_a_missing_folder(tmp_path, autoencoder_run, capsys):
+    main(["sample", "--ckpt", autoencoder_run, "--n", "3", "--out", str(tmp_path / "new" / "s.npz")])
+    assert np.load(tmp_path / "new" / "s.npz")["samples"].shape == (3, 1, 8, 8)
+
+
+def test_train_latent_without_data_takes_the_autoencoders_training_items(tmp_path, autoencoder_run, capsys):
+    out = tmp_path / "latent"
+    main(["train", "--latent", autoencoder_run, "--net", "dit", *[f"--net-option={k}={v}" for k, v in DIT.items()],
+          "--steps", "2", "--batch", "16", "--warmup", "0", "--out", str(out)])
+    config = read_run_config(str(out))
+    assert config.data == "digits" and config.latent_space["data"] == latent.AUTOENCODER_DATA
+    # The autoencoder's training items by the documented split (a tenth held out by HOLDOUT_SEED), encoded by hand.
+    held = np.random.default_rng(HOLDOUT_SEED).permutation(1797)[:179]
+    x = load("digits")[torch.from_numpy(np.setdiff1d(np.arange(1797), held))]
+    space = latent.open_latent_space(config.latent_space, str(out))
+    with torch.no_grad():
+        expected = space.normalize(space.autoencoder.encode(x)[0].double()).float()
+    with np.load(out / "latents.npz") as cache:
+        torch.testing.assert_close(torch.from_numpy(cache["latents"]), expected, rtol=1e-5, atol=1e-5)
+    # Resumed without --data, it keeps training on the same items (the cache, checked by the encoder not being called).
+    main(["train", "--latent", autoencoder_run, "--steps", "3", "--out", str(out)])
+    assert list_checkpoints(str(out))[-1][0] == 3 and read_run_config(str(out)).data == "digits"
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vq") / "vq"
+    with one_torch_thread():
+        train_model(ModelConfig(kind="autoencoder", name="vq", options={"channels": 8, "latent_channels": 2, "num_codes": 8},
+                                data="digits", steps=2, batch=16, checkpoint_every=2, out=str(out)), progress=False, device="cpu")
+    return str(out)
+
+
+def test_a_vq_autoencoder_has_no_sample_mode_and_says_so_in_one_line(tmp_path, vq_run, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--latent", vq_run, "--latent-mode", "sample", "--data", "digits", "--data-size", "64", "--steps", "1",
+              "--out", str(tmp_path / "latent")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "--latent-mode sample" in err and "VQAutoencoder" in err and "--latent-mode mean" in err
+    assert not (tmp_path / "latent").exists()
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the stored latents: the member's CRC-32 no longer matches
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_bit], ids=["truncated", "bit-flipped"])
+def test_a_damaged_latent_cache_is_encoded_again_on_resume(tmp_path, autoencoder_run, damage):
+    out = tmp_path / "latent"
+    train(latent_config(out, autoencoder_run, steps=2, checkpoint_every=2), progress=False, device="cpu")
+    with np.load(out / "latents.npz") as cache:
+        original = cache["latents"].copy()
+    damage(out / "latents.npz")
+    train(latent_config(out, autoencoder_run), progress=False, device="cpu")
+    assert list_checkpoints(str(out))[-1][0] == 4
+    with np.load(out / "latents.npz") as cache:  # written again, with the same latents
+        assert np.array_equal(cache["latents"], original)
+
+
+def test_a_latent_run_samples_from_another_working_directory(tmp_path, autoencoder_run, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(autoencoder_run, tmp_path / "work" / "ae")
+    monkeypatch.chdir(tmp_path / "work")
+    train(latent_config("lat", "ae", steps=2, checkpoint_every=2), progress=False, device="cpu")  # relative paths
+    assert read_run_config("lat").latent_space["run"] == "../ae"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    main(["sample", "--ckpt", "../work/lat", "--n", "2", "--steps", "2", "--out", "s.npz"])
+    assert np.load("s.npz")["samples"].shape == (2, 1, 8, 8)
+
+
+def test_an_autoencoder_still_training_keeps_the_checkpoint_a_latent_run_recorded(tmp_path):
+    ae = str(tmp_path / "ae")
+    config = ModelConfig(kind="autoencoder", name="kl", options={"channels": 8, "latent_channels": 2}, data="digits", data_size=64,
+                         steps=2, batch=16, checkpoint_every=2, keep_checkpoints=1, out=ae)
+    train_model(config, progress=False, device="cpu")
+    out = tmp_path / "latent"
+    train(latent_config(out, ae, steps=2, checkpoint_every=2), progress=False, device="cpu")
+    assert read_run_config(str(out)).latent_space["step"] == 2
+    train_model(ModelConfig(**{**config.to_json(), "steps": 6}), progress=False, device="cpu")  # the autoencoder goes on
+    assert [step for step, _ in list_checkpoints(ae)] == [2, 6]  # keep_checkpoints=1, and the pinned step 2
+    main(["sample", "--ckpt", str(out), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.npz")])
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 1, 8, 8)
+    shutil.rmtree(out)  # the latent run is gone: its pin no longer holds
+    train_model(ModelConfig(**{**config.to_json(), "steps": 8}), progress=False, device="cpu")
+    assert [step for step, _ in list_checkpoints(ae)] == [8]

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,10 +21,11 @@ from edm_space.cli_models import autoencoder_group, train_family
 from edm_space.data import load
 from edm_space.errors import ConfigError
 from edm_space.families.nice import NICE
-from edm_space.model_training import HOLDOUT_SEED, autoencoder_checksum, ModelConfig, load_model, sample_model, split_indices, train_model
+from edm_space.model_training import HOLDOUT_SEED, autoencoder_checksum, evaluate_autoencoder, ModelConfig, load_model, sample_model, split_indices, train_model
 from edm_space.rundir import list_checkpoints, load_checkpoint
 from edm_space.training import TrainingDiverged, read_log
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = 1797  # items of scikit-learn's 8x8 digits
 # Tiny models of 8x8 digits, each a few thousand weights.
 TINY = {
@@ -71,8 +73,8 @@ def test_autoencoder_train_then_eval_reports_held_out_mse_and_psnr(tmp_path):
     assert psnr == pytest.approx(10 * math.log10(4 / mse), abs=1e-3)  # peak-to-peak 2 of data in [-1, 1]
     assert re.search(r"ELBO [0-9.]+ bits/dim, IWAE \(k=2\) [0-9.]+ bits/dim", result.output)
 
-    # The same MSE from the first 12 held-out items (a tenth of the set, recomputed by the documented rule),
-    # reconstructed through the posterior mean, as a plain mean of squared differences.
+    # The same MSE from the 12 held-out items the documented rule draws (the held-out tenth recomputed, then the
+    # first 12 of torch.randperm under seed 0), reconstructed through the posterior mean, as a plain mean of squared differences.
     model, config, step = load_model(run)
     assert config.held_out == DIGITS // 10
     # Latent diffusion's change detection: the SHA-256 of the very checkpoint file read.
@@ -81,7 +83,7 @@ def test_autoencoder_train_then_eval_reports_held_out_mse_and_psnr(tmp_path):
         with open(checkpoints[at], "rb") as file:
             assert autoencoder_checksum(run, at) == hashlib.sha256(file.read()).hexdigest()
     assert step == 4 and autoencoder_checksum(run) == autoencoder_checksum(run, 4) != autoencoder_checksum(run, 2)
-    x = held_out_digits(DIGITS // 10)[:12]
+    x = held_out_digits(DIGITS // 10)[torch.randperm(DIGITS // 10, generator=torch.Generator().manual_seed(0))[:12]]
     with torch.no_grad():
         expected = float(((model.decode(model.encode(x)[0]) - x) ** 2).mean())
     assert mse == pytest.approx(expected, rel=1e-5)
@@ -99,6 +101,74 @@ def test_autoencoder_train_then_eval_reports_held_out_mse_and_psnr(tmp_path):
             tile = image[top + 4:top + 64:8, left + 4:left + 64:8]
             levels = np.rint((images[column, 0].numpy().astype(np.float64) + 1) * 127.5)
             assert np.abs(tile - levels).max() <= 1
+
+
+def test_autoencoder_eval_scores_a_seeded_random_subset_of_class_sorted_data(tmp_path):
+    # Data sorted by class, as MNIST's held-out order is: the first items held out are all of one class.
+    x, labels = load("digits", with_labels=True)
+    order = torch.argsort(labels, stable=True)
+    path = str(tmp_path / "sorted.npz")
+    np.savez(path, x=x[order].numpy(), labels=labels[order].numpy())
+    run = str(tmp_path / "ae")
+    train_model(tiny_config(run, "autoencoder", "kl", steps=1, data=path, data_size=None), progress=False, device="cpu")
+    held = x[order][torch.from_numpy(np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(DIGITS)[:DIGITS // 10]))]
+    classes = lambda items: {int(labels[order][int(torch.where((x[order] == item).flatten(1).all(1))[0][0])]) for item in items}  # noqa: E731
+    assert classes(held[:20]) == {0, 1}  # what scoring the first 20 would see
+    first = evaluate_autoencoder(run, n=20, iwae_samples=1)
+    assert len(classes(first["originals"])) >= 6 and first["n"] == 20
+    assert torch.equal(evaluate_autoencoder(run, n=20, iwae_samples=1)["originals"], first["originals"])  # seeded
+    assert not torch.equal(evaluate_autoencoder(run, n=20, iwae_samples=1, seed=1)["originals"], first["originals"])
+    assert torch.equal(evaluate_autoencoder(run, n=10**6, iwae_samples=1)["originals"], held)  # all of them, in order
+
+
+def test_autoencoder_eval_device_defaults_to_auto():
+    option = next(p for p in autoencoder_group.commands["eval"].params if p.name == "device")
+    assert option.default == "auto"
+
+
+def test_model_training_under_torchrun_is_refused_before_any_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for kind, name in (("family", "nice"), ("autoencoder", "kl")):
+        with pytest.raises(ConfigError, match="without torchrun"):
+            train_model(tiny_config(tmp_path / name, kind, name, steps=2), progress=False, device="cpu")
+        assert not (tmp_path / name).exists()  # no directory, no lock left behind
+
+
+def test_model_training_leaves_the_callers_config_and_global_rng_alone(tmp_path):
+    import copy
+
+    config = tiny_config(tmp_path / "gan", "family", "gan", steps=2)
+    given = copy.deepcopy(config)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    train_model(config, progress=False, device="cpu")
+    assert config == given and torch.equal(torch.get_rng_state(), before)
+
+
+def test_torchrun_on_family_training_leaves_no_lock_and_no_run(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                           "-m", "edm_space.cli", "train", "--family", "nice", "--data", "digits", "--steps", "1", "--out", "run"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("error: family 'nice' trains in one process; run it without torchrun") == 2  # each rank, one line
+    assert "in use by process" not in done.stderr  # no rank refused the other's lock
+    assert os.listdir(tmp_path) == []  # no run directory, no lock
+
+
+def test_a_diffusion_command_on_a_family_or_autoencoder_run_names_its_kind(tmp_path):
+    from edm_space.training import read_run_config
+
+    for kind, name, command in (("family", "nice", "train --family nice"), ("autoencoder", "kl", "autoencoder train --kind kl")):
+        run = tmp_path / name
+        train_model(tiny_config(run, kind, name, steps=1), progress=False, device="cpu")
+        with pytest.raises(ConfigError) as refused:
+            read_run_config(str(run))
+        message = str(refused.value)
+        assert f"a {name} {kind} run" in message and f"edm-space {command} --out {run}" in message and "unknown fields" not in message
 
 
 def test_training_items_are_disjoint_from_held_out_items(tmp_path):

@@ -138,3 +138,25 @@ def test_reference_must_match_the_latents():
         optimize_steps(denoiser, "edm", "euler", 5, z, exact_end(z)[:3])
     with pytest.raises(ConfigError, match="sigma_min < sigma_max"):
         optimize_steps(denoiser, "edm", "euler", 5, z, exact_end(z), sigma_min=90.0)
+
+
+def test_fit_from_other_levels_with_solver_options_and_the_analytic_first_step():
+    """The reported error before the fit is that of the given start levels with the given options (recomputed here
+    against the closed form); the analytical first step buys one more step for the same NFE; bad starts are refused."""
+    z = torch.randn(32, 4, generator=torch.Generator().manual_seed(7), dtype=F64)
+    start = np.exp(np.linspace(math.log(SIGMA_MAX), math.log(0.01), 6))
+    fit = optimize_steps(denoiser, "edm", "dpm++3m", 5, z, exact_end(z), max_evaluations=20, initial=start,
+                         solver_options={"taylor": True}, analytic_first_step=True, data_mean=MU)
+    assert fit.num_steps == 6 and fit.nfe == 5 and np.allclose(fit.initial_sigmas.numpy(), start, rtol=1e-15)
+    x = samplers.sample(denoiser, z, solver="dpm++3m", discretization=torch.from_numpy(start), taylor=True,
+                        analytic_first_step=True, data_mean=MU)
+    assert fit.error_before == pytest.approx(float((x - exact_end(z)).pow(2).mean().sqrt()), rel=1e-12)
+    assert fit.error_after <= fit.error_before
+    with pytest.raises(ConfigError, match="holds 5 levels; the fit needs 6"):
+        optimize_steps(denoiser, "edm", "dpm++3m", 5, z, exact_end(z), initial=start[:-1], analytic_first_step=True, data_mean=MU)
+    with pytest.raises(ConfigError, match="starts at sigma 40"):
+        optimize_steps(denoiser, "edm", "euler", 6, z, exact_end(z), initial=start / 2)
+    with pytest.raises(ConfigError, match="tylor"):
+        optimize_steps(denoiser, "edm", "dpm++3m", 6, z, exact_end(z), solver_options={"tylor": True})
+    with pytest.raises(ConfigError, match="1 to 1000"):
+        optimize_steps(denoiser, "edm", "euler", 10**9, z, exact_end(z))

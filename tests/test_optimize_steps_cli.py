@@ -10,6 +10,10 @@ torch.Generator), the starting levels from EDM's eq. 5, and the samples either f
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +23,7 @@ import samplers
 from conftest import one_torch_thread
 from edm_space import data
 from edm_space.training import load_trained
-from helpers_cli import cli_error, cli_ok
+from helpers_cli import cli_error, cli_ok, cli_subprocess, subprocess_env, wait_until
 
 F64 = torch.float64
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002  # the command's defaults
@@ -151,3 +155,93 @@ def test_optimize_steps_of_a_trained_run(tmp_path, capsys):
         after = rms(euler_end_points(D, z, sigmas), reference)
     assert payload["held_out_error_before"] == pytest.approx(before, rel=1e-4)
     assert payload["held_out_error_after"] == pytest.approx(after, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Starting levels, solver options, the NFE bound, and temporaries left by a kill.
+
+TINY = [*EXACT, "--calibration", 4, "--held-out", 4, "--max-evaluations", 5]
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--solver", "euler", "--nfe", "1000000000"], ["1000000000", "1000"]),  # refused before anything is allocated
+    (["--solver", "dpm++3m", "--nfe", "6", "--solver-option", "tylor=true"], ["tylor", "taylor"]),
+    (["--solver", "dpm++3m", "--nfe", "6", "--solver-option", "taylor=3"], ["taylor", "true or false"]),
+    (["--solver", "euler", "--nfe", "6", "--discretization", "nope"], ["nope", "time-quadratic"]),
+])
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, args, names):
+    cli_error(["optimize-steps", *TINY, *args, "--out", tmp_path / "steps.json"], capsys, names=names, roots=[tmp_path])
+
+
+def test_starting_levels_of_the_wrong_length_are_refused(tmp_path, capsys):
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps({"sigmas": edm_levels(5).tolist()}))
+    cli_error(["optimize-steps", *TINY, "--solver", "euler", "--nfe", "6", "--discretization", start, "--out", tmp_path / "steps.json"],
+              capsys, names=["start.json", "5", "6"], roots=[tmp_path])
+
+
+def test_fit_from_a_file_with_solver_options_and_the_analytic_first_step(tmp_path, capsys):
+    """The fit starts at the file's levels (log-spaced here), runs dpm++3m with taylor=true and the analytical first
+    step (6 NFE buy 7 steps) and records all of it; both held-out errors come back from `edm-space sample` with the
+    same options against an RK4 solution."""
+    steps = BUDGET + 1
+    start = tmp_path / "logsigma.json"
+    start.write_text(json.dumps({"sigmas": np.exp(np.linspace(math.log(SIGMA_MAX), math.log(SIGMA_MIN), steps)).tolist()}))
+    out = tmp_path / "steps.json"
+    options = ["--solver", "dpm++3m", "--solver-option", "taylor=true", "--analytic-first-step"]
+    cli_ok(["optimize-steps", *EXACT, *options, "--nfe", BUDGET, "--discretization", start, "--calibration", CALIBRATION,
+            "--held-out", HELD_OUT, "--max-evaluations", 40, "--out", out], capsys)
+    payload = json.loads(out.read_text())
+    assert payload["solver_options"] == {"taylor": True} and payload["analytic_first_step"] is True
+    assert payload["initial"] == str(start) and payload["nfe"] == BUDGET and len(payload["sigmas"]) == steps
+    assert payload["sigmas"][0] == json.loads(start.read_text())["sigmas"][0]  # sigma_max is the file's first level
+
+    held_seeds = range(CALIBRATION, CALIBRATION + HELD_OUT)
+    reference = rk4_end_points(finite_set_denoiser(data.load("8gaussians", n=500, seed=0)), seeded_latents(held_seeds, (2,)))
+    for key, levels in (("held_out_error_before", start), ("held_out_error_after", out)):
+        npz = tmp_path / "samples.npz"
+        printed = cli_ok(["sample", *EXACT, *options, "--discretization", levels,
+                          "--seeds", f"{CALIBRATION}-{CALIBRATION + HELD_OUT - 1}", "--out", npz], capsys)
+        assert f"{steps} steps, {BUDGET} denoiser evaluations" in printed
+        assert rms(torch.from_numpy(np.load(npz)["samples"]), reference) == pytest.approx(payload[key], rel=1e-4)
+
+
+def test_fit_from_a_named_discretization(tmp_path, capsys):
+    """--discretization NAME: with one sampling run allowed the result is the starting levels themselves, here
+    log-sigma's, uniform in ln sigma on [sigma_min, sigma_max]."""
+    out = tmp_path / "steps.json"
+    cli_ok(["optimize-steps", *EXACT, "--solver", "euler", "--nfe", 5, "--discretization", "log-sigma", "--calibration", 4,
+            "--held-out", 4, "--max-evaluations", 1, "--out", out], capsys)
+    sigmas = json.loads(out.read_text())["sigmas"]
+    assert sigmas == pytest.approx(np.exp(np.linspace(math.log(SIGMA_MAX), math.log(SIGMA_MIN), 5)).tolist(), rel=1e-12)
+
+
+BLOCK_THE_RENAME = (
+    "import os, sys, time; os.replace = lambda *a: time.sleep(600); "  # the temporary is written, then the rename waits
+    "from edm_space.cli import main; main(sys.argv[1:])"
+)
+
+
+def test_a_temporary_left_by_sigkill_is_removed_by_the_next_run(tmp_path):
+    """SIGKILL a real optimize-steps while it writes --out (its rename held back so that the kill lands there): the
+    temporary stays; the next optimize-steps into the folder removes it, and leaves a live writer's temporary alone."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = ["optimize-steps", *TINY, "--solver", "euler", "--nfe", 4, "--out", folder / "steps.json"]
+    with open(tmp_path / "victim.err", "w") as err:
+        victim = subprocess.Popen([sys.executable, "-c", BLOCK_THE_RENAME, *map(str, args)], env=subprocess_env(),
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until(lambda: bool(list(folder.glob(".tmp-*.json"))), victim, timeout=240)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    left = list(folder.glob(".tmp-*.json"))
+    assert len(left) == 1 and f".tmp-{victim.pid}-" in left[0].name and not (folder / "steps.json").exists()
+    live = folder / f".tmp-{os.getpid()}-inprogress.json"  # a writer that still runs: this test process
+    live.write_text("{}")
+
+    done = cli_subprocess(args, cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, "steps.json"])

@@ -53,8 +53,10 @@ def test_cli_trains_and_samples_a_package_module_class(tmp_path, monkeypatch, ca
     shutil.copytree(os.path.join(REPO, "examples"), tmp_path / "examples")  # importable from the working directory
     monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != REPO])
     sys.modules.pop("examples", None), sys.modules.pop("examples.own_network", None)
+    search_path = list(sys.path)
     main(["train", "--net", "examples.own_network:SmallResidualMLP", "--net-option", "hidden=16", "--data", "moons",
           "--data-size", "256", "--steps", "4", "--batch", "16", "--out", "runs/own"])
+    assert sys.path == search_path  # found in the working directory without adding it to sys.path
     assert read_run_config("runs/own").net_options == {"hidden": 16}
     main(["sample", "--ckpt", "runs/own", "--n", "8", "--steps", "4", "--out", "own.npz"])
     assert (tmp_path / "own.npz").exists()

@@ -13,14 +13,17 @@ network answers from our denoiser at x_hat = x / alpha:
   constant-step iPNDM on EDM's ODE, i.e. our ipndm on the edm preset (t = sigma). Both
   take the full fourth-order step into sigma = 0.
 - UniPCMultistepScheduler (data prediction, prediction_type="sample", solver_order =
-  our p, solver_type = our variant): its `sigmas` replaced by our levels after
-  set_timesteps. Final-step conventions: (a) final_sigmas_type="zero" with
-  lower_order_final=True is our default (the step into 0 returns D) for order 2 with
-  bh2; for order 3 its lower_order_final also lowers the second-to-last step to order 2,
-  which ours does not, and with bh1 it returns NaN there (B(h) = -h = -inf times a 0
-  correction). (b) Ending at sigma_min with lower_order_final=False (every step at full
-  order, no corrector after the last) is ours with final_step="denoise" before its final
-  D call: compared for orders 2, 3 and both variants.
+  our p, solver_type = our variant, lower_order_final = ours): its `sigmas` replaced by our
+  levels after set_timesteps. Into sigma = 0 (final_sigmas_type="zero") with
+  lower_order_final=True, our default, for orders 2 and 3 with bh2: the step into 0 returns D
+  and, for order 3, the step before it is second order. (With bh1 diffusers returns NaN there:
+  B(h) = -h = -inf times a 0 correction.) Ending at sigma_min (ours with final_step="denoise"
+  before its final D call), both variants and both lower_order_final settings.
+- DPMSolverMultistepScheduler (algorithm_type="dpmsolver++", solver_order=3, prediction_type="sample",
+  solver_type="midpoint", final_sigmas_type="zero", lower_order_final=False) is our published dpm++3m: its
+  orders warm up 1, 2, 3 and the step into sigma = 0 is first order (returns D). With solver_type="heun" its
+  warm-up step is our taylor=True one, but its third-order steps stay the published ones, so taylor=True is
+  compared only there. (Its default lower_order_final=True also lowers the last two steps below 15 steps.)
 - DEISMultistepScheduler ("logrho": eps fitted in ln sigma) is our deis with
   basis="log-sigma". It cannot step into sigma = 0 (its first-order update there computes
   0 * inf), so it runs to sigma_min with lower_order_final=False and is compared with
@@ -33,6 +36,8 @@ preset must give the same x_hat as on edm.
 """
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -59,12 +64,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def schedulers():
-    """(IPNDMScheduler, UniPCMultistepScheduler, DEISMultistepScheduler) of the installed diffusers."""
+    """(IPNDMScheduler, UniPCMultistepScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler) of diffusers."""
     diffusers_schedulers()  # the reference tests' gate on diffusers being installed
     ipndm = pytest.importorskip("diffusers.schedulers.scheduling_ipndm")
     unipc = pytest.importorskip("diffusers.schedulers.scheduling_unipc_multistep")
     deis = pytest.importorskip("diffusers.schedulers.scheduling_deis_multistep")
-    return ipndm.IPNDMScheduler, unipc.UniPCMultistepScheduler, deis.DEISMultistepScheduler
+    dpm = pytest.importorskip("diffusers.schedulers.scheduling_dpmsolver_multistep")
+    return ipndm.IPNDMScheduler, unipc.UniPCMultistepScheduler, deis.DEISMultistepScheduler, dpm.DPMSolverMultistepScheduler
 
 
 def edm_levels(num_steps: int) -> torch.Tensor:
@@ -142,41 +148,55 @@ def test_diffusers_ipndm_float32(schedulers):
 # UniPCMultistepScheduler
 
 
-def unipc_scheduler(UniPC, order: int, variant: str, to_zero: bool):
+def unipc_scheduler(UniPC, order: int, variant: str, lower_order_final: bool):
     return UniPC(
         num_train_timesteps=1000,
         solver_order=order,
         solver_type=variant,
         prediction_type="sample",
         predict_x0=True,
-        lower_order_final=to_zero,
+        lower_order_final=lower_order_final,
         final_sigmas_type="zero",
         disable_corrector=[],
     )
 
 
-@pytest.mark.parametrize("num_steps", [4, 12])
-def test_diffusers_unipc_into_zero(schedulers, num_steps):
-    """Order 2, bh2, final_sigmas_type="zero" with lower_order_final: the step into sigma = 0 returns D."""
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("num_steps", [2, 4, 12])
+def test_diffusers_unipc_into_zero(schedulers, order, num_steps):
+    """bh2, final_sigmas_type="zero" and diffusers' default lower_order_final=True: our defaults."""
     levels = edm_levels(num_steps)
-    ours = samplers.sample(denoiser, _latents(), formulation="edm", solver="unipc-2", discretization=levels, variant="bh2")
-    assert rel_err(ours, run_data_prediction_scheduler(unipc_scheduler(schedulers[1], 2, "bh2", True), levels, F64)) < TIGHT
+    ours = samplers.sample(denoiser, _latents(), formulation="edm", solver=f"unipc-{order}", discretization=levels)
+    assert rel_err(ours, run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, "bh2", True), levels, F64)) < TIGHT
 
 
 @pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("preset", ["edm", "vp"])
-def test_diffusers_unipc_to_sigma_min(schedulers, order, variant, preset):
+@pytest.mark.parametrize("lower_order_final", [True, False])
+def test_diffusers_unipc_to_sigma_min(schedulers, order, variant, preset, lower_order_final):
     levels = edm_levels(12)
-    ours = ours_at_sigma_min(f"unipc-{order}", preset, levels, variant=variant)
-    ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, variant, False), levels[:-1], F64)
+    ours = ours_at_sigma_min(f"unipc-{order}", preset, levels, variant=variant, lower_order_final=lower_order_final)
+    ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, variant, lower_order_final), levels[:-1], F64)
     assert rel_err(ours, ref) < TIGHT
+    # The option changes the result: the last step (and for order 3 the one before) at lower order.
+    other = ours_at_sigma_min(f"unipc-{order}", preset, levels, variant=variant, lower_order_final=not lower_order_final)
+    assert rel_err(other, ref) > 1e-8
+
+
+def test_unipc_3_lower_order_final_into_zero_changes_the_second_to_last_step(schedulers):
+    """Into sigma = 0 the last step returns D either way; unipc-3's option decides the order of the step before."""
+    levels = edm_levels(6)
+    lowered = samplers.sample(denoiser, _latents(), formulation="edm", solver="unipc-3", discretization=levels)
+    full = samplers.sample(denoiser, _latents(), formulation="edm", solver="unipc-3", discretization=levels, lower_order_final=False)
+    ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], 3, "bh2", True), levels, F64)
+    assert rel_err(lowered, ref) < TIGHT < rel_err(full, ref)
 
 
 @pytest.mark.parametrize("order", [2, 3])
 def test_diffusers_unipc_float32(schedulers, order):
     levels = edm_levels(12)
-    ours = ours_at_sigma_min(f"unipc-{order}", "edm", levels)
+    ours = ours_at_sigma_min(f"unipc-{order}", "edm", levels, lower_order_final=False)
     ref = run_data_prediction_scheduler(unipc_scheduler(schedulers[1], order, "bh2", False), levels[:-1], F32)
     assert rel_err(ours, ref) < FLOAT32
 
@@ -214,3 +234,62 @@ def test_deis_t_basis_is_not_diffusers_log_rho(schedulers):
     ours = ours_at_sigma_min("deis", "edm", levels)
     ref = run_data_prediction_scheduler(deis_scheduler(schedulers[2], 3), levels[:-1], F64)
     assert rel_err(ours, ref) > 1e-4
+
+
+# ---------------------------------------------------------------------------
+# DPMSolverMultistepScheduler
+
+
+def dpm_scheduler(DPM, solver_type: str = "midpoint"):
+    return DPM(
+        num_train_timesteps=1000, solver_order=3, algorithm_type="dpmsolver++", prediction_type="sample",
+        solver_type=solver_type, lower_order_final=False, final_sigmas_type="zero",
+    )
+
+
+class _Float64Torch:
+    """torch with float32 read as float64: DPMSolverMultistepScheduler.step casts its state with
+    sample.to(torch.float32) on every step; seen through this, its float64 state stays float64."""
+
+    float32 = torch.float64
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+@pytest.fixture
+def dpm_float64(schedulers, monkeypatch):
+    monkeypatch.setattr(sys.modules[schedulers[3].__module__], "torch", _Float64Torch())
+    return schedulers[3]
+
+
+@pytest.mark.parametrize("preset", ["edm", "vp"])
+@pytest.mark.parametrize("num_steps", [2, 3, 5, 12, 20])
+def test_diffusers_dpmpp_3m_float64(dpm_float64, preset, num_steps):
+    levels = edm_levels(num_steps)
+    ours = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels)
+    ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64), levels, F64)
+    assert rel_err(ours, ref) < TIGHT
+    # The exact-Taylor form is another method (measured 2e-3 to 0.25 away from 3 steps on).
+    taylor = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels, taylor=True)
+    assert num_steps < 3 or rel_err(taylor, ref) > 1e-3
+
+
+@pytest.mark.parametrize("num_steps", [3, 12])
+def test_diffusers_dpmpp_3m_heun_warm_up(dpm_float64, num_steps):
+    """solver_type="heun" takes taylor=True's warm-up step (phi_2 d1), then the published third-order steps:
+    with three steps (DDIM, the warm-up, the step into 0 that returns D) it is our taylor=True; with more it is
+    neither of ours."""
+    levels = edm_levels(num_steps)
+    ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64, "heun"), levels, F64)
+    taylor = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels, taylor=True)
+    published = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels)
+    assert (rel_err(taylor, ref) < TIGHT) == (num_steps == 3)
+    assert rel_err(published, ref) > 1e-6
+
+
+def test_diffusers_dpmpp_3m_float32_state(schedulers):
+    """Unpatched, diffusers keeps a float32 state: equal to float32 accuracy (measured <= 2e-7 up to 40 steps)."""
+    levels = edm_levels(12)
+    ours = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels)
+    assert rel_err(ours, run_data_prediction_scheduler(dpm_scheduler(schedulers[3]), levels, F64)) < FLOAT32

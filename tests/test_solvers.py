@@ -138,19 +138,24 @@ def test_order_of_accuracy(solver, order, preset, disc, steps):
 
 
 @pytest.mark.parametrize("preset,disc,steps", GRIDS[:3])
-def test_dpmpp_3m_at_least_second_order(preset, disc, steps):
-    errors = [solve_error("dpm++3m", preset, disc, n, "denoised") for n in steps]
+@pytest.mark.parametrize("taylor", [False, True])
+def test_dpmpp_3m_at_least_second_order(preset, disc, steps, taylor):
+    errors = [solve_error("dpm++3m", preset, disc, n, "denoised", taylor=taylor) for n in steps]
     assert fitted_order(errors, steps) > 1.8, errors
     # ...and no worse than 2M on the same grid at the finest resolution.
     assert errors[-1] < solve_error("dpm++2m", preset, disc, steps[-1], "denoised")
 
 
-def dpmpp_3m_by_hand(D: Gaussian, z: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
-    """DPM-Solver++(3M) in x_hat and lambda = -ln sigma, written from the Taylor expansion of D in lambda.
+def dpmpp_3m_by_hand(D: Gaussian, z: torch.Tensor, sigmas: np.ndarray, taylor: bool) -> torch.Tensor:
+    """DPM-Solver++(3M) in x_hat and lambda = -ln sigma.
 
+    Exact Taylor form (taylor=True), from the expansion of D in lambda:
     x_hat_next = (sigma_next/sigma) x_hat + (1 - e^-h) D + h phi_2 D' - h^2 phi_3 D'', phi_2 = (h - 1 + e^-h)/h,
     phi_3 = phi_2/h - 1/2, with h D' and h^2 D'' from divided differences of the last three D
-    (h^2 D'' = 2 (d1_0 - d1_1)/(r0 + r1)); warm start with orders 1 and 2; the step into sigma = 0 returns D.
+    (h^2 D'' = 2 (d1_0 - d1_1)/(r0 + r1)); its order-2 warm-up step is + h phi_2 D'.
+    Published form (taylor=False; DPM-Solver's multistep third-order update, Lu et al. 2022): the D'' term is
+    -phi_3 (d1_0 - d1_1)/(r0 + r1), half the Taylor one, and the warm-up step is 2M's
+    + (1 - e^-h) (D - D_prev) / (2 r). Both start with DDIM; the step into sigma = 0 returns D.
     """
     x = z * float(sigmas[0])
     history = []
@@ -163,12 +168,16 @@ def dpmpp_3m_by_hand(D: Gaussian, z: torch.Tensor, sigmas: np.ndarray) -> torch.
         phi_3 = phi_2 / h - 0.5
         x_next = sigma_next / sigma * x + (1 - math.exp(-h)) * d
         if len(history) == 1:
-            x_next = x_next + phi_2 * (d - history[0][1]) * h / (lam - history[0][0])
+            r = (lam - history[0][0]) / h
+            if taylor:
+                x_next = x_next + phi_2 * (d - history[0][1]) / r
+            else:
+                x_next = x_next + (1 - math.exp(-h)) * (d - history[0][1]) / (2 * r)
         elif len(history) == 2:
             r0, r1 = (lam - history[0][0]) / h, (history[0][0] - history[1][0]) / h
             d1_0, d1_1 = (d - history[0][1]) / r0, (history[0][1] - history[1][1]) / r1
             first = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-            second = 2 * (d1_0 - d1_1) / (r0 + r1)
+            second = (2 if taylor else 1) * (d1_0 - d1_1) / (r0 + r1)
             x_next = x_next + phi_2 * first - phi_3 * second
         history = [(lam, d)] + history[:1]
         x = x_next
@@ -179,21 +188,40 @@ def log_sigma_levels(n: int) -> np.ndarray:
     return np.append(np.exp(np.linspace(math.log(80.0), math.log(0.002), n)), 0.0)
 
 
-def test_third_order_reference_reaches_order_three():
-    """Control for the next test: the harness can see third order when the method has it."""
+def by_hand_errors(taylor: bool):
     D = Gaussian(MU_2D, C_2D)
     z = latents_2d()
     errors = []
     for n in SMALL:
         sigmas = log_sigma_levels(n)
         t_steps = torch.tensor(sigmas, dtype=F64)  # edm: t = sigma
-        errors.append((dpmpp_3m_by_hand(D, z, sigmas) - reference_end(D, "edm", z, t_steps, "denoised")).abs().max().item())
-    assert fitted_order(errors, SMALL) > 2.7, errors
+        errors.append((dpmpp_3m_by_hand(D, z, sigmas, taylor) - reference_end(D, "edm", z, t_steps, "denoised")).abs().max().item())
+    return errors
 
 
-def test_dpmpp_3m_third_order():
-    errors = [solve_error("dpm++3m", "edm", "log-sigma", n, "denoised") for n in SMALL]
-    assert fitted_order(errors, SMALL) > 2.7, errors
+def test_third_order_reference_reaches_order_three():
+    """Control for the next tests: the harness sees third order in the Taylor form and second in the published one
+    (its D'' coefficient is half the Taylor one, an O(h^3) local error)."""
+    assert fitted_order(by_hand_errors(True), SMALL) > 2.7
+    assert 1.8 < fitted_order(by_hand_errors(False)[1:], SMALL[1:]) < 2.4
+
+
+@pytest.mark.parametrize("taylor", [False, True])
+def test_dpmpp_3m_equals_the_formulas_by_hand(taylor):
+    z = latents_2d()
+    for n in (3, 4, 9):
+        sigmas = log_sigma_levels(n)
+        ours = samplers.sample(Gaussian(MU_2D, C_2D), z, formulation="edm", solver="dpm++3m", discretization=torch.tensor(sigmas), taylor=taylor)
+        assert torch.allclose(ours, dpmpp_3m_by_hand(Gaussian(MU_2D, C_2D), z, sigmas, taylor), rtol=1e-12, atol=1e-13)
+
+
+def test_dpmpp_3m_orders():
+    """Measured on the log-sigma grid of EDM's ODE: the Taylor form is third order, the published one second."""
+    taylor = [solve_error("dpm++3m", "edm", "log-sigma", n, "denoised", taylor=True) for n in SMALL]
+    published = [solve_error("dpm++3m", "edm", "log-sigma", n, "denoised") for n in SMALL]
+    assert fitted_order(taylor, SMALL) > 2.7, taylor
+    assert 1.8 < fitted_order(published[1:], SMALL[1:]) < 2.4, published
+    assert taylor[-1] < published[-1] / 10
 
 
 @pytest.mark.parametrize("preset", ["edm", "vp", "flow"])
@@ -502,12 +530,13 @@ def test_one_step_dpmpp_2m_equals_ddim():
     assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", ["dpm++2m", "dpm++3m"])
+@pytest.mark.parametrize("solver,taylor", [("dpm++2m", None), ("dpm++3m", False), ("dpm++3m", True)])
 @pytest.mark.parametrize("preset", ["vp", "flow"])
-def test_dpmpp_multistep_first_steps(solver, preset):
+def test_dpmpp_multistep_first_steps(solver, taylor, preset):
     """Step 0 is DDIM (first order); step 1 is the second-order multistep update (Lu et al. 2022)."""
     z = latents_2d(6)
-    _, calls, sigmas = record(solver, preset, 8, z, discretization="edm")
+    options = {} if taylor is None else {"taylor": taylor}
+    _, calls, sigmas = record(solver, preset, 8, z, discretization="edm", **options)
     s = scale_of(preset, sigmas)
     x_hat = [z * sigmas[0]] + [c[0] / s[i + 1] for i, c in enumerate(calls)]
     D0, D1 = calls[0][1], calls[1][1]
@@ -515,7 +544,7 @@ def test_dpmpp_multistep_first_steps(solver, preset):
     assert torch.allclose(x_hat[1], ratio * x_hat[0] + (1 - ratio) * D0, rtol=1e-11, atol=1e-12)
     h_prev, h = math.log(sigmas[0] / sigmas[1]), math.log(sigmas[1] / sigmas[2])
     base = sigmas[2] / sigmas[1] * x_hat[1] + (1 - math.exp(-h)) * D1
-    if solver == "dpm++2m":  # Alg. 2: D_i + (D_i - D_{i-1}) / (2 r), r = h_{i-1} / h_i
+    if solver == "dpm++2m" or not taylor:  # Alg. 2: D_i + (D_i - D_{i-1}) / (2 r), r = h_{i-1} / h_i
         expected = base + (1 - math.exp(-h)) * (D1 - D0) * h / (2 * h_prev)
     else:  # Taylor form: + h phi_2 D', D' from the first divided difference
         expected = base + (h - 1 + math.exp(-h)) / h * (D1 - D0) * h / h_prev

@@ -1,5 +1,6 @@
 """The training loop: determinism, resume after SIGKILL, crash-safe checkpoints, torchrun, divergence, learning."""
 
+import copy
 import io
 import math
 import os
@@ -102,6 +103,19 @@ def test_same_seed_and_config_give_bit_identical_weights(tmp_path):
     assert a["model"]["out.weight"].abs().max() > 0
     assert not torch.equal(a["model"]["out.weight"], a["ema"]["out.weight"])  # EMA is its own copy
     assert [e["loss"] for e in read_log(str(tmp_path / "a"))] == [e["loss"] for e in read_log(str(tmp_path / "b"))]
+
+
+def test_training_leaves_the_callers_global_rng_and_config_alone(tmp_path):
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    config = tiny(tmp_path / "a", steps=4, checkpoint_every=4)
+    given = copy.deepcopy(config)
+    train(config, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # the global generator is where the caller left it
+    assert config == given  # derived facts (sigma_data, item_shape) went to the run, not into the caller's object
+    torch.manual_seed(99)  # another global state: the same weights, since the run seeds its own initialisation
+    train(tiny(tmp_path / "b", steps=4, checkpoint_every=4), progress=False)
+    assert_same_training_state(final_state(tmp_path / "a")[1], final_state(tmp_path / "b")[1])
 
 
 def test_extending_a_finished_run_equals_training_longer_from_the_start(tmp_path):

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..networks.unet import _groups
+from ..registry import Option
 
 #: The spatial reduction factors an autoencoder supports.
 DOWNSAMPLE_FACTORS = (1, 2, 4)
@@ -39,6 +40,12 @@ def latent_grid(item_shape: Sequence[int], downsample: int) -> Tuple[int, int]:
     if height % downsample or width % downsample:
         raise ConfigError(f"downsample {downsample} does not divide the image size {height}x{width}")
     return height // downsample, width // downsample
+
+
+# Bounds of the options every convolutional autoencoder shares (edm_space.registry); downsample is
+# checked by latent_grid, which names the factors that fit the image.
+CONV_OPTIONS = {"latent_channels": Option.integer(1, 1 << 12), "downsample": Option.integer(1, 1 << 10),
+                "channels": Option.integer(1, 1 << 14), "blocks": Option.integer(0, 64)}
 
 
 class ResidualBlock(nn.Module):

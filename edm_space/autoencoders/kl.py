@@ -25,14 +25,16 @@ same input and output shapes may replace them.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .convolutional import ConvDecoder, ConvEncoder, latent_grid
+from ..registry import Option
+from .base import Autoencoder
+from .convolutional import CONV_OPTIONS, ConvDecoder, ConvEncoder, latent_grid
 
 Tensor = torch.Tensor
 
@@ -64,7 +66,7 @@ def reparameterize(mean: Tensor, logvar: Tensor, generator: Optional[torch.Gener
     return mean + torch.exp(0.5 * logvar) * eps
 
 
-class KLAutoencoder(nn.Module):
+class KLAutoencoder(Autoencoder):
     """VAE with a diagonal Gaussian posterior, a N(0, I) prior and a fixed-variance Gaussian decoder.
 
     Args:
@@ -76,6 +78,11 @@ class KLAutoencoder(nn.Module):
         beta: weight of the KL term; None gives 2 decoder_std^2 (the rescaled negative ELBO).
         decoder_std: the fixed sigma_x of p(x|z) = N(decode(z), sigma_x^2 I).
     """
+
+    latent_modes = ("mean", "sample")
+    has_prior = True
+    # Bounds of the options (edm_space.registry), checked before the autoencoder is built.
+    OPTIONS = {**CONV_OPTIONS, "beta": Option.number(0.0, optional=True), "decoder_std": Option.number(0.0, open_low=True)}
 
     def __init__(
         self,
@@ -111,10 +118,9 @@ class KLAutoencoder(nn.Module):
         """The decoder mean decode(z) = E[x | z]: [batch, *item_shape]."""
         return self.decoder(z)
 
-    def latents(self, x: Tensor, mode: str = "mean", generator: Optional[torch.Generator] = None) -> Tensor:
+    def latents(self, x: Tensor, mode: Optional[str] = "mean", generator: Optional[torch.Generator] = None) -> Tensor:
         """Latents of `x`: the posterior mean (`mode="mean"`) or a draw z ~ q(z|x) (`mode="sample"`)."""
-        if mode not in ("mean", "sample"):
-            raise ConfigError(f"latent mode {mode!r} is not supported; valid: mean, sample")
+        mode = self.check_latent_mode(mode)
         mean, logvar = self.encode(x)
         return mean if mode == "mean" else reparameterize(mean, logvar, generator)
 
@@ -163,3 +169,21 @@ class KLAutoencoder(nn.Module):
         elbo = torch.stack(log_likelihoods).mean(dim=0) - kl_divergence(mean, logvar)
         iwae = torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(k)
         return {"elbo": elbo, "iwae": iwae}
+
+    def held_out_statistics(self, x: Tensor, generator: torch.Generator, iwae_samples: int) -> Dict[str, Tensor]:
+        """ELBO and IWAE bounds in bits per dimension of x's 8-bit levels, uniformly dequantized (families.bits)."""
+        from ..families.bits import DEQUANTIZED_SCALE, bits_per_dim, dequantize, to_levels  # families import this module
+        from ..families.vae import generator_on
+
+        y = dequantize(to_levels(x), generator, x.dtype)
+        bounds = self.log_likelihood_bounds(y, k=iwae_samples, generator=generator_on(x.device, generator))
+        return {name: bits_per_dim(value, math.prod(x.shape[1:]), DEQUANTIZED_SCALE) for name, value in bounds.items()}
+
+    def summarize(self, collected: Dict[str, Tensor], iwae_samples: int) -> Dict[str, Any]:
+        """Mean ELBO and IWAE bits per dimension over the evaluated items."""
+        return {"elbo_bits_per_dim": float(collected["elbo"].mean()), "iwae_bits_per_dim": float(collected["iwae"].mean()),
+                "iwae_samples": iwae_samples}
+
+    def describe_evaluation(self, result: Dict[str, Any]) -> str:
+        return (f"; ELBO {result['elbo_bits_per_dim']:.4f} bits/dim, IWAE (k={result['iwae_samples']}) "
+                f"{result['iwae_bits_per_dim']:.4f} bits/dim")

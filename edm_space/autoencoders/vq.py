@@ -33,19 +33,21 @@ and sums of `ema_update` and the usage counters would need an all-reduce first.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .convolutional import ConvDecoder, ConvEncoder, latent_grid
+from ..registry import Option
+from .base import Autoencoder
+from .convolutional import CONV_OPTIONS, ConvDecoder, ConvEncoder, latent_grid
 
 Tensor = torch.Tensor
 
 
-class VQAutoencoder(nn.Module):
+class VQAutoencoder(Autoencoder):
     """VQ-VAE with a straight-through quantizer, codebook/commitment or EMA codebook learning, dead-code restarts.
 
     Args:
@@ -61,6 +63,12 @@ class VQAutoencoder(nn.Module):
         epsilon: Laplace smoothing of the EMA cluster sizes.
         restart_after: steps a code may go unused before it is restarted; 0 disables restarts.
     """
+
+    latent_modes = ("continuous", "quantized")
+    # Bounds of the options (edm_space.registry), checked before the autoencoder is built.
+    OPTIONS = {**CONV_OPTIONS, "num_codes": Option.integer(2, 1 << 16), "beta": Option.number(0.0), "ema": Option.flag(),
+               "decay": Option.number(0.0, 1.0, open_low=True, open_high=True), "epsilon": Option.number(0.0, open_low=True),
+               "restart_after": Option.integer(0, 1 << 30)}
 
     def __init__(
         self,
@@ -139,11 +147,11 @@ class VQAutoencoder(nn.Module):
             z = self.codebook[self.nearest_codes(z)].permute(0, 3, 1, 2)
         return self.decoder(z)
 
-    def latents(self, x: Tensor, mode: str = "continuous") -> Tensor:
+    def latents(self, x: Tensor, mode: Optional[str] = "continuous", generator: Optional[torch.Generator] = None) -> Tensor:
         """Latents of `x`: the encoder output z_e (`"continuous"`, what latent diffusion models, since
-        `decode` quantizes; Rombach et al. 2022, Sec. 3.1) or its nearest codebook vectors (`"quantized"`)."""
-        if mode not in ("continuous", "quantized"):
-            raise ConfigError(f"latent mode {mode!r} is not supported; valid: continuous, quantized")
+        `decode` quantizes; Rombach et al. 2022, Sec. 3.1) or its nearest codebook vectors (`"quantized"`).
+        Both are deterministic: `generator` is not used."""
+        mode = self.check_latent_mode(mode)
         z_e = self.encode(x)
         return z_e if mode == "continuous" else self.codebook[self.nearest_codes(z_e)].permute(0, 3, 1, 2)
 
@@ -228,3 +236,15 @@ class VQAutoencoder(nn.Module):
 def _vectors(z: Tensor) -> Tensor:
     """[batch, D, h, w] -> one D-vector per position, [batch * h * w, D] (row order matches indices.reshape(-1))."""
     return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+    def held_out_statistics(self, x: Tensor, generator: torch.Generator, iwae_samples: int) -> Dict[str, Tensor]:
+        """The code index of every latent vector of x."""
+        return {"codes": self.nearest_codes(self.encode(x))}
+
+    def summarize(self, collected: Dict[str, Tensor], iwae_samples: int) -> Dict[str, Any]:
+        """Codebook usage (fraction of codes used) and perplexity over every evaluated latent."""
+        usage, perplexity = self.code_statistics(collected["codes"].to(self.codebook.device))
+        return {"codebook_usage": float(usage), "perplexity": float(perplexity), "num_codes": self.num_codes}
+
+    def describe_evaluation(self, result: Dict[str, Any]) -> str:
+        return f"; codebook usage {result['codebook_usage']:.1%} of {result['num_codes']} codes, perplexity {result['perplexity']:.2f}"

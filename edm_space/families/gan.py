@@ -25,6 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
 from ..errors import ConfigError, unknown
 from .base import GenerativeFamily, draw_normal, optimize
+from ..registry import Option
 
 Tensor = torch.Tensor
 
@@ -121,6 +122,10 @@ class GAN(GenerativeFamily):
 
     # DCGAN's Adam beta1 = 0.5 (Radford et al. 2016, Sec. 4).
     adam_betas = (0.5, 0.999)
+
+    # Bounds of the options (edm_space.registry), checked before the family is built.
+    OPTIONS = {"latent_dim": Option.integer(1, 1 << 16), "channels": Option.integer(1, 1 << 14), "width": Option.integer(1, 1 << 16),
+               "depth": Option.integer(1, 1024), "loss": Option.name(*LOSSES, label="GAN loss"), "spectral_norm": Option.flag()}
 
     def __init__(self, item_shape: Sequence[int], latent_dim: int = 64, channels: int = 64, width: int = 256, depth: int = 2, loss: str = "ns", spectral_norm: bool = False):
         super().__init__()

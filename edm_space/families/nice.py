@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError, unknown
 from .base import GenerativeFamily, draw_normal, draw_uniform, optimize
 from .bits import DEQUANTIZED_SCALE, bits_per_dim, dequantize, dequantized_bits_per_dim, to_levels
+from ..registry import Option
 
 Tensor = torch.Tensor
 
@@ -91,6 +92,10 @@ class NICE(GenerativeFamily):
     (the paper's) or "gaussian", and dequantize: train on uniformly dequantized
     8-bit data (default: on for image items [C, H, W], off for vectors).
     """
+
+    # Bounds of the options (edm_space.registry), checked before the family is built.
+    OPTIONS = {"couplings": Option.integer(1, 1024), "width": Option.integer(1, 1 << 16), "depth": Option.integer(1, 1024),
+               "prior": Option.name(*PRIORS, label="NICE prior"), "dequantize": Option("flag", optional=True)}
 
     def __init__(self, item_shape: Sequence[int], couplings: int = 4, width: int = 256, depth: int = 3, prior: str = "logistic", dequantize: Optional[bool] = None):
         super().__init__()

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from .base import GenerativeFamily, draw_uniform, optimize
 from .bits import LEVELS, bits_per_dim, levels_to_unit, to_levels
+from ..registry import Option
 
 Tensor = torch.Tensor
 
@@ -83,6 +84,9 @@ class PixelCNN(GenerativeFamily):
     blocks (residual blocks of masked 3x3 convolutions), head (channels of the
     1x1 output layers).
     """
+
+    # Bounds of the options (edm_space.registry), checked before the family is built.
+    OPTIONS = {"channels": Option.integer(1, 1 << 14), "blocks": Option.integer(0, 1024), "head": Option.integer(1, 1 << 14)}
 
     def __init__(self, item_shape: Sequence[int], channels: int = 64, blocks: int = 5, head: int = 128):
         super().__init__()

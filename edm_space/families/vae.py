@@ -20,6 +20,7 @@ from torch import nn
 
 from ..autoencoders.kl import KLAutoencoder
 from ..errors import ConfigError
+from ..registry import Option
 from .base import GenerativeFamily, draw_normal, optimize
 from .bits import dequantized_bits_per_dim
 
@@ -57,6 +58,9 @@ class VAE(GenerativeFamily):
     The default beta = 2 decoder_std^2 makes the training loss the negative ELBO,
     rescaled (see autoencoders.kl), i.e. maximum-likelihood training of the VAE.
     """
+
+    # Bounds of the options (edm_space.registry): the KL autoencoder's, and the IWAE bound's posterior draws.
+    OPTIONS = {**KLAutoencoder.OPTIONS, "iwae_samples": Option.integer(1, 10_000)}
 
     def __init__(
         self,

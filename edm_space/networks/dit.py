@@ -23,9 +23,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError, unknown
-from .embedding import LabelEmbedding, NoiseEmbedding
+from .embedding import LabelEmbedding, NoiseEmbedding, SinusoidalNoiseEmbedding
+from ..registry import Option
 
 POSITIONS = ("sincos", "rope")
+# "dit": the conventions of DiT / MAE / diffusers (position embedding column first, output tokens read as (p, p, C));
+# "legacy": those of runs written before (row first, (C, p, p)), which a run without a record of its convention has.
+CONVENTIONS = ("dit", "legacy")
+NOISE_EMBEDDINGS = ("fourier", "dit")
 FREQUENCY_BASE = 10000.0  # of the sin-cos embedding (Vaswani et al. 2017) and of RoPE (Su et al. 2021, eq. 15)
 
 
@@ -36,9 +41,13 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
-def unpatchify(tokens: torch.Tensor, patch: int, item_shape: Sequence[int]) -> torch.Tensor:
-    """The inverse of `patchify`: [B, (H/p)(W/p), C p p] -> [B, C, H, W]."""
+def unpatchify(tokens: torch.Tensor, patch: int, item_shape: Sequence[int], channels_last: bool = False) -> torch.Tensor:
+    """[B, (H/p)(W/p), C p p] -> [B, C, H, W]: the inverse of `patchify`, whose token features are ordered (C, p, p);
+    with channels_last the features are read as (p_row, p_col, C), as DiT's and diffusers' final layer writes them."""
     c, h, w = item_shape
+    if channels_last:
+        x = tokens.reshape(tokens.shape[0], h // patch, w // patch, patch, patch, c)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], c, h, w)
     x = tokens.reshape(tokens.shape[0], h // patch, w // patch, c, patch, patch)
     return x.permute(0, 3, 1, 4, 2, 5).reshape(tokens.shape[0], c, h, w)
 
@@ -54,11 +63,12 @@ def grid_positions(rows: int, cols: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return row.reshape(-1), col.reshape(-1)
 
 
-def sincos_position_embedding(width: int, rows: int, cols: int) -> torch.Tensor:
+def sincos_position_embedding(width: int, rows: int, cols: int, column_first: bool = True) -> torch.Tensor:
     """The fixed 2-D sin-cos embedding [rows*cols, width] (MAE, He et al. 2022; DiT Sec. 3.2).
 
-    The first half of the features encodes the row, the second half the column, each as
-    [sin(pos * omega_i), cos(pos * omega_i)] with omega_i = 1 / 10000^(2i / (width/2)).
+    The first half of the features encodes the column (MAE's get_2d_sincos_pos_embed, whose meshgrid puts
+    w first; DiT and diffusers alike), the second half the row, each as [sin(pos * omega_i), cos(pos * omega_i)]
+    with omega_i = 1 / 10000^(2i / (width/2)). column_first=False is the row-first order of legacy runs.
     """
     row, col = grid_positions(rows, cols)
     omega = frequencies(width // 2)
@@ -67,7 +77,8 @@ def sincos_position_embedding(width: int, rows: int, cols: int) -> torch.Tensor:
         angles = pos[:, None] * omega
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([axis(row), axis(col)], dim=1)
+    first, second = (col, row) if column_first else (row, col)
+    return torch.cat([axis(first), axis(second)], dim=1)
 
 
 def axial_rope_angles(head_dim: int, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
@@ -156,9 +167,19 @@ class DiT(nn.Module):
     patch (pixels per side of a token), mlp_ratio (MLP hidden width / width),
     pos ("sincos": additive 2-D sin-cos embedding, width divisible by 4; "rope": axial
     rotary embedding in attention, head dim divisible by 4), qk_norm (RMS-normalize
-    queries and keys per head), label_dim (number of classes; 0 = unconditional).
-    DiT-S is depth=12, width=384, heads=6; DiT-B is depth=12, width=768, heads=12.
+    queries and keys per head), label_dim (number of classes; 0 = unconditional),
+    convention ("dit" or "legacy", see CONVENTIONS), noise_embedding ("fourier": NoiseEmbedding;
+    "dit": DiT's sinusoidal timestep embedding of noise_scale * c_noise, SinusoidalNoiseEmbedding).
+    DiT-S is depth=12, width=384, heads=6; DiT-B is depth=12, width=768, heads=12. A run with
+    pos="sincos", qk_norm=false, mlp_ratio=4, noise_embedding="dit" exports to diffusers' DiTTransformer2DModel.
     """
+
+    # Bounds of the options (edm_space.registry), checked before the network is built.
+    OPTIONS = {"depth": Option.integer(1, 1024), "width": Option.integer(1, 1 << 16), "heads": Option.integer(1, 1024),
+               "patch": Option.integer(1, 1024), "mlp_ratio": Option.number(0.0, 64.0, open_low=True), "pos": Option.name(*POSITIONS, label="position encoding pos"),
+               "qk_norm": Option.flag(), "label_dim": Option.integer(0, 1 << 20),
+               "convention": Option.name(*CONVENTIONS, label="convention"), "noise_embedding": Option.name(*NOISE_EMBEDDINGS, label="noise_embedding"),
+               "noise_scale": Option.number(0.0, open_low=True)}
 
     def __init__(
         self,
@@ -171,8 +192,15 @@ class DiT(nn.Module):
         pos: str = "sincos",
         qk_norm: bool = True,
         label_dim: int = 0,
+        convention: str = "dit",
+        noise_embedding: str = "fourier",
+        noise_scale: float = 1.0,
     ):
         super().__init__()
+        if convention not in CONVENTIONS:
+            raise unknown("DiT convention", convention, CONVENTIONS)
+        if noise_embedding not in NOISE_EMBEDDINGS:
+            raise unknown("DiT noise_embedding", noise_embedding, NOISE_EMBEDDINGS)
         self.item_shape = tuple(item_shape)
         channels, height, width_px = self.item_shape
         if patch < 1 or height % patch or width_px % patch:
@@ -188,11 +216,12 @@ class DiT(nn.Module):
         self.patch, self.pos, self.label_dim = patch, pos, label_dim
         rows, cols = height // patch, width_px // patch
 
-        self.embed = NoiseEmbedding(width)
+        self.convention, self.noise_embedding, self.mlp_ratio, self.qk_norm = convention, noise_embedding, mlp_ratio, qk_norm
+        self.embed = NoiseEmbedding(width) if noise_embedding == "fourier" else SinusoidalNoiseEmbedding(width, noise_scale)
         self.label = LabelEmbedding(label_dim, width) if label_dim else None
         self.inp = nn.Linear(channels * patch * patch, width)  # a stride-p convolution, on patchified tokens
         if pos == "sincos":
-            self.register_buffer("position", sincos_position_embedding(width, rows, cols).float(), persistent=False)
+            self.register_buffer("position", sincos_position_embedding(width, rows, cols, convention == "dit").float(), persistent=False)
         else:
             self.register_buffer("rope_angles", axial_rope_angles(width // heads, *grid_positions(rows, cols)).float(), persistent=False)
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, qk_norm) for _ in range(depth))
@@ -229,4 +258,4 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, cond, angles)
         shift, scale = self.out_modulation(F.silu(cond)).chunk(2, dim=1)
-        return unpatchify(self.out(modulate(self.out_norm(h), shift, scale)), self.patch, self.item_shape)
+        return unpatchify(self.out(modulate(self.out_norm(h), shift, scale)), self.patch, self.item_shape, self.convention == "dit")

@@ -45,3 +45,25 @@ class LabelEmbedding(nn.Linear):
         if labels is None:
             labels = self.weight.new_zeros(batch, self.in_features)
         return super().forward(labels.to(self.weight.dtype))
+
+
+class SinusoidalNoiseEmbedding(nn.Module):
+    """DiT's timestep embedding: 256 sinusoidal features [cos, sin] of `scale` c_noise, then Linear, SiLU, Linear.
+
+    Frequencies omega_i = 10000^(-i / (128 - 1)), i = 0..127 (Vaswani et al. 2017's positional encoding as
+    DiT, Peebles & Xie 2023, and diffusers' Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1) use it).
+    `scale` maps this project's c_noise to the timestep such a model is fed (1000 for flow's t in [0, 1]).
+    """
+
+    channels = 256
+
+    def __init__(self, dim: int, scale: float = 1.0):
+        super().__init__()
+        half = self.channels // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1)), persistent=False)
+        self.scale = scale
+        self.mlp = nn.Sequential(nn.Linear(self.channels, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        angles = (self.scale * c_noise.reshape(-1, 1)).float() * self.freqs
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1).to(self.mlp[0].weight.dtype))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .embedding import LabelEmbedding, NoiseEmbedding
+from ..registry import Option
 
 
 class ResidualBlock(nn.Module):
@@ -28,6 +29,10 @@ class ResidualBlock(nn.Module):
 
 class MLP(nn.Module):
     """Residual MLP over flattened items of shape `item_shape`; knows nothing about formulations."""
+
+    # Bounds of the options (edm_space.registry), checked before the network is built.
+    OPTIONS = {"width": Option.integer(1, 1 << 16), "depth": Option.integer(1, 1024), "emb_dim": Option.integer(1, 1 << 16),
+               "label_dim": Option.integer(0, 1 << 20)}
 
     def __init__(self, item_shape: Sequence[int], width: int = 256, depth: int = 4, emb_dim: int = 128, label_dim: int = 0):
         super().__init__()

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .embedding import LabelEmbedding, NoiseEmbedding
+from ..registry import Option
 
 
 def _groups(channels: int) -> int:
@@ -64,6 +65,11 @@ class SelfAttention(nn.Module):
 
 class UNet(nn.Module):
     """U-Net F(c_in x_hat, c_noise[, label]) for images [C, H, W]; H and W must divide by 2^(levels - 1)."""
+
+    # Bounds of the options (edm_space.registry), checked before the network is built.
+    OPTIONS = {"channels": Option.integer(1, 1 << 14), "channel_mult": Option.integers(1, 64), "blocks_per_level": Option.integer(1, 64),
+               "emb_dim": Option.integer(1, 1 << 16, optional=True), "dropout": Option.number(0.0, 1.0, open_high=True),
+               "label_dim": Option.integer(0, 1 << 20)}
 
     def __init__(
         self,

@@ -1,0 +1,54 @@
+"""The post-hoc EMA benchmark (benchmarks/ema.py): one run, FD against EMA length, a report rebuilt byte for byte."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import ema as be  # noqa: E402  (benchmarks/ema.py)
+from conftest import one_torch_thread  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ema")
+    out, work = str(root / "out"), str(root / "work")
+    with one_torch_thread():
+        assert be.main(["--quick", "--out-dir", out, "--work-dir", work]) == 0
+    files = {name: open(os.path.join(out, f"ema_digits.{name}"), "rb").read() for name in ("json", "md", "png")}
+    return {"out": out, "work": work, "files": files, "payload": json.loads(files["json"])}
+
+
+def test_every_std_is_scored_from_the_snapshots_up_to_its_step(quick):
+    s, rows = quick["payload"]["settings"], quick["payload"]["rows"]
+    for step in (s["steps"] // 2, s["steps"]):
+        posthoc = [r for r in rows if r["step"] == step and r["weights"] == "post-hoc"]
+        assert [r["std"] for r in posthoc] == s["eval_stds"]
+        # two profiles per snapshot, one snapshot every snapshot_every_steps steps up to the step
+        assert all(r["snapshots"] == 2 * (step // s["snapshot_every_steps"]) for r in posthoc)
+        assert {r["weights"] for r in rows if r["step"] == step and r["std"] is None} == {"raw", "halflife-ema"}
+    assert all(r["fd"] is not None and r["fd"] > 0 for r in rows)
+
+
+def test_the_markdown_names_the_best_std_of_the_json(quick):
+    s, rows = quick["payload"]["settings"], quick["payload"]["rows"]
+    best = min((r for r in rows if r["step"] == s["steps"] and r["weights"] == "post-hoc"), key=lambda r: r["fd"])
+    assert f"the best relative std is {best['std']:g} (FD {best['fd']:.3f})" in quick["files"]["md"].decode()
+
+
+def test_report_only_rebuilds_the_report_byte_for_byte(quick, tmp_path):
+    (tmp_path / "ema_digits.json").write_bytes(quick["files"]["json"])
+    assert be.main(["--report-only", "--out-dir", str(tmp_path)]) == 0
+    for name in ("json", "md", "png"):
+        assert (tmp_path / f"ema_digits.{name}").read_bytes() == quick["files"][name], name
+
+
+def test_report_only_without_results_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        be.main(["--report-only", "--out-dir", str(tmp_path)])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --report-only") and err.count("\n") == 1
