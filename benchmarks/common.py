@@ -42,6 +42,15 @@ from edm_space.training import load_trained  # noqa: E402
 # Machine and environment.
 
 
+#: The data set behind a benchmark's data choice: its "mnist" is the 5,000 digits its committed results used.
+BENCHMARK_DATA = {"mnist": "mnist5k"}
+
+
+def data_set(choice: str) -> str:
+    """The edm_space.data name of a benchmark's --data choice."""
+    return BENCHMARK_DATA.get(choice, choice)
+
+
 def set_threads(threads: Optional[int]) -> int:
     """torch.set_num_threads(threads) when given; returns the number torch now uses."""
     if threads is not None:

@@ -191,7 +191,7 @@ class Digits:
 
 def prepare_data(settings: Settings, work_dir: str) -> Digits:
     """Write the training split to an .npz (the diffusion runs' data) and set up the scorers."""
-    x = load(settings.data)
+    x = load(common.data_set(settings.data))
     train_index, held_index = split_indices(len(x), settings.held_out, None, 0)
     train_file = os.path.join(work_dir, f"{settings.data}_train_heldout{settings.held_out}.npz")
     if not os.path.isfile(train_file):
@@ -226,7 +226,7 @@ def train_on_budget(train_to: Callable[[int], None], budget_s: float, first_chun
 
 def train_family(settings: Settings, name: str, seed: int, run_dir: str) -> Tuple[int, float]:
     def train_to(steps: int) -> None:
-        train_model(ModelConfig(kind="family", name=name, options=dict(FAMILY_OPTIONS[settings.data][name]), data=settings.data, out=run_dir,
+        train_model(ModelConfig(kind="family", name=name, options=dict(FAMILY_OPTIONS[settings.data][name]), data=common.data_set(settings.data), out=run_dir,
                                 held_out=settings.held_out, steps=steps, batch=settings.batch, lr=FAMILY_LR[name], seed=seed,
                                 checkpoint_every=steps, keep_checkpoints=1, log_every=steps),
                     progress=False, device="cpu", echo=lambda _: None)

@@ -128,7 +128,7 @@ def train_autoencoder(config: Dict[str, Any], settings: Dict[str, Any], run: str
     options = {"latent_channels": config["latent_channels"], "downsample": config["downsample"], "channels": ae["channels"], "blocks": ae["blocks"]}
 
     def chunk(steps: int) -> None:
-        train_model(ModelConfig(kind="autoencoder", name=config["kind"], options=options, data="mnist", out=run,
+        train_model(ModelConfig(kind="autoencoder", name=config["kind"], options=options, data="mnist5k", out=run,
                                 data_size=settings["data_size"], steps=steps, batch=settings["batch"], lr=ae["lr"],
                                 checkpoint_every=steps, keep_checkpoints=1, log_every=max(1, steps)), progress=False)
 
@@ -140,7 +140,7 @@ def train_diffusion(config: Dict[str, Any], settings: Dict[str, Any], run: str, 
     net = settings["latent_net"] if latent else settings["pixel_net"]
 
     def chunk(steps: int) -> None:
-        train(TrainConfig(preset="edm", data="mnist", out=run, net=net["net"], net_options=net["net_options"], lr=net["lr"],
+        train(TrainConfig(preset="edm", data="mnist5k", out=run, net=net["net"], net_options=net["net_options"], lr=net["lr"],
                           data_size=settings["data_size"], steps=steps, batch=settings["batch"], seed=0, latent=latent,
                           latent_mode="mean", checkpoint_every=steps, keep_checkpoints=1, log_every=max(1, steps),
                           **settings["diffusion"]), progress=False)
@@ -520,7 +520,7 @@ def feature_classifier(settings: Dict[str, Any]):
 
     Fewer epochs than cached_classifier's 15: on the loaded shared machine those alone took minutes of CPU.
     """
-    images, labels = load("mnist", n=settings["data_size"], with_labels=True)
+    images, labels = load("mnist5k", n=settings["data_size"], with_labels=True)
     return train_classifier(images, labels, epochs=settings["classifier_epochs"]), images
 
 

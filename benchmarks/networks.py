@@ -241,14 +241,14 @@ def parameter_count(settings: Settings, net: str, item_shape: Sequence[int]) -> 
 @functools.lru_cache(maxsize=None)
 def dataset_size(data: str) -> int:
     """Images in the built-in set `data`."""
-    return len(load(data))
+    return len(load(common.data_set(data)))
 
 
 def split(data: str, train_size: int, seed: int) -> Tuple[Tensor, Tensor]:
     """(training set, held-out images): the training set is what `train` loads for this seed
     (load(data, n=train_size, seed=seed)); the held-out images are every other image of the set."""
-    full = load(data)
-    train_x = load(data, n=train_size, seed=seed)
+    full = load(common.data_set(data))
+    train_x = load(common.data_set(data), n=train_size, seed=seed)
     seen = {row.numpy().tobytes() for row in train_x}
     keep = torch.tensor([row.numpy().tobytes() not in seen for row in full])
     return train_x, full[keep]
@@ -300,7 +300,7 @@ def _quiet(_: str) -> None:
 def train_config(settings: Settings, net: str, preset: str, seed: int, run_dir: str, steps: int, log_every: int = 1) -> TrainConfig:
     """The TrainConfig of one run up to `steps`: everything but the network is the same for both networks."""
     return TrainConfig(
-        preset=preset, data=settings.data, out=run_dir, net=net, net_options=dict(settings.nets[net]),
+        preset=preset, data=common.data_set(settings.data), out=run_dir, net=net, net_options=dict(settings.nets[net]),
         data_size=dataset_size(settings.data) - settings.holdout,
         steps=steps, batch=settings.batch, lr=settings.lr, warmup_images=settings.warmup_images, grad_clip=settings.grad_clip,
         ema_halflife_images=settings.ema_halflife_images, ema_rampup_ratio=settings.ema_rampup_ratio, seed=seed,
@@ -665,7 +665,7 @@ def run_benchmark(settings: Settings, out_dir: str, work_dir: Optional[str] = No
     machine = common.machine_info()
     work_dir = work_dir or os.path.join(tempfile.gettempdir(), "edm-space-bench-networks")
     os.makedirs(os.path.join(work_dir, settings.data), exist_ok=True)
-    item_shape = tuple(load(settings.data, n=1).shape[1:])
+    item_shape = tuple(load(common.data_set(settings.data), n=1).shape[1:])
 
     # Step costs: measured once per data set and kept, so that an interrupted benchmark resumes with the same stages.
     timing_path = os.path.join(work_dir, settings.data, "step_costs.json")

@@ -93,7 +93,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     },
     "mnist": {
         "train": dict(
-            preset="edm", data="mnist", net="unet", net_options={"channels": 16, "channel_mult": [1, 2, 4], "blocks_per_level": 1},
+            preset="edm", data="mnist5k", net="unet", net_options={"channels": 16, "channel_mult": [1, 2, 4], "blocks_per_level": 1},
             steps=4500, batch=64, lr=2e-3, warmup_images=10_000, grad_clip=1.0,
             ema_halflife_images=50_000, ema_rampup_ratio=0.05, seed=0,
         ),

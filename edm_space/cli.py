@@ -21,6 +21,7 @@ from .sampling import MAX_SAMPLES, SampleOptions, check_family_options, sample_t
 from .step_fitting import StepFit, fit_steps_to_file
 from .cli_options import (cadence_options, compile_option, device_option, explicit_settings, given_options, parse_options, precision_option,
                           quiet_option, set_threads, show_progress, threads_option)
+from .cli_eval import eval_command
 from .cli_interop import register as register_interop
 from .cli_ema import ema_command
 from .cli_recipe import recipe_options, recipe_settings, refuse_for_family
@@ -273,6 +274,7 @@ def demo_command(out_dir: str, data_name: str, steps: int, num_samples: int, see
 
 
 cli.add_command(autoencoder_group)
+cli.add_command(eval_command)
 cli.add_command(ema_command)
 register_interop(cli)
 

