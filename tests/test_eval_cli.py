@@ -161,6 +161,21 @@ def test_autoencoder_eval_reports_reconstruction_of_held_out_items(tmp_path, aut
         assert "skipped" in result["metrics"]["nll"]
 
 
+def test_vq_evaluation_reports_codebook_usage_and_perplexity_of_the_held_out_codes(autoencoder_runs):
+    run = autoencoder_runs["vq"]
+    direct = evaluate_autoencoder(run, n=50)
+    model, _, _ = load_model(run)
+    with torch.no_grad():  # nearest codes by brute force, then the histogram's usage and exp(entropy), by hand
+        z = model.encode(direct["originals"])
+        vectors = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
+        codes = torch.cdist(vectors, model.codebook.double()).argmin(dim=1)
+    counts = torch.bincount(codes, minlength=model.num_codes).double()
+    p = counts[counts > 0] / counts.sum()
+    assert direct["codebook_usage"] == pytest.approx(float((counts > 0).sum()) / model.num_codes, rel=1e-12)
+    assert direct["perplexity"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-6)  # the model counts in float32
+    assert "perplexity" in direct["details"]
+
+
 def test_bad_eval_input_is_one_line_and_writes_nothing(tmp_path, diffusion_run, capsys):
     for args, names in ((["--metrics", "fd,bogus"], ["bogus"]), (["--metrics", "recon"], ["recon"]), (["--n", "0"], ["n = 0"]),
                         (["--bootstrap", "1"], ["bootstrap"])):

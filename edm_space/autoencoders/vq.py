@@ -232,11 +232,6 @@ class VQAutoencoder(Autoencoder):
                 self.embed_sum[dead] = flat[rows]
         return dead
 
-
-def _vectors(z: Tensor) -> Tensor:
-    """[batch, D, h, w] -> one D-vector per position, [batch * h * w, D] (row order matches indices.reshape(-1))."""
-    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-
     def held_out_statistics(self, x: Tensor, generator: torch.Generator, iwae_samples: int) -> Dict[str, Tensor]:
         """The code index of every latent vector of x."""
         return {"codes": self.nearest_codes(self.encode(x))}
@@ -248,3 +243,8 @@ def _vectors(z: Tensor) -> Tensor:
 
     def describe_evaluation(self, result: Dict[str, Any]) -> str:
         return f"; codebook usage {result['codebook_usage']:.1%} of {result['num_codes']} codes, perplexity {result['perplexity']:.2f}"
+
+
+def _vectors(z: Tensor) -> Tensor:
+    """[batch, D, h, w] -> one D-vector per position, [batch * h * w, D] (row order matches indices.reshape(-1))."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
