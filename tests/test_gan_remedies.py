@@ -52,7 +52,7 @@ def test_r1_penalty_equals_finite_difference_gradient_norm(shape):
 
 def test_r1_penalty_enters_the_discriminator_step():
     real = torch.rand(6, 3, generator=seeded(2), dtype=F64) * 2 - 1
-    model = GAN((3,), latent_dim=4, width=16, depth=2, r1=3.0).double()
+    model = GAN((3,), latent_dim=4, width=16, depth=2, r1=3.0, lr_ratio=1.0).double()
     z = model.latents(6, seeded(3))
     fake = model.generator_net(z).detach()
     params = list(model.discriminator_net.parameters())
@@ -138,3 +138,12 @@ def test_gan_resume_with_every_remedy_is_bit_exact(tmp_path):
     assert b["optimizers"]["discriminator"]["param_groups"][0]["lr"] == 2.0 * b["optimizers"]["generator"]["param_groups"][0]["lr"]
     middle = load_checkpoint(list_checkpoints(str(tmp_path / "straight"))[0][1])
     assert not all(torch.equal(middle["model"][k], a["model"][k]) for k in a["model"])
+
+
+def test_default_gan_trains_its_discriminator_at_eight_times_the_rate():
+    model = families.build("gan", (1, 8, 8), latent_dim=4, channels=4)
+    optimizers = families.build_optimizers(model, 2e-4)
+    x = torch.rand(8, 1, 8, 8, generator=seeded(9)) * 2 - 1
+    model.train_step(x, optimizers, seeded(10))
+    assert optimizers["discriminator"].param_groups[0]["lr"] == pytest.approx(8 * 2e-4, rel=1e-12)
+    assert optimizers["generator"].param_groups[0]["lr"] == 2e-4
