@@ -58,6 +58,7 @@ def variants(data: str) -> Dict[str, Dict[str, Any]]:
     # width/depth at about the same parameter count (a block has about 18 width^2 weights with its modulation)
     wide = {"depth": 2, "width": 176, "heads": 4}
     deep = {"depth": 7, "width": 96, "heads": 4}
+    coarse = {"dit-patch7-rope": dit("7x7 patches (16 tokens) and RoPE", patch=7, pos="rope")} if data == "mnist" else {}
     return {
         "unet": {"net": "unet", "options": unet, "lr": lr, "warmup_images": warm, "what": "the benchmark's U-Net"},
         f"dit-lr{lr:g}": dit("the benchmark's DiT and optimizer"),
@@ -71,7 +72,9 @@ def variants(data: str) -> Dict[str, Dict[str, Any]]:
         "dit-rope": dit("axial RoPE instead of sin-cos positions", pos="rope"),
         "dit-noqknorm": dit("no RMS norm of queries and keys", qk_norm=False),
         "dit-noadaln-zero": dit("modulation and output layers Xavier-initialized, not zero", adaln_zero=False),
+        "dit-rope-noadaln-zero": dit("RoPE and Xavier-initialized modulation and output", pos="rope", adaln_zero=False),
         "dit-dit-embedding": dit("DiT's sinusoidal noise embedding (noise_scale 1)", noise_embedding="dit"),
+        **coarse,
     }
 
 
