@@ -58,7 +58,9 @@ def variants(data: str) -> Dict[str, Dict[str, Any]]:
     # width/depth at about the same parameter count (a block has about 18 width^2 weights with its modulation)
     wide = {"depth": 2, "width": 176, "heads": 4}
     deep = {"depth": 7, "width": 96, "heads": 4}
-    coarse = {"dit-patch7-rope": dit("7x7 patches (16 tokens) and RoPE", patch=7, pos="rope")} if data == "mnist" else {}
+    coarse = {"dit-patch7-rope": dit("7x7 patches (16 tokens) and RoPE", patch=7, pos="rope"),
+              "dit-patch7-rope-noadaln-zero": dit("7x7 patches, RoPE and Xavier-initialized modulation and output", patch=7, pos="rope",
+                                                  adaln_zero=False)} if data == "mnist" else {}
     return {
         "unet": {"net": "unet", "options": unet, "lr": lr, "warmup_images": warm, "what": "the benchmark's U-Net"},
         f"dit-lr{lr:g}": dit("the benchmark's DiT and optimizer"),
