@@ -207,12 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     with common.one_line_errors():
         if args.report_only:
-            path = os.path.join(args.out_dir, f"{stem(args.data)}.json")
-            if not os.path.isfile(path):
-                raise ConfigError(f"--report-only: {path!r} does not exist; run the ablation first")
-            with open(path) as file:
-                results = json.load(file)
-            for written in write_report(results, args.out_dir):
+            for written in common.rebuild_report(os.path.join(args.out_dir, f"{stem(args.data)}.json"),
+                                                 lambda results: write_report(results, args.out_dir)):
                 print(f"wrote {written}")
             return 0
         if not (math.isfinite(args.budget) and args.budget > 0):

@@ -36,28 +36,24 @@ from edm_space.seeding import parse_seeds  # noqa: E402
 
 VERSION = 1
 COVERAGE = (0.05, 0.20)  # every class's share of the samples must lie in this range
-#: name -> (options added to the benchmark's GAN options, what the variant is)
-VARIANTS: Dict[str, Any] = {
-    "ns-plain": ({"loss": "ns", "spectral_norm": False, "r1": 0.0, "lr_ratio": 1.0, "minibatch_std": 0},
-                 "non-saturating loss, no remedy"),
-    "hinge": ({"loss": "hinge", "spectral_norm": False, "r1": 0.0, "lr_ratio": 1.0, "minibatch_std": 0}, "hinge loss alone"),
-    "spectral-norm": ({"loss": "ns", "spectral_norm": True, "r1": 0.0, "lr_ratio": 1.0, "minibatch_std": 0},
-                      "spectral normalization alone"),
-    "r1": ({"loss": "ns", "spectral_norm": False, "r1": 1.0, "lr_ratio": 1.0, "minibatch_std": 0}, "R1 penalty gamma = 1 alone"),
-    "ttur": ({"loss": "ns", "spectral_norm": False, "r1": 0.0, "lr_ratio": 4.0, "minibatch_std": 0},
-             "discriminator learning rate 4x the generator's alone"),
-    "mbstd": ({"loss": "ns", "spectral_norm": False, "r1": 0.0, "lr_ratio": 1.0, "minibatch_std": 4},
-              "minibatch standard deviation (groups of 4) alone"),
-    "sn-hinge": ({"loss": "hinge", "spectral_norm": True, "r1": 0.0, "lr_ratio": 1.0, "minibatch_std": 0},
-                 "spectral normalization and hinge loss (SNGAN)"),
-    "sn-hinge-ttur": ({"loss": "hinge", "spectral_norm": True, "r1": 0.0, "lr_ratio": 4.0, "minibatch_std": 0},
-                      "SNGAN with the discriminator at 4x the learning rate"),
+#: every remedy off (and the non-saturating loss): the variants below change only what they name
+NO_REMEDY = {"loss": "ns", "spectral_norm": False, "r1": 0.0, "lr_ratio": 1.0, "minibatch_std": 0}
+#: name -> (the remedies a variant turns on, what the variant is)
+CHANGES: Dict[str, Any] = {
+    "ns-plain": ({}, "non-saturating loss, no remedy"),
+    "hinge": ({"loss": "hinge"}, "hinge loss alone"),
+    "spectral-norm": ({"spectral_norm": True}, "spectral normalization alone"),
+    "r1": ({"r1": 1.0}, "R1 penalty gamma = 1 alone"),
+    "ttur": ({"lr_ratio": 4.0}, "discriminator learning rate 4x the generator's alone"),
+    "mbstd": ({"minibatch_std": 4}, "minibatch standard deviation (groups of 4) alone"),
+    "sn-hinge": ({"loss": "hinge", "spectral_norm": True}, "spectral normalization and hinge loss (SNGAN)"),
+    "sn-hinge-ttur": ({"loss": "hinge", "spectral_norm": True, "lr_ratio": 4.0}, "SNGAN with the discriminator at 4x the learning rate"),
     "all": ({"loss": "hinge", "spectral_norm": True, "r1": 1.0, "lr_ratio": 4.0, "minibatch_std": 4}, "every remedy"),
-    "ttur8": ({"loss": "ns", "spectral_norm": False, "r1": 0.0, "lr_ratio": 8.0, "minibatch_std": 0},
-              "discriminator learning rate 8x the generator's alone"),
-    "ttur-mbstd": ({"loss": "ns", "spectral_norm": False, "r1": 0.0, "lr_ratio": 4.0, "minibatch_std": 4},
-                   "two learning rates (4x) and the minibatch standard deviation"),
+    "ttur8": ({"lr_ratio": 8.0}, "discriminator learning rate 8x the generator's alone"),
+    "ttur-mbstd": ({"lr_ratio": 4.0, "minibatch_std": 4}, "two learning rates (4x) and the minibatch standard deviation"),
 }
+#: name -> (options added to the benchmark's GAN options, what the variant is)
+VARIANTS: Dict[str, Any] = {name: ({**NO_REMEDY, **change}, what) for name, (change, what) in CHANGES.items()}
 
 
 def run_variant(name: str, options: Dict[str, Any], settings: families.Settings, seed: int, work_dir: str,
@@ -166,12 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     with common.one_line_errors():
         if args.report_only:
-            path = os.path.join(args.out_dir, f"{stem(args.data)}.json")
-            if not os.path.isfile(path):
-                raise ConfigError(f"--report-only: {path!r} does not exist; run the benchmark first")
-            with open(path) as file:
-                results = json.load(file)
-            paths = common.write_results(stem(args.data), results, markdown(results), args.out_dir)
+            paths = common.rebuild_report(os.path.join(args.out_dir, f"{stem(args.data)}.json"),
+                                          lambda results: common.write_results(stem(args.data), results, markdown(results), args.out_dir))
         else:
             if not (math.isfinite(args.budget) and args.budget > 0):
                 raise ConfigError(f"--budget {args.budget} is invalid; it must be a number of CPU seconds > 0")

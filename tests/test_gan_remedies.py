@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_torch_thread
 from edm_space import families
 from edm_space.errors import ConfigError
 from edm_space.families.gan import GAN, minibatch_std
@@ -18,10 +19,8 @@ F64 = torch.float64
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def seeded(seed: int) -> torch.Generator:
