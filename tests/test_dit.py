@@ -361,3 +361,9 @@ def test_without_adaln_zero_the_modulation_and_output_layers_get_xavier_and_F_is
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert float(net(x, torch.zeros(3)).abs().max()) > 0
 
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_adaln_zero_must_be_a_boolean(value):
+    with pytest.raises(ConfigError, match="adaln_zero"):
+        build((1, 8, 8), adaln_zero=value)

@@ -195,6 +195,8 @@ class DiT(nn.Module):
             raise unknown("DiT convention", convention, CONVENTIONS)
         if noise_embedding not in NOISE_EMBEDDINGS:
             raise unknown("DiT noise_embedding", noise_embedding, NOISE_EMBEDDINGS)
+        if not isinstance(adaln_zero, bool):
+            raise ConfigError(f"DiT adaln_zero = {adaln_zero!r} is invalid; it must be true or false")
         self.item_shape = tuple(item_shape)
         channels, height, width_px = self.item_shape
         if patch < 1 or height % patch or width_px % patch:
@@ -222,7 +224,7 @@ class DiT(nn.Module):
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, channels * patch * patch)
-        self._initialize(bool(adaln_zero))
+        self._initialize(adaln_zero)
 
     def _initialize(self, adaln_zero: bool = True) -> None:
         """Xavier-uniform linear layers in the blocks and patch embedding; with adaLN-Zero (DiT Sec. 3.2) the
