@@ -135,26 +135,26 @@ def markdown(results: Dict[str, Any]) -> str:
              f"{s['batch']}, Adam, gradient clip {s['grad_clip']:g}, EMA half-life {s['ema_halflife_images']:,.0f} images "
              f"(ramp-up {s['ema_rampup_ratio']:g}); {s['num_samples']} samples ({s['sampler'][0]}, {s['sampler'][1]} steps, "
              f"N = {s['sampler'][2]}) scored against {results['heldout_count']} held-out images. FD of real training images "
-             f"against them: {_num(results['floor_fd'])}. Lower FD is better; an even model puts 0.10 in every class.", "",
+             f"against them: {_num(results['floor_fd'])} (mean over the seeds). Lower FD is better; an even model puts 0.10 in every class.", "",
              "## Quality after half and all of the budget", ""]
     rows = []
     for run in runs:
         for row in run["rows"]:
-            rows.append([f"`{run['variant']}`" if row["stage"] == len(run["rows"]) - 1 else "", run["what"] if row["stage"] == 0 else "",
+            rows.append([f"`{run['variant']}`" if row["stage"] == len(run["rows"]) - 1 else "", run["seed"], run["what"] if row["stage"] == 0 else "",
                          f"{run['lr']:g}", f"{run['parameters']:,}", row["steps"], f"{row['images']:,}", f"{row['train_cpu_s']:.0f}",
                          _num(row.get("loss"), 4), _num(row.get("fd")), _num(row.get("min_class_fraction")),
                          _num(row.get("max_class_fraction"))])
-    lines += [common.markdown_table(["variant", "change", "lr", "parameters", "steps", "images", "CPU s", "loss", "FD",
+    lines += [common.markdown_table(["variant", "seed", "change", "lr", "parameters", "steps", "images", "CPU s", "loss", "FD",
                                      "smallest class", "largest class"], rows), ""]
     lines += ["## D at low, middle and high noise (EMA weights after the whole budget)", "",
               "x-dependence: spread of D(x0 + sigma n) across images over that of x0; Jacobian: |D(x + eps u) - D(x)| / eps "
               "for unit u; error: mean squared error per pixel.", ""]
     sig = [f"{v:g}" for v in s["probe_sigmas"]]
-    header = ["variant"] + [f"{m} @ sigma {k}" for m in ("x-dependence", "Jacobian", "error") for k in sig]
+    header = ["variant", "seed"] + [f"{m} @ sigma {k}" for m in ("x-dependence", "Jacobian", "error") for k in sig]
     body = []
     for run in runs:
         last = run["rows"][-1]
-        body.append([f"`{run['variant']}`"] + [_num(last.get(f"{m}@{k}")) for m in ("x_dependence", "jacobian", "error") for k in sig])
+        body.append([f"`{run['variant']}`", run["seed"]] + [_num(last.get(f"{m}@{k}")) for m in ("x_dependence", "jacobian", "error") for k in sig])
     lines += [common.markdown_table(header, body), "", "## Machine", "", common.machine_markdown(results["machine"]), ""]
     return "\n".join(lines)
 
