@@ -18,7 +18,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import scipy
@@ -286,3 +286,11 @@ def one_line_errors() -> Iterator[None]:
             raise
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def rebuild_report(json_path: str, write: Callable[[Dict[str, Any]], List[str]]) -> List[str]:
+    """--report-only: `write` the report again from the results JSON at `json_path` (trains nothing); its paths."""
+    if not os.path.isfile(json_path):
+        raise ConfigError(f"--report-only: {json_path!r} does not exist; run the benchmark first")
+    with open(json_path) as file:
+        return write(json.load(file))

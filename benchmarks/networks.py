@@ -309,8 +309,12 @@ def train_config(settings: Settings, net: str, preset: str, seed: int, run_dir: 
 
 
 def run_one(settings: Settings, net: str, preset: str, seed: int, stages: Sequence[int], work_dir: str,
-            evaluation: Evaluation, log: Callable[[str], None] = print, reuse: bool = True) -> Dict[str, Any]:
-    """Train one (network, preset, seed) through `stages` (cumulative steps) and score the EMA weights after each."""
+            evaluation: Evaluation, log: Callable[[str], None] = print, reuse: bool = True,
+            probe: Optional[Callable[[str], Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Train one (network, preset, seed) through `stages` (cumulative steps) and score the EMA weights after each.
+
+    `probe(run_dir)`, if given, adds its entries to each stage's row (e.g. benchmarks/dit_ablation.py's sensitivity of D to x).
+    """
     root = os.path.join(work_dir, settings.data, f"{net}-{preset}-seed{seed}")
     result_path = os.path.join(root, "result.json")
     key = fingerprint({"settings": settings.training_fingerprint(), "net": net, "preset": preset, "seed": seed,
@@ -352,6 +356,8 @@ def run_one(settings: Settings, net: str, preset: str, seed: int, stages: Sequen
         assert step == steps, (step, steps)
         t1 = time.perf_counter()
         row.update(loss=entries[-1]["loss"] if entries else None, nfe=nfe, sample_s=round(t1 - t0, 3), **evaluation.score(x))
+        if probe is not None:
+            row.update(probe(run_dir))
         rows.append(row)
         fd = row["fd"]
         log(f"  {net} {preset} seed {seed}: {row['images']:>7,} images ({train_cpu:6.1f} s CPU, {train_wall:6.1f} s wall), "

@@ -347,3 +347,23 @@ def test_training_a_dit_on_digits_resumes_bit_identically(tmp_path):
     assert_same_training_state(long_state, short_state)
     assert not torch.equal(short_state["model"]["out.weight"], after_two["model"]["out.weight"])
     assert "label.bias" in short_state["model"]
+
+
+def test_without_adaln_zero_the_modulation_and_output_layers_get_xavier_and_F_is_live():
+    net = build((1, 8, 8), adaln_zero=False)
+    for layer in [*(block.modulation for block in net.blocks), net.out_modulation, net.out]:
+        fan_out, fan_in = layer.weight.shape
+        bound = math.sqrt(6.0 / (fan_in + fan_out))  # Xavier-uniform (Glorot & Bengio 2010): U(-b, b)
+        w = layer.weight.detach()
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.9 * bound
+        assert abs(float(w.pow(2).mean()) / (bound ** 2 / 3) - 1) < 0.1  # variance b^2 / 3
+        assert torch.equal(layer.bias.detach(), torch.zeros_like(layer.bias))
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert float(net(x, torch.zeros(3)).abs().max()) > 0
+
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_adaln_zero_must_be_a_boolean(value):
+    with pytest.raises(ConfigError, match="adaln_zero"):
+        build((1, 8, 8), adaln_zero=value)

@@ -9,8 +9,13 @@ in [-1, 1]. The discriminator outputs one logit l(x) per item. Losses:
 - "hinge" (Lim & Ye 2017; Miyato et al. 2018): the discriminator minimizes
   relu(1 - l(x)) + relu(1 + l(G(z))), the generator minimizes -l(G(z)).
 
-Spectral normalization (Miyato et al. 2018) of every discriminator layer is an
-option. A GAN has no likelihood: `log_likelihood` and `bits_per_dim` return None.
+Remedies against collapse, each an option (README, "Families"): spectral
+normalization of every discriminator layer (Miyato et al. 2018); the R1 penalty
+gamma/2 E_real |grad_x l(x)|^2 on the discriminator (Mescheder et al. 2018, eq. 9);
+two time-scales, the discriminator's learning rate a multiple of the generator's
+(TTUR, Heusel et al. 2017); and a minibatch standard-deviation feature before the
+discriminator's last layer (Karras et al. 2018, "Progressive GANs", Sec. 3).
+A GAN has no likelihood: `log_likelihood` and `bits_per_dim` return None.
 """
 
 from __future__ import annotations
@@ -30,6 +35,19 @@ from ..registry import Option
 Tensor = torch.Tensor
 
 LOSSES = ("ns", "hinge")
+MAX_R1 = 1e3
+MAX_LR_RATIO = 100.0
+MAX_STD_GROUP = 4096
+
+
+def check_remedies(r1: float, lr_ratio: float, minibatch_std: int) -> None:
+    """One-line errors for remedy options out of their bounds."""
+    if isinstance(r1, bool) or not (isinstance(r1, (int, float)) and 0 <= r1 <= MAX_R1):
+        raise ConfigError(f"GAN r1 = {r1!r} is invalid; it must be a number in [0, {MAX_R1:g}] (0: no R1 penalty)")
+    if isinstance(lr_ratio, bool) or not (isinstance(lr_ratio, (int, float)) and 0 < lr_ratio <= MAX_LR_RATIO):
+        raise ConfigError(f"GAN lr_ratio = {lr_ratio!r} is invalid; it must be a number in (0, {MAX_LR_RATIO:g}] (1: one learning rate)")
+    if isinstance(minibatch_std, bool) or not (isinstance(minibatch_std, int) and 0 <= minibatch_std <= MAX_STD_GROUP) or minibatch_std == 1:
+        raise ConfigError(f"GAN minibatch_std = {minibatch_std!r} is invalid; it must be 0 (off) or a group size in 2..{MAX_STD_GROUP}")
 
 
 class ConvGenerator(nn.Module):
@@ -58,27 +76,54 @@ class ConvGenerator(nn.Module):
         return self.body(self.project(z).reshape(z.shape[0], *self.grid))
 
 
+def minibatch_std(h: Tensor, group: int) -> Tensor:
+    """h [B, F, ...] with one more feature: the standard deviation over each group of items, averaged (ProGAN, Sec. 3).
+
+    The batch is cut into consecutive groups of gcd(group, B) items; for every feature (and position) the
+    standard deviation over the group's items is sqrt(biased variance + 1e-8), and the mean of these over
+    features and positions becomes the new feature, the same for every item of the group (and position).
+    """
+    size = math.gcd(group, h.shape[0])
+    grouped = h.reshape(h.shape[0] // size, size, *h.shape[1:])
+    std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().flatten(1).mean(dim=1)  # [B / size]
+    feature = std.repeat_interleave(size).reshape(-1, 1, *[1] * (h.ndim - 2)).expand(-1, 1, *h.shape[2:])
+    return torch.cat([h, feature.to(h.dtype)], dim=1)
+
+
+class MinibatchStd(nn.Module):
+    """The minibatch standard-deviation feature as a layer (`minibatch_std`); group 0 leaves h unchanged."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, h: Tensor) -> Tensor:
+        return minibatch_std(h, self.group) if self.group else h
+
+
 class ConvDiscriminator(nn.Module):
     """[C, H, W] -> one logit: two 4x4 stride-2 convs with LeakyReLU(0.2) (DCGAN), then a linear layer.
 
-    No batch norm here (unlike DCGAN), so the logit of an item depends on that item alone
-    and spectral normalization bounds every layer.
+    No batch norm here (unlike DCGAN), so the logit of an item depends on that item alone (unless the
+    minibatch standard deviation is on) and spectral normalization bounds every layer.
     """
 
-    def __init__(self, item_shape: Sequence[int], channels: int):
+    def __init__(self, item_shape: Sequence[int], channels: int, std_group: int = 0):
         super().__init__()
         in_channels, height, width = item_shape
+        extra = 1 if std_group else 0
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
             nn.LeakyReLU(0.2),
             nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
             nn.LeakyReLU(0.2),
             nn.Flatten(),
-            nn.Linear(2 * channels * (height // 4) * (width // 4), 1),
+            nn.Linear((2 * channels + extra) * (height // 4) * (width // 4), 1),
         )
+        self.std = MinibatchStd(std_group)  # between the convolutions and the flatten; no weights, so the keys stay
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x).reshape(x.shape[0])
+        return self.body[4:](self.std(self.body[:4](x))).reshape(x.shape[0])
 
 
 class MLPGenerator(nn.Module):
@@ -100,48 +145,57 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """[D] -> one logit: `depth` (linear, LeakyReLU(0.2)) layers of `width` units, a linear layer."""
 
-    def __init__(self, dim: int, width: int, depth: int):
+    def __init__(self, dim: int, width: int, depth: int, std_group: int = 0):
         super().__init__()
         layers: List[nn.Module] = []
         size = dim
         for _ in range(depth):
             layers += [nn.Linear(size, width), nn.LeakyReLU(0.2)]
             size = width
-        self.body = nn.Sequential(*layers, nn.Linear(size, 1))
+        self.body = nn.Sequential(*layers, nn.Linear(size + (1 if std_group else 0), 1))
+        self.std = MinibatchStd(std_group)  # before the last layer; no weights, so the keys stay
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x).reshape(x.shape[0])
+        return self.body[-1](self.std(self.body[:-1](x))).reshape(x.shape[0])
 
 
 class GAN(GenerativeFamily):
     """A generator/discriminator pair trained alternately, one discriminator step then one generator step per call.
 
     Options: latent_dim; channels (image pair); width and depth (vector pair);
-    loss "ns" or "hinge"; spectral_norm on every discriminator layer.
+    loss "ns" or "hinge"; spectral_norm on every discriminator layer; r1, the R1 weight gamma
+    (0: off); lr_ratio, the discriminator's learning rate over the generator's (TTUR; 1: one rate);
+    minibatch_std, the group size of the minibatch standard-deviation feature (0: off).
+    The default lr_ratio = 8 is the remedy that kept the digits from collapsing at equal CPU time
+    (benchmarks/results/gan_remedies_digits.md); the others are off by default.
     """
 
     # DCGAN's Adam beta1 = 0.5 (Radford et al. 2016, Sec. 4).
     adam_betas = (0.5, 0.999)
 
-    # Bounds of the options (edm_space.registry), checked before the family is built.
+    # Bounds of the options (edm_space.registry), checked before the family is built (minibatch_std = 1 by check_remedies).
     OPTIONS = {"latent_dim": Option.integer(1, 1 << 16), "channels": Option.integer(1, 1 << 14), "width": Option.integer(1, 1 << 16),
-               "depth": Option.integer(1, 1024), "loss": Option.name(*LOSSES, label="GAN loss"), "spectral_norm": Option.flag()}
+               "depth": Option.integer(1, 1024), "loss": Option.name(*LOSSES, label="GAN loss"), "spectral_norm": Option.flag(),
+               "r1": Option.number(0.0, MAX_R1), "lr_ratio": Option.number(0.0, MAX_LR_RATIO, open_low=True),
+               "minibatch_std": Option.integer(0, MAX_STD_GROUP)}
 
-    def __init__(self, item_shape: Sequence[int], latent_dim: int = 64, channels: int = 64, width: int = 256, depth: int = 2, loss: str = "ns", spectral_norm: bool = False):
+    def __init__(self, item_shape: Sequence[int], latent_dim: int = 64, channels: int = 64, width: int = 256, depth: int = 2,
+                 loss: str = "ns", spectral_norm: bool = False, r1: float = 0.0, lr_ratio: float = 8.0, minibatch_std: int = 0):
         super().__init__()
         self.item_shape = tuple(int(s) for s in item_shape)
         if loss not in LOSSES:
             raise unknown("GAN loss", loss, LOSSES)
-        self.loss = loss
+        check_remedies(r1, lr_ratio, minibatch_std)
+        self.loss, self.r1, self.lr_ratio = loss, float(r1), float(lr_ratio)
         self.latent_dim = int(latent_dim)
         if len(self.item_shape) == 3:
             if self.item_shape[1] % 4 or self.item_shape[2] % 4:
                 raise ConfigError(f"the convolutional GAN needs image sides divisible by 4; items have shape {list(self.item_shape)}")
             self.generator_net: nn.Module = ConvGenerator(self.item_shape, self.latent_dim, channels)
-            self.discriminator_net: nn.Module = ConvDiscriminator(self.item_shape, channels)
+            self.discriminator_net: nn.Module = ConvDiscriminator(self.item_shape, channels, int(minibatch_std))
         elif len(self.item_shape) == 1:
             self.generator_net = MLPGenerator(self.item_shape[0], self.latent_dim, width, depth)
-            self.discriminator_net = MLPDiscriminator(self.item_shape[0], width, depth)
+            self.discriminator_net = MLPDiscriminator(self.item_shape[0], width, depth, int(minibatch_std))
         else:
             raise ConfigError(f"the GAN takes images [C, H, W] or vectors [D]; items have shape {list(self.item_shape)}")
         if spectral_norm:
@@ -173,11 +227,28 @@ class GAN(GenerativeFamily):
             return -fake_logit.mean()
         return F.softplus(-fake_logit).mean()
 
+    def r1_penalty(self, real: Tensor) -> Tensor:
+        """gamma/2 times the mean over real items of |grad_x l(x)|^2 (Mescheder et al. 2018, eq. 9), differentiable
+        in the discriminator's weights (double backpropagation)."""
+        real = real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.discriminator_net(real).sum(), real, create_graph=True)
+        return 0.5 * self.r1 * grad.pow(2).flatten(1).sum(dim=1).mean()
+
     def discriminator_step(self, x: Tensor, z: Tensor, optimizer: torch.optim.Optimizer) -> float:
-        """One discriminator update against G(z), the generator held fixed."""
+        """One discriminator update against G(z), the generator held fixed; the R1 penalty added when r1 > 0.
+
+        With lr_ratio != 1 the optimizer's learning rate is set to lr_ratio times the rate it was built with
+        (kept in the group as "generator_lr", so that a resumed run goes on with the same rates).
+        """
+        if self.lr_ratio != 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] = group.setdefault("generator_lr", group["lr"]) * self.lr_ratio
         with torch.no_grad():
             fake = self.generator_net(z)
-        return optimize(optimizer, self.discriminator_loss(x, fake))
+        loss = self.discriminator_loss(x, fake)
+        if self.r1 > 0:
+            loss = loss + self.r1_penalty(x)
+        return optimize(optimizer, loss)
 
     def generator_step(self, z: Tensor, optimizer: torch.optim.Optimizer) -> float:
         """One generator update through a frozen discriminator (no gradient reaches its parameters)."""

@@ -169,7 +169,8 @@ class DiT(nn.Module):
     rotary embedding in attention, head dim divisible by 4), qk_norm (RMS-normalize
     queries and keys per head), label_dim (number of classes; 0 = unconditional),
     convention ("dit" or "legacy", see CONVENTIONS), noise_embedding ("fourier": NoiseEmbedding;
-    "dit": DiT's sinusoidal timestep embedding of noise_scale * c_noise, SinusoidalNoiseEmbedding).
+    "dit": DiT's sinusoidal timestep embedding of noise_scale * c_noise, SinusoidalNoiseEmbedding),
+    adaln_zero (modulation and output layers start at zero, DiT's adaLN-Zero; false: Xavier like the rest).
     DiT-S is depth=12, width=384, heads=6; DiT-B is depth=12, width=768, heads=12. A run with
     pos="sincos", qk_norm=false, mlp_ratio=4, noise_embedding="dit" exports to diffusers' DiTTransformer2DModel.
     """
@@ -195,12 +196,15 @@ class DiT(nn.Module):
         convention: str = "dit",
         noise_embedding: str = "fourier",
         noise_scale: float = 1.0,
+        adaln_zero: bool = True,
     ):
         super().__init__()
         if convention not in CONVENTIONS:
             raise unknown("DiT convention", convention, CONVENTIONS)
         if noise_embedding not in NOISE_EMBEDDINGS:
             raise unknown("DiT noise_embedding", noise_embedding, NOISE_EMBEDDINGS)
+        if not isinstance(adaln_zero, bool):
+            raise ConfigError(f"DiT adaln_zero = {adaln_zero!r} is invalid; it must be true or false")
         self.item_shape = tuple(item_shape)
         channels, height, width_px = self.item_shape
         if patch < 1 or height % patch or width_px % patch:
@@ -228,17 +232,19 @@ class DiT(nn.Module):
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, channels * patch * patch)
-        self._initialize()
+        self._initialize(adaln_zero)
 
-    def _initialize(self) -> None:
-        """Xavier-uniform linear layers in the blocks and patch embedding; adaLN-Zero: modulation and output at 0 (DiT Sec. 3.2)."""
-        for module in [self.inp, *self.blocks.modules()]:
+    def _initialize(self, adaln_zero: bool = True) -> None:
+        """Xavier-uniform linear layers in the blocks and patch embedding; with adaLN-Zero (DiT Sec. 3.2) the
+        modulation and output layers at 0, else Xavier-uniform like the rest (DiT's "adaLN" ablation)."""
+        for module in [self.inp, *self.blocks.modules(), *([] if adaln_zero else [self.out_modulation, self.out])]:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        for layer in [*(block.modulation for block in self.blocks), self.out_modulation, self.out]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        if adaln_zero:
+            for layer in [*(block.modulation for block in self.blocks), self.out_modulation, self.out]:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def conditioning(self, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The vector every block is modulated by: noise embedding + label embedding (null label if None)."""

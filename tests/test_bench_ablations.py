@@ -1,0 +1,42 @@
+"""benchmarks/dit_ablation.py and benchmarks/gan_remedies.py: --report-only rebuilds the committed reports byte for
+byte from their JSON, and bad input ends with one line."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+import dit_ablation  # noqa: E402  (benchmarks/dit_ablation.py)
+import gan_remedies  # noqa: E402  (benchmarks/gan_remedies.py)
+
+RESULTS = os.path.join(BENCH, "results")
+
+
+@pytest.mark.parametrize("module, data", [(dit_ablation, "digits"), (dit_ablation, "mnist"), (gan_remedies, "digits")])
+def test_report_only_rebuilds_the_committed_markdown(module, data, tmp_path):
+    stem = module.stem(data)
+    shutil.copy(os.path.join(RESULTS, f"{stem}.json"), tmp_path / f"{stem}.json")
+    assert module.main(["--report-only", "--data", data, "--out-dir", str(tmp_path)]) == 0
+    with open(os.path.join(RESULTS, f"{stem}.md")) as committed, open(tmp_path / f"{stem}.md") as rebuilt:
+        assert rebuilt.read() == committed.read()
+
+
+@pytest.mark.parametrize("module, argv, words", [
+    (dit_ablation, ["--variants", "dit-nonsense"], "dit-nonsense"),
+    (dit_ablation, ["--budget", "-1"], "--budget -1.0"),
+    (gan_remedies, ["--variants", "nonsense"], "nonsense"),
+    (gan_remedies, ["--report-only"], "--report-only"),
+])
+def test_bad_input_is_one_line(module, argv, words, tmp_path, capsys):
+    if "--report-only" not in argv:
+        argv = argv + ["--work-dir", str(tmp_path / "work")]
+    with pytest.raises(SystemExit) as caught:
+        module.main(argv + ["--out-dir", str(tmp_path)])
+    assert caught.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and "\n" not in err
+    assert not os.path.exists(tmp_path / "work")
