@@ -45,7 +45,14 @@ class SmallConvNet(nn.Module):
 
 
 def train_classifier(images: Tensor, labels: Tensor, epochs: int = 15, seed: int = 0, batch: int = 128) -> SmallConvNet:
-    """Fit SmallConvNet to (images in [-1, 1], labels) with Adam; deterministic for a seed on CPU."""
+    """Fit SmallConvNet to (images in [-1, 1], labels) with Adam; deterministic for a seed on CPU.
+
+    The seeding happens in a fork of the global RNG, so the caller's random stream is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return _fit(images, labels, epochs, seed, batch)
+
+
+def _fit(images: Tensor, labels: Tensor, epochs: int, seed: int, batch: int) -> SmallConvNet:
     if images.ndim != 4 or labels is None:
         raise ConfigError("the feature classifier needs labelled images [n, C, H, W]")
     generator = torch.Generator().manual_seed(seed)

@@ -241,3 +241,18 @@ def test_reference_features_are_cached_per_content_and_recomputed_for_other_item
     again = reference_features(target(a), "raw", features, str(tmp_path))
     other = reference_features(target(b), "raw", features, str(tmp_path))
     assert calls == [6, 6] and torch.equal(first, again) and torch.equal(other, b.reshape(6, -1).double() * 2)
+
+
+def test_training_the_feature_classifier_leaves_the_callers_random_stream_alone():
+    from edm_space.classifier import train_classifier
+
+    images = torch.linspace(-1, 1, 16 * 64).reshape(16, 1, 8, 8)
+    labels = torch.arange(16) % 2
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = train_classifier(images, labels, epochs=1, seed=5)
+    assert torch.equal(torch.rand(3), expected)  # the global generator continues where the caller left it
+    second = train_classifier(images, labels, epochs=1, seed=5)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)  # and the fit still depends on its seed alone
