@@ -37,10 +37,12 @@ _OPTIONS = [
                  help="Write TensorBoard event files to RUN/tensorboard: losses per sigma bucket, lr, gradient norm, images/s, sample pictures."),
     click.option("--sample-every", "sample_every_images", type=int, default=None,
                  help="With --tensorboard: images between sample pictures [default: one with every checkpoint]."),
+    click.option("--eval-every", "eval_every_images", type=int, default=None,
+                 help="With --tensorboard: images between held-out losses per sigma bucket (test split, else training items) [default: none]."),
 ]
 
 RECIPE_KEYS = ("ema_stds", "ema_snapshot_images", "lr_schedule", "lr_ref_images", "optimizer", "weight_decay", "init_from", "init_weights", "tensorboard",
-               "sample_every_images")
+               "sample_every_images", "eval_every_images")
 
 
 def recipe_options(command: Callable) -> Callable:

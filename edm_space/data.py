@@ -348,6 +348,13 @@ for _name, _split, _binary in (("mnist", "train", False), ("mnist-test", "test",
 TEST_SPLITS = {"mnist": "mnist-test", "mnist-binary": "mnist-binary-test"}
 
 
+def fixed_subset(x: torch.Tensor, n: int) -> torch.Tensor:
+    """All of x, or n of its items chosen by a fixed seed, in their order."""
+    if n >= len(x):
+        return x
+    return x[torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[:n]))]
+
+
 def _looks_like_path(name: str) -> bool:
     return name.endswith((".npy", ".npz")) or os.path.isdir(name) or os.sep in name
 

@@ -150,14 +150,7 @@ def load_target(run: str, step: Optional[int], n: int, device: str = "cpu") -> T
     space = latent.open_latent_space(config.latent_space, run) if config.latent_space is not None else None
     test = data.TEST_SPLITS.get(config.data) if isinstance(config.data, str) else None
     reference, split = (data.load(test), test) if test is not None else (load_training_data(config)[0], "train")
-    return Target("latent" if space else "diffusion", run, step, denoiser, config, config.data, _subset(reference, n), split, space, num_classes)
-
-
-def _subset(x: Tensor, n: int) -> Tensor:
-    """All of x, or n of its items chosen by a fixed seed, in their order."""
-    if n >= len(x):
-        return x
-    return x[torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[:n]))]
+    return Target("latent" if space else "diffusion", run, step, denoiser, config, config.data, data.fixed_subset(reference, n), split, space, num_classes)
 
 
 # ---------------------------------------------------------------------------

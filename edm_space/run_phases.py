@@ -26,7 +26,7 @@ CHANGEABLE = RESUMABLE + (
     "ema_halflife_images", "ema_rampup_ratio", "ema_snapshot_images", "label_dropout",
 )
 # Settings of watching a run: a resume takes the new ones without recording a phase.
-WATCHING = ("tensorboard", "sample_every_images")
+WATCHING = ("tensorboard", "sample_every_images", "eval_every_images")
 # Settings a run records but that do not bind a resume: derived from the data, where it lives, its history.
 NOT_COMPARED = WATCHING + ("sigma_data", "item_shape", "num_classes", "latent_space", "out", "phases", "init_from", "init_weights")
 

@@ -36,12 +36,12 @@ from tqdm.auto import tqdm
 import presets
 
 from . import devices, engine, init_from, latent, lr_schedule, networks, posthoc_ema, run_phases
-from .data import StreamedPNGFolder, estimate_sigma_data, load, streamed_sigma_data, worker_error
+from .data import TEST_SPLITS, StreamedPNGFolder, estimate_sigma_data, fixed_subset, load, streamed_sigma_data, worker_error
 from .denoiser import Denoiser
 from .errors import ConfigError
 from .distributed import distributed_context
 from .seeding import step_generator
-from .monitor import TrainingMonitor
+from .monitor import EVAL_ITEMS, TrainingMonitor
 from .parameterization import Formulation
 from .weights import is_weights_run, read_weights_run
 from .devices import make_optimizer  # noqa: F401 - benchmarks/speed.py imports it from here
@@ -113,6 +113,8 @@ class TrainConfig:
     # Watching the run in TensorBoard (edm_space/monitor.py); sample pictures every so many images (None: with checkpoints).
     tensorboard: bool = False
     sample_every_images: Optional[int] = None
+    # Held-out loss per sigma bucket in TensorBoard every so many images (None: never).
+    eval_every_images: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,6 +230,17 @@ def load_training_data(config: TrainConfig) -> Tuple[torch.Tensor, Optional[torc
     if config.conditional and labels is None:
         raise ConfigError(f"--conditional needs class labels; data set {config.data!r} has none")
     return x, labels
+
+
+def monitor_reference(config: TrainConfig) -> Optional[torch.Tensor]:
+    """The items of the TensorBoard held-out loss: as `edm-space eval` picks its reference items, the data set's
+    test split when it has one (mnist -> mnist-test), else the training set; at most monitor.EVAL_ITEMS of them,
+    chosen by a fixed seed. None for a latent run (its loss is not in pixel space)."""
+    if config.latent_space is not None:
+        return None
+    test = TEST_SPLITS.get(config.data) if isinstance(config.data, str) else None
+    items = load(test) if test is not None else load_training_data(config)[0]
+    return fixed_subset(items, EVAL_ITEMS)
 
 
 class StepIndices(torch.utils.data.Sampler):
@@ -505,7 +518,8 @@ class DiffusionTask:
             except (KeyError, RuntimeError, ValueError) as error:
                 raise ConfigError(f"checkpoint of step {self.start_step} in {config.out!r} does not fit this network ({type(error).__name__})") from None
         self.profiles = posthoc_ema.TrainingProfiles(config.out, self.net, config.ema_stds, config.ema_snapshot_images, state, self.start_step, self.rank == 0)
-        self.monitor = TrainingMonitor(config.out, config.tensorboard and self.rank == 0, config.sample_every_images, self.formulation, self.data.item_shape)
+        self.monitor = TrainingMonitor(config.out, config.tensorboard and self.rank == 0, config.sample_every_images, self.formulation,
+                                       self.data.item_shape, config.eval_every_images, lambda: monitor_reference(config))
         self.ema_params, self.net_params = list(self.ema.parameters()), [p.detach() for p in self.net.parameters()]
         model = nn.parallel.DistributedDataParallel(self.net) if self.world > 1 else self.net
         self.model = devices.compiled(model, self.compile)

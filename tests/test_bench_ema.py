@@ -52,3 +52,12 @@ def test_report_only_without_results_is_one_line(tmp_path, capsys):
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --report-only") and err.count("\n") == 1
+
+
+def test_report_only_on_mnist_reads_and_writes_the_mnist_files(quick, tmp_path):
+    payload = dict(quick["payload"], settings=dict(quick["payload"]["settings"], data="mnist"))
+    (tmp_path / "ema_mnist.json").write_text(json.dumps(payload))
+    assert be.main(["--report-only", "--data", "mnist", "--out-dir", str(tmp_path), "--no-plot"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["ema_mnist.json", "ema_mnist.md"]  # no digits file read or written
+    assert "# Post-hoc EMA on mnist" in (tmp_path / "ema_mnist.md").read_text()
+    assert json.loads((tmp_path / "ema_mnist.json").read_text()) == payload

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import one_torch_thread
 from edm_space.event_files import crc32c, masked_crc
-from edm_space.training import read_log
+from edm_space.metrics import loss_floor
+from edm_space.training import load_trained, load_training_data, read_log
 from helpers_cli import cli_error, cli_ok
 
 ARGS = ["--data", "moons", "--data-size", "256", "--steps", "20", "--batch", "16", "--warmup", "16", "--net-option", "width=16",
@@ -79,9 +80,8 @@ def read_events(path):
     return events
 
 
-def test_tensorboard_events_hold_the_log_and_sample_pictures(tmp_path, capsys):
-    run = tmp_path / "run"
-    cli_ok(["train", *ARGS, "--tensorboard", "--out", str(run)], capsys)
+def run_events(run):
+    """({(tag, step): scalar}, {(tag, step): image fields}) of a run's one event file."""
     (path,) = glob.glob(str(run / "tensorboard" / "events.out.tfevents.*"))
     events = read_events(path)
     assert events[0][3] == [b"brain.Event:2"]
@@ -95,6 +95,14 @@ def test_tensorboard_events_hold_the_log_and_sample_pictures(tmp_path, capsys):
                 scalars[(tag, step)] = struct.unpack("<f", value[2][0])[0]
             else:
                 images[(tag, step)] = fields(value[4][0])
+    return scalars, images
+
+
+def test_tensorboard_events_hold_the_log_and_sample_pictures(tmp_path, capsys):
+    run = tmp_path / "run"
+    cli_ok(["train", *ARGS, "--tensorboard", "--out", str(run)], capsys)
+    scalars, images = run_events(run)
+    assert not any(tag.startswith("heldout") for tag, _ in scalars)  # no --eval-every, no held-out loss
     for entry in read_log(str(run)):
         assert scalars[("loss", entry["step"])] == pytest.approx(entry["loss"], rel=1e-6)
         assert scalars[("lr", entry["step"])] == pytest.approx(entry["lr"], rel=1e-6)
@@ -124,3 +132,25 @@ def test_tensorboard_itself_reads_the_events(tmp_path, capsys):
 
 def test_a_bad_sample_cadence_is_refused_in_one_line(tmp_path, capsys):
     cli_error(["train", *ARGS, "--tensorboard", "--sample-every", "0", "--out", str(tmp_path / "run")], capsys, ["--sample-every", "0"], roots=[tmp_path])
+
+
+def test_heldout_loss_at_its_cadence_is_the_eval_loss_of_the_ema_weights(tmp_path, capsys):
+    run = tmp_path / "run"
+    cli_ok(["train", *ARGS, "--tensorboard", "--eval-every", "160", "--out", str(run)], capsys)  # every 10 steps
+    scalars, _ = run_events(run)
+    heldout = {(tag, step): value for (tag, step), value in scalars.items() if tag.startswith("heldout_loss_by_sigma/")}
+    assert sorted({step for _, step in heldout}) == [10, 20]
+    for step in (10, 20):  # the checkpoints of those steps hold the EMA weights the monitor scored
+        denoiser, config, _, _, _ = load_trained(str(run), ema=True, step=step)
+        items, _ = load_training_data(config)  # moons has no test split: its training items (all 256)
+        rows = loss_floor(denoiser, denoiser.formulation, items.double(), num_draws=256, seed=0)
+        assert len(rows) == 9
+        for row in rows:
+            value = heldout[(f"heldout_loss_by_sigma/{row['sigma_lo']:g}-{row['sigma_hi']:g}", step)]
+            assert value == pytest.approx(row["model"], rel=1e-6)
+
+
+@pytest.mark.parametrize("value", ["0", "-160"])
+def test_a_bad_eval_cadence_is_refused_in_one_line(tmp_path, capsys, value):
+    cli_error(["train", *ARGS, "--tensorboard", "--eval-every", value, "--out", str(tmp_path / "run")], capsys, ["--eval-every", value],
+              roots=[tmp_path])
