@@ -156,6 +156,31 @@ def check_option_values(what: str, options: Mapping[str, Any], target: Callable,
     return dict(options)
 
 
+def forwards_options(*sources: Callable) -> Callable[[type], type]:
+    """Class decorator for a plug-in whose __init__ passes `**options` on to `sources` (e.g. the VAE family
+    to its KL autoencoder): the class's signature, which `check_options` and the option listings read,
+    becomes its own arguments with `**options` replaced by the sources' options, as keyword-only arguments
+    (own arguments win a name clash). The sources' OPTIONS bounds are not merged: declare them in OPTIONS."""
+
+    def decorate(cls: type) -> type:
+        init = cls.__init__
+        own = list(inspect.signature(init).parameters.values())
+        names = {p.name for p in own}
+        forwarded: Dict[str, inspect.Parameter] = {}
+        for source in sources:
+            for name, p in option_signature(source).items():
+                if name not in names and name not in forwarded and p.default is not p.empty:
+                    forwarded[name] = p.replace(kind=p.KEYWORD_ONLY)
+        if not own or own[-1].kind != own[-1].VAR_KEYWORD:
+            raise TypeError(f"{cls.__name__}.__init__ must end in **options to forward them")
+        first_keyword = next((i for i, p in enumerate(own) if p.kind == p.KEYWORD_ONLY), len(own) - 1)
+        merged = own[:first_keyword] + list(forwarded.values()) + own[first_keyword:-1]
+        init.__signature__ = inspect.signature(init).replace(parameters=merged)
+        return cls
+
+    return decorate
+
+
 class Registry(dict):
     """Canonical name -> plug-in, with aliases; `kind` names the plug-ins in messages ("solver", "preset")."""
 
@@ -203,4 +228,4 @@ class Registry(dict):
         return check_option_values(f"{self.kind} {name!r}", options, target, skip)
 
 
-__all__ = ["Option", "Registry", "check_option_values", "declared_options", "inferred", "option_signature", "MAX_INTEGER"]
+__all__ = ["Option", "Registry", "check_option_values", "declared_options", "forwards_options", "inferred", "option_signature", "MAX_INTEGER"]

@@ -149,3 +149,19 @@ def test_registry_is_a_dict_of_canonical_names():
     assert r.get("b") == 1 and list(r) == ["a"] and r.names() == ["a"] and "b" not in r
     with pytest.raises(ConfigError, match="unknown widget 'c'; valid: a, b"):
         r.get("c")
+
+
+def test_forwarded_options_reach_the_model_they_are_forwarded_to():
+    # The VAE family and the KL / VQ autoencoders take the convolutional options through one **options each;
+    # the registry still lists and checks them, and each reaches the module it configures.
+    for build, name in ((families.build, "vae"), (autoencoders.build, "kl"), (autoencoders.build, "vq")):
+        model = build(name, (1, 8, 8), latent_channels=3, downsample=4, channels=8, blocks=0)
+        autoencoder = getattr(model, "autoencoder", model)
+        assert autoencoder.latent_shape == (3, 2, 2)
+        assert autoencoder.decoder.layers[0].out_channels == 8
+        assert not any(type(layer).__name__ == "ResidualBlock" for layer in autoencoder.encoder.layers)
+    with pytest.raises(ConfigError, match="family 'vae' has no option 'latnt_channels'; valid: latent_channels, downsample"):
+        families.check_options("vae", {"latnt_channels": 2})
+    with pytest.raises(ConfigError, match="blocks = -1 is invalid"):
+        families.check_options("vae", {"blocks": -1})
+    assert families.build("vae", (1, 8, 8), channels=8, beta=0.5).autoencoder.beta == 0.5

@@ -28,13 +28,11 @@ import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..registry import Option
-from .base import Autoencoder
-from .convolutional import CONV_OPTIONS, ConvDecoder, ConvEncoder, latent_grid
+from ..registry import Option, forwards_options
+from .convolutional import CONV_OPTIONS, ConvAutoencoder
 
 Tensor = torch.Tensor
 
@@ -66,48 +64,32 @@ def reparameterize(mean: Tensor, logvar: Tensor, generator: Optional[torch.Gener
     return mean + torch.exp(0.5 * logvar) * eps
 
 
-class KLAutoencoder(Autoencoder):
+@forwards_options(ConvAutoencoder)
+class KLAutoencoder(ConvAutoencoder):
     """VAE with a diagonal Gaussian posterior, a N(0, I) prior and a fixed-variance Gaussian decoder.
 
     Args:
         item_shape: image shape [C, H, W].
-        latent_channels: channels of the latent map (e.g. 2, 4 or 8).
-        downsample: spatial reduction 1, 2 or 4 (28x28 -> 7x7 with 4).
-        channels: width of the convolutional encoder and decoder.
-        blocks: residual blocks per resolution.
+        latent_channels, downsample, channels, blocks: the convolutional autoencoder's (ConvAutoencoder).
         beta: weight of the KL term; None gives 2 decoder_std^2 (the rescaled negative ELBO).
         decoder_std: the fixed sigma_x of p(x|z) = N(decode(z), sigma_x^2 I).
     """
 
     latent_modes = ("mean", "sample")
     has_prior = True
+    # The encoder outputs the posterior's means and log-variances.
+    encoder_maps = 2
     # Bounds of the options (edm_space.registry), checked before the autoencoder is built.
     OPTIONS = {**CONV_OPTIONS, "beta": Option.number(0.0, optional=True), "decoder_std": Option.number(0.0, open_low=True)}
 
-    def __init__(
-        self,
-        item_shape: Sequence[int],
-        latent_channels: int = 4,
-        downsample: int = 2,
-        channels: int = 32,
-        blocks: int = 1,
-        beta: Optional[float] = None,
-        decoder_std: float = 0.1,
-    ):
-        super().__init__()
-        height, width = latent_grid(item_shape, downsample)
-        if latent_channels < 1:
-            raise ConfigError(f"latent_channels must be an integer >= 1, got {latent_channels!r}")
+    def __init__(self, item_shape: Sequence[int], *, beta: Optional[float] = None, decoder_std: float = 0.1, **conv_options: int):
         if not decoder_std > 0:
             raise ConfigError(f"decoder_std must be > 0, got {decoder_std!r}")
         if beta is not None and not beta >= 0:
             raise ConfigError(f"beta must be >= 0 (or None for 2 decoder_std^2), got {beta!r}")
-        self.item_shape = tuple(int(s) for s in item_shape)
-        self.latent_shape = (int(latent_channels), height, width)
+        super().__init__(item_shape, **conv_options)
         self.decoder_std = float(decoder_std)
         self.beta = 2.0 * self.decoder_std**2 if beta is None else float(beta)
-        self.encoder: nn.Module = ConvEncoder(self.item_shape[0], 2 * latent_channels, channels, downsample, blocks)
-        self.decoder: nn.Module = ConvDecoder(latent_channels, self.item_shape[0], channels, downsample, blocks)
 
     def encode(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """The posterior q(z|x): (mean, logvar), each [batch, *latent_shape]."""

@@ -40,22 +40,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..registry import Option
-from .base import Autoencoder
-from .convolutional import CONV_OPTIONS, ConvDecoder, ConvEncoder, latent_grid
+from ..registry import Option, forwards_options
+from .convolutional import CONV_OPTIONS, ConvAutoencoder
 
 Tensor = torch.Tensor
 
 
-class VQAutoencoder(Autoencoder):
+@forwards_options(ConvAutoencoder)
+class VQAutoencoder(ConvAutoencoder):
     """VQ-VAE with a straight-through quantizer, codebook/commitment or EMA codebook learning, dead-code restarts.
 
     Args:
         item_shape: image shape [C, H, W].
-        latent_channels: the dimension of each latent vector and codebook entry.
-        downsample: spatial reduction 1, 2 or 4.
-        channels: width of the convolutional encoder and decoder.
-        blocks: residual blocks per resolution.
+        latent_channels, downsample, channels, blocks: the convolutional autoencoder's (ConvAutoencoder);
+            latent_channels is the dimension of each latent vector and codebook entry.
         num_codes: codebook size K.
         beta: weight of the commitment loss (0.25 in the paper).
         ema: learn the codebook by moving averages instead of the codebook loss.
@@ -70,36 +68,18 @@ class VQAutoencoder(Autoencoder):
                "decay": Option.number(0.0, 1.0, open_low=True, open_high=True), "epsilon": Option.number(0.0, open_low=True),
                "restart_after": Option.integer(0, 1 << 30)}
 
-    def __init__(
-        self,
-        item_shape: Sequence[int],
-        latent_channels: int = 4,
-        downsample: int = 2,
-        channels: int = 32,
-        blocks: int = 1,
-        num_codes: int = 64,
-        beta: float = 0.25,
-        ema: bool = False,
-        decay: float = 0.99,
-        epsilon: float = 1e-5,
-        restart_after: int = 100,
-    ):
-        super().__init__()
-        height, width = latent_grid(item_shape, downsample)
-        if latent_channels < 1:
-            raise ConfigError(f"latent_channels must be an integer >= 1, got {latent_channels!r}")
+    def __init__(self, item_shape: Sequence[int], *, num_codes: int = 64, beta: float = 0.25, ema: bool = False, decay: float = 0.99,
+                 epsilon: float = 1e-5, restart_after: int = 100, **conv_options: int):
         if num_codes < 2:
             raise ConfigError(f"num_codes must be an integer >= 2, got {num_codes!r}")
         if not 0 < decay < 1:
             raise ConfigError(f"decay must lie in (0, 1), got {decay!r}")
         if not beta >= 0 or not epsilon > 0 or restart_after < 0:
             raise ConfigError(f"need beta >= 0, epsilon > 0, restart_after >= 0; got {beta!r}, {epsilon!r}, {restart_after!r}")
-        self.item_shape = tuple(int(s) for s in item_shape)
-        self.latent_shape = (int(latent_channels), height, width)
+        super().__init__(item_shape, **conv_options)
+        latent_channels = self.latent_shape[0]
         self.num_codes, self.beta, self.ema = int(num_codes), float(beta), bool(ema)
         self.decay, self.epsilon, self.restart_after = float(decay), float(epsilon), int(restart_after)
-        self.encoder: nn.Module = ConvEncoder(self.item_shape[0], latent_channels, channels, downsample, blocks)
-        self.decoder: nn.Module = ConvDecoder(latent_channels, self.item_shape[0], channels, downsample, blocks)
         # The paper's initialisation, uniform in [-1/K, 1/K]; restarts move codes the encoder never reaches.
         initial = torch.empty(num_codes, latent_channels).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         if self.ema:

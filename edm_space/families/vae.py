@@ -13,14 +13,14 @@ bound on log p(x), so `bits_per_dim` is an upper bound on the model's own.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
 
 from ..autoencoders.kl import KLAutoencoder
 from ..errors import ConfigError
-from ..registry import Option
+from ..registry import Option, forwards_options
 from .base import GenerativeFamily, draw_normal, optimize
 from .bits import dequantized_bits_per_dim
 
@@ -50,11 +50,12 @@ def prior_samples(autoencoder: KLAutoencoder, n: int, generator: torch.Generator
     return autoencoder.decode(z).clamp(-1.0, 1.0)
 
 
+@forwards_options(KLAutoencoder)
 class VAE(GenerativeFamily):
     """A KL autoencoder trained on its loss and sampled by decoding prior draws.
 
     Options are those of KLAutoencoder (latent_channels, downsample, channels, blocks,
-    beta, decoder_std) and iwae_samples, the posterior draws of the likelihood bound.
+    beta, decoder_std), passed on to it, and iwae_samples, the posterior draws of the likelihood bound.
     The default beta = 2 decoder_std^2 makes the training loss the negative ELBO,
     rescaled (see autoencoders.kl), i.e. maximum-likelihood training of the VAE.
     """
@@ -62,22 +63,11 @@ class VAE(GenerativeFamily):
     # Bounds of the options (edm_space.registry): the KL autoencoder's, and the IWAE bound's posterior draws.
     OPTIONS = {**KLAutoencoder.OPTIONS, "iwae_samples": Option.integer(1, 10_000)}
 
-    def __init__(
-        self,
-        item_shape: Sequence[int],
-        latent_channels: int = 4,
-        downsample: int = 2,
-        channels: int = 32,
-        blocks: int = 1,
-        beta: Optional[float] = None,
-        decoder_std: float = 0.1,
-        iwae_samples: int = 100,
-    ):
+    def __init__(self, item_shape: Sequence[int], *, iwae_samples: int = 100, **autoencoder_options):
         super().__init__()
         if isinstance(iwae_samples, bool) or not isinstance(iwae_samples, int) or iwae_samples < 1:
             raise ConfigError(f"iwae_samples must be an integer >= 1, got {iwae_samples!r}")
-        self.autoencoder = KLAutoencoder(item_shape, latent_channels=latent_channels, downsample=downsample, channels=channels,
-                                         blocks=blocks, beta=beta, decoder_std=decoder_std)
+        self.autoencoder = KLAutoencoder(item_shape, **autoencoder_options)
         self.item_shape = self.autoencoder.item_shape
         self.iwae_samples = iwae_samples
         # A sample is one decoder pass.
