@@ -187,10 +187,27 @@ def _row_classes(labels: LabelsLike, batch: int, num_classes: int) -> Tensor:
     return classes
 
 
+class _ExactDenoiser:
+    """What both exact denoisers share: items of shape item_shape, d entries each, and the data law's mean."""
+
+    item_shape: Tuple[int, ...]
+    _mean_flat: Tensor  # [d]: the data mean (finite set) or sum_k w_k mu_k (mixture)
+
+    @property
+    def dim(self) -> int:
+        """Flattened item dimension d = prod(item_shape)."""
+        return int(math.prod(self.item_shape))
+
+    @property
+    def mean(self) -> Tensor:
+        """The data law's mean, the denoiser's value at sigma = inf, shape ``item_shape``."""
+        return self._mean_flat.reshape(self.item_shape)
+
+
 # --------------------------------------------------------------------------- finite set
 
 
-class IdealDenoiser:
+class IdealDenoiser(_ExactDenoiser):
     r"""Exact denoiser of a finite data set (the posterior mean of its empirical law).
 
     For data points y_1..y_n (each of shape ``item_shape``) and x = x_0 + sigma*eps
@@ -258,21 +275,10 @@ class IdealDenoiser:
         elif num_classes is not None:
             raise ConfigError("num_classes needs labels (the class of each data point)")
 
-    # -- basic properties -----------------------------------------------------
     @property
     def n(self) -> int:
         """Number of data points."""
         return int(self._flat.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Flattened item dimension d."""
-        return int(self._flat.shape[1])
-
-    @property
-    def mean(self) -> Tensor:
-        """The data mean, the denoiser's value at sigma = inf, shape ``item_shape``."""
-        return self._mean_flat.reshape(self.item_shape)
 
     def _on(self, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
         if device == self._flat.device:
@@ -478,7 +484,7 @@ def _eigen_covariances(cov: Tensor) -> Tuple[Tensor, Tensor]:
     return lam.clamp_min(0.0), U.contiguous()
 
 
-class GaussianMixtureDenoiser:
+class GaussianMixtureDenoiser(_ExactDenoiser):
     r"""Exact denoiser (and density, score, sampler) of a Gaussian mixture.
 
     Data law p_0 = sum_k w_k N(mu_k, C_k). With x = x_0 + sigma * eps the noised law
@@ -535,7 +541,7 @@ class GaussianMixtureDenoiser:
         self.weights: Tensor = w
         self._log_w = torch.log(w)  # -inf for zero weights, harmless in log-sum-exp
         self._set_covariances(covariances, K, d, tuple(means.shape))
-        self._mixture_mean = (w[:, None] * self.means_flat).sum(dim=0)
+        self._mean_flat = (w[:, None] * self.means_flat).sum(dim=0)
         self._set_class_tables(joint)
 
     def _set_covariances(self, covariances: Tensor, K: int, d: int, means_shape: Tuple[int, ...]) -> None:
@@ -574,7 +580,7 @@ class GaussianMixtureDenoiser:
         self.num_classes = 0 if joint is None else int(joint.shape[0])
         self.class_priors: Optional[Tensor] = None if joint is None else joint.sum(dim=1)
         self.class_weights: Optional[Tensor] = None if joint is None else joint / joint.sum(dim=1, keepdim=True)
-        log_w, mean = self._log_w[None], self._mixture_mean[None]
+        log_w, mean = self._log_w[None], self._mean_flat[None]
         if self.class_weights is not None:
             cw = self.class_weights.to(self.means_flat.device)
             class_means = (cw[:, :, None] * self.means_flat[None]).sum(dim=1)
@@ -604,14 +610,10 @@ class GaussianMixtureDenoiser:
             raise ConfigError(f"class_weights row {row} sums to 0; every class needs a positive weight")
         return joint / joint.sum()
 
-    # -- basic properties -------------------------------------------------------
     @property
     def num_components(self) -> int:
+        """Number of mixture components K."""
         return int(self.means_flat.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.means_flat.shape[1])
 
     @property
     def means(self) -> Tensor:
@@ -624,11 +626,6 @@ class GaussianMixtureDenoiser:
         if self._U is None:
             return torch.diag_embed(self._lam)
         return (self._U * self._lam[:, None, :]) @ self._U.transpose(1, 2)
-
-    @property
-    def mean(self) -> Tensor:
-        """Mixture mean sum_k w_k mu_k, the denoiser's value at sigma = inf."""
-        return self._mixture_mean.reshape(self.item_shape)
 
     # -- core ---------------------------------------------------------------------
     def _flatten(self, x: Tensor, name: str) -> Tuple[Tensor, int]:

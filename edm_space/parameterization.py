@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Tuple, Union
+from typing import Callable, ClassVar, Optional, Protocol, Tuple, Union
 
 import torch
 
@@ -380,14 +380,22 @@ class EDMPrecond:
 
 
 @dataclass(frozen=True)
-class EpsPrecond:
-    """The network predicts eps: c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1) (EDM Table 1, VP and iDDPM)."""
+class NoiseInputPrecond:
+    """A preconditioning whose c_noise is its `noise_input` (a function of sigma and the schedule, e.g. DDPM's
+    timestep); a subclass gives c_skip, c_out, c_in as FORMULAS and in __call__."""
 
     noise_input: Callable[[Tensor, NoiseSchedule], Tensor]
+    FORMULAS: ClassVar[Tuple[str, str, str]] = ("", "", "")
 
     @property
     def formulas(self) -> Tuple[str, str, str, str]:
-        return ("1", "-sigma", "1/sqrt(sigma^2+1)", self.noise_input.formula)
+        return (*self.FORMULAS, self.noise_input.formula)
+
+
+class EpsPrecond(NoiseInputPrecond):
+    """The network predicts eps: c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1) (EDM Table 1, VP and iDDPM)."""
+
+    FORMULAS = ("1", "-sigma", "1/sqrt(sigma^2+1)")
 
     def __call__(self, sigma: Tensor, noise: NoiseSchedule) -> Coefficients:
         c_skip = torch.ones_like(sigma)
@@ -427,34 +435,24 @@ class FlowPrecond:
         return 1 - t, -t, 1 - t, t if self.time_scale == 1 else self.time_scale * t
 
 
-@dataclass(frozen=True)
-class VPredictionPrecond:
+class VPredictionPrecond(NoiseInputPrecond):
     """The network predicts v = (eps - sigma x_0) / sqrt(1 + sigma^2) (Salimans & Ho 2022, Sec. 4 and App. D), in EDM's terms:
 
     c_skip = 1/(1+sigma^2), c_out = -sigma/sqrt(1+sigma^2), c_in = 1/sqrt(1+sigma^2)
     (D = (x_hat - sigma sqrt(1+sigma^2) v) / (1+sigma^2), the inverse of denoised_to_prediction("v")).
     """
 
-    noise_input: Callable[[Tensor, NoiseSchedule], Tensor]
-
-    @property
-    def formulas(self) -> Tuple[str, str, str, str]:
-        return ("1/(sigma^2+1)", "-sigma/sqrt(sigma^2+1)", "1/sqrt(sigma^2+1)", self.noise_input.formula)
+    FORMULAS = ("1/(sigma^2+1)", "-sigma/sqrt(sigma^2+1)", "1/sqrt(sigma^2+1)")
 
     def __call__(self, sigma: Tensor, noise: NoiseSchedule) -> Coefficients:
         root = (sigma**2 + 1).sqrt()
         return 1 / (sigma**2 + 1), -sigma / root, 1 / root, self.noise_input(sigma, noise)
 
 
-@dataclass(frozen=True)
-class SamplePredictionPrecond:
+class SamplePredictionPrecond(NoiseInputPrecond):
     """The network predicts x_0 itself (Ho et al. 2020, Sec. 3.2's alternative): c_skip = 0, c_out = 1, c_in = 1/sqrt(sigma^2+1)."""
 
-    noise_input: Callable[[Tensor, NoiseSchedule], Tensor]
-
-    @property
-    def formulas(self) -> Tuple[str, str, str, str]:
-        return ("0", "1", "1/sqrt(sigma^2+1)", self.noise_input.formula)
+    FORMULAS = ("0", "1", "1/sqrt(sigma^2+1)")
 
     def __call__(self, sigma: Tensor, noise: NoiseSchedule) -> Coefficients:
         return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma**2 + 1).sqrt(), self.noise_input(sigma, noise)
