@@ -100,6 +100,26 @@ def one_torch_thread():
         torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for each test (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """torch on one thread for a whole module, its module-scoped fixtures included (shared benchmark runs)."""
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture
+def no_debug_env(monkeypatch):
+    """EDM_SPACE_DEBUG unset, so errors are the one-line messages a user sees, not tracebacks."""
+    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
+
+
 def snapshot(run_dir: str) -> dict:
     """Every file of a run directory, relative path -> bytes."""
     files = {}

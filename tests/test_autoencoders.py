@@ -19,15 +19,11 @@ from edm_space.autoencoders.kl import KLAutoencoder, kl_divergence
 from edm_space.autoencoders.vq import VQAutoencoder
 from edm_space.data import load
 from edm_space.errors import ConfigError
-from conftest import one_torch_thread
 
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------

@@ -23,16 +23,12 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import gpu_check  # noqa: E402  (benchmarks/gpu_check.py)
 import speed  # noqa: E402  (benchmarks/speed.py)
-from conftest import one_torch_thread  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _no_cuda_env(tmp: str) -> dict:

@@ -18,14 +18,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import common  # noqa: E402  (benchmarks/common.py)
 import formulations as bf  # noqa: E402  (benchmarks/formulations.py)
 import samplers  # noqa: E402
-from conftest import one_torch_thread  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")

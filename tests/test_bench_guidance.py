@@ -20,16 +20,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import guidance as bg  # noqa: E402  (benchmarks/guidance.py)
 import samplers  # noqa: E402
-from conftest import one_torch_thread  # noqa: E402
 from edm_space.classifier import train_classifier  # noqa: E402
 from edm_space.data import load  # noqa: E402
 from edm_space.toy_branches import branches  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")

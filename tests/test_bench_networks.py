@@ -16,15 +16,11 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import networks as bn  # noqa: E402  (benchmarks/networks.py)
-from conftest import one_torch_thread  # noqa: E402
 from edm_space.data import load  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import samplers  # noqa: E402
 import solvers as bench  # noqa: E402  (benchmarks/solvers.py)
 import solvers_trained as trained  # noqa: E402  (benchmarks/solvers_trained.py)
-from conftest import one_torch_thread  # noqa: E402
 from edm_space import data, targets  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 from edm_space.metrics import sliced_wasserstein2  # noqa: E402
@@ -33,10 +32,7 @@ from edm_space.metrics import sliced_wasserstein2  # noqa: E402
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def latents(n, dim, seed=0):

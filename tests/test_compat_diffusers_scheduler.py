@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import samplers
-from conftest import one_torch_thread
 from edm_space.training import build_formulation, load_trained
 from helpers_cli import cli_ok
 
@@ -16,11 +15,7 @@ from edm_space.compat.diffusers_scheduler import EdmSpaceScheduler  # noqa: E402
 from test_interop_diffusers import save, tiny_unet  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 @pytest.mark.parametrize("solver", ["unipc-3", "heun"])

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from conftest import one_torch_thread
 from helpers_cli import cli_error, cli_ok
 
 TOML = """
@@ -20,10 +19,7 @@ ema-stds = [0.07]
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stored(run):

@@ -20,17 +20,12 @@ from edm_space import devices
 from edm_space.cli import main
 from edm_space.errors import ConfigError
 from edm_space.training import TrainConfig, list_checkpoints, load_checkpoint, load_trained, read_log, train
-from conftest import one_torch_thread
 from test_training import assert_same_training_state, free_port, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 def digits_config(out, **overrides) -> TrainConfig:

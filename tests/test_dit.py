@@ -13,7 +13,6 @@ from edm_space.denoiser import Denoiser
 from edm_space.errors import ConfigError
 from edm_space.networks.dit import Attention, apply_rope, axial_rope_angles, grid_positions, patchify, sincos_position_embedding, unpatchify
 from edm_space.training import TrainConfig, list_checkpoints, load_checkpoint, train
-from conftest import one_torch_thread
 from test_networks import sigmas_for
 from test_training import assert_same_training_state
 
@@ -21,10 +20,7 @@ F64 = torch.float64
 SMALL = {"depth": 2, "width": 32, "heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(item_shape, seed=0, **options):

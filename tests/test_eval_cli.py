@@ -23,12 +23,13 @@ from helpers_cli import cli_error
 UNET = {"channels": 8, "channel_mult": [1], "blocks_per_level": 1}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
+
+
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path_factory):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
+def eval_cache(monkeypatch, tmp_path_factory):
+    """The feature extractors' cache in the session's temporary folder, shared by this module's tests."""
     monkeypatch.setenv("EDM_SPACE_CACHE", str(tmp_path_factory.getbasetemp() / "eval-cache"))
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -54,11 +54,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NOSPACE = ("No space left on device", "ENOSPC", "disk is full")
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 @pytest.fixture

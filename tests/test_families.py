@@ -16,7 +16,6 @@ import pytest
 import torch
 from scipy import special, stats
 
-from conftest import one_torch_thread
 from edm_space import families
 from edm_space.errors import ConfigError
 from edm_space.families import bits
@@ -27,12 +26,13 @@ from edm_space.families.pixelcnn import PixelCNN, categorical
 F64 = torch.float64
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread_seeded():
-    """One torch thread, and a fixed global seed so the networks' default initializations repeat."""
+def _seeded():
+    """A fixed global seed so the networks' default initializations repeat."""
     torch.manual_seed(0)
-    with one_torch_thread():
-        yield
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -23,7 +23,6 @@ import scipy.integrate
 import torch
 
 import samplers
-from conftest import one_torch_thread
 from edm_space.errors import ConfigError
 from edm_space.ideal import IdealDenoiser
 from samplers.ipndm import constant_step_coefficients, lagrange_integrals, published_weights
@@ -33,10 +32,7 @@ F64 = torch.float64
 NEW_SOLVERS = ["ipndm", "ipndm-v", "unipc-2", "unipc-3", "deis"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def denoised_end_error(D: Gaussian, solver: str, preset: str, discretization, num_steps: int, **options) -> float:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_torch_thread
 from edm_space import families
 from edm_space.errors import ConfigError
 from edm_space.families.gan import GAN, minibatch_std
@@ -17,10 +16,7 @@ from edm_space.rundir import list_checkpoints, load_checkpoint
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -41,10 +41,7 @@ COST = re.compile(r"(\d+) denoiser evaluations of the guided denoiser \(w = ([^,
                   r"(\d+) network forward passes of (\d+) rows in all")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def guided_cost(out: str) -> Dict[str, object]:

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_torch_thread
 from edm_space.training import load_trained
 from helpers_cli import cli_error, cli_ok
 
@@ -26,11 +25,7 @@ T = 1000
 CLASSES = 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 def tiny_unet(num_class_embeds=None, seed=0):

@@ -21,11 +21,7 @@ from test_interop_diffusers import levels_ddpm, levels_flow  # noqa: E402
 EXPORTABLE = {"depth": 1, "width": 16, "heads": 2, "patch": 2, "qk_norm": False, "noise_embedding": "dit"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 def dit_run(out, preset, net_options, preset_options=None):

@@ -14,11 +14,7 @@ from edm_space.weights import WEIGHTS_NAME, read_safetensors
 from helpers_cli import cli_error, cli_ok
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 @pytest.fixture(scope="module")

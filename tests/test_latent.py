@@ -18,11 +18,7 @@ from conftest import one_torch_thread
 DIT = {"depth": 1, "width": 32, "heads": 2, "patch": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 @pytest.fixture(scope="module")

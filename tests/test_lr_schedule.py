@@ -7,17 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import one_torch_thread
 from edm_space.errors import ConfigError
 from edm_space.lr_schedule import build_optimizer, learning_rate
 from edm_space.training import TrainConfig, read_log, train
 from helpers_cli import TINY_TRAIN, cli_error
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def edm2_learning_rate(images, batch, ref_lr, ref_batches, rampup_images):

@@ -38,12 +38,7 @@ AE_TRAIN = ["--data", "digits", "--data-size", "64", "--option", "channels=8", "
             "--steps", "4", "--batch", "8", "--checkpoint-every", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(out, kind: str, name: str, steps: int, **changes) -> ModelConfig:

@@ -6,7 +6,6 @@ import zlib
 
 import pytest
 
-from conftest import one_torch_thread
 from edm_space.event_files import crc32c, masked_crc
 from edm_space.metrics import loss_floor
 from edm_space.training import load_trained, load_training_data, read_log
@@ -16,10 +15,7 @@ ARGS = ["--data", "moons", "--data-size", "256", "--steps", "20", "--batch", "16
         "--net-option", "depth=1", "--checkpoint-every", "10", "--log-every", "5", "--ema-stds", "none"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def crc32c_bitwise(data: bytes) -> int:

@@ -11,7 +11,6 @@ from edm_space import networks
 from edm_space.denoiser import Denoiser
 from edm_space.errors import ConfigError
 from edm_space.networks.embedding import NoiseEmbedding
-from conftest import one_torch_thread
 
 F64 = torch.float64
 MLP_OPTIONS = {"width": 32, "depth": 2}
@@ -20,10 +19,7 @@ DIT_OPTIONS = {"depth": 2, "width": 32, "heads": 2}
 SMALL_OPTIONS = {"mlp": MLP_OPTIONS, "unet": UNET_OPTIONS, "dit": DIT_OPTIONS}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name, item_shape, **options):

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import samplers
-from conftest import one_torch_thread
 from edm_space.errors import ConfigError
 from samplers.optimize import OptimizedSteps, levels_from_parameters, optimize_steps, parameters_from_levels, save_levels
 
@@ -23,10 +22,7 @@ C = torch.tensor([0.5, 0.25, 0.1, 1.0], dtype=F64)
 SIGMA_MAX = 80.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def denoiser(x, sigma):

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 import samplers
-from conftest import one_torch_thread
 from edm_space import data
 from edm_space.training import load_trained
 from helpers_cli import cli_error, cli_ok, cli_subprocess, subprocess_env, wait_until
@@ -34,10 +33,7 @@ EXACT = ["--data", "8gaussians", "--data-size", "500"]
 CALIBRATION, HELD_OUT, BUDGET = 32, 32, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def seeded_latents(seeds, shape):

@@ -12,16 +12,11 @@ import torch
 from edm_space.cli import main
 from edm_space.errors import ConfigError
 from edm_space.training import TrainConfig, read_run_config, train
-from conftest import one_torch_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 def readme_section_code(title: str) -> str:

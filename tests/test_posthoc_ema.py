@@ -17,10 +17,7 @@ from edm_space.posthoc_ema import (
 from edm_space.training import TrainConfig, list_checkpoints, load_checkpoint, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Weights(nn.Module):

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-from conftest import one_torch_thread
 from edm_space.errors import ConfigError
 from edm_space.reference import ReferenceSolution, compare_solutions, rms_error, solve_reference
 
@@ -20,10 +19,7 @@ MU = torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=F64)
 C = torch.tensor([0.5, 0.25, 0.1, 1.0], dtype=F64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def gaussian_denoiser(x, sigma):

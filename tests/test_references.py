@@ -57,13 +57,8 @@ def _mixture() -> GaussianMixtureDenoiser:
 MIXTURE = _mixture()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors here are [16, 4]; intra-op threads only add overhead (up to ms per op), so use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The tensors here are [16, 4]; intra-op threads only add overhead (up to ms per op), so use one.
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def denoiser(x_hat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

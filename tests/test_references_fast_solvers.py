@@ -45,7 +45,6 @@ import torch
 import presets
 import samplers
 from _reference_imports import diffusers_schedulers
-from conftest import one_torch_thread
 from samplers.discretizations import time_steps
 from test_references import BATCH, TIGHT, _latents, denoiser, rel_err
 
@@ -53,13 +52,9 @@ F64, F32 = torch.float64, torch.float32
 FLOAT32 = 1e-5  # float32 tables and state (measured <= 2e-6)
 
 # diffusers passes torch tensors through numpy (set_timesteps, DEIS's np.log), which warns on every call.
-pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = [pytest.mark.filterwarnings("ignore:__array:DeprecationWarning"), pytest.mark.usefixtures("one_thread_per_module")]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from conftest import one_torch_thread
 from edm_space.errors import ConfigError
 from edm_space.init_from import parse_source
 from edm_space.training import TrainConfig, list_checkpoints, load_checkpoint, read_log, train
@@ -16,10 +15,7 @@ BASE = ["--data", "branches", "--data-size", "256", "--net-option", "width=16", 
         "--batch", "16", "--warmup", "16", "--log-every", "5", "--checkpoint-every", "10", "--ema-stds", "none"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config_json(run):

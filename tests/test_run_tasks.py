@@ -11,7 +11,6 @@ import os
 import pytest
 import torch
 
-from conftest import one_torch_thread
 from edm_space import engine
 from edm_space.model_training import ModelConfig, train_model
 from edm_space.rundir import TrainingDiverged, list_checkpoints, load_checkpoint
@@ -29,10 +28,7 @@ OPTIONS = {
 TASKS = ["diffusion", *(f"{kind}:{name}" for kind, name in OPTIONS)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(task: str, out, steps: int):

@@ -14,7 +14,7 @@ import presets
 import samplers
 from edm_space.cli import main
 from edm_space.training import TrainConfig, list_checkpoints, load_trained, train
-from conftest import one_torch_thread, snapshot
+from conftest import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -23,11 +23,7 @@ UNET = {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1}
 TINY_ARGS = ["--net-option", "width=32", "--net-option", "depth=2", "--batch", "32", "--warmup", "320"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
 def _train(out, **settings):

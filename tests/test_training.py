@@ -29,15 +29,11 @@ from edm_space.training import (
     read_log,
     train,
 )
-from conftest import one_torch_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out, **overrides) -> TrainConfig:
