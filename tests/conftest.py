@@ -8,8 +8,11 @@ it calls the code under test.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
+import sys
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -118,6 +121,22 @@ def one_thread_per_module():
 def no_debug_env(monkeypatch):
     """EDM_SPACE_DEBUG unset, so errors are the one-line messages a user sees, not tracebacks."""
     monkeypatch.delenv("EDM_SPACE_DEBUG", raising=False)
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def import_benchmark(name: str):
+    """benchmarks/NAME.py as a module; the scripts import each other by name, so their folder goes on sys.path."""
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    return importlib.import_module(name)
+
+
+def benchmark_folders(tmp_path_factory, name: str) -> Tuple[str, str]:
+    """(out, work): the report and work folders of one benchmark run, in a fresh temporary folder."""
+    root = tmp_path_factory.mktemp(name)
+    return str(root / "out"), str(root / "work")
 
 
 def snapshot(run_dir: str) -> dict:

@@ -2,20 +2,17 @@
 
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from conftest import benchmark_folders, import_benchmark, one_torch_thread
 
-import ema as be  # noqa: E402  (benchmarks/ema.py)
-from conftest import one_torch_thread  # noqa: E402
+be = import_benchmark("ema")  # benchmarks/ema.py
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ema")
-    out, work = str(root / "out"), str(root / "work")
+    out, work = benchmark_folders(tmp_path_factory, "ema")
     with one_torch_thread():
         assert be.main(["--quick", "--out-dir", out, "--work-dir", work]) == 0
     files = {name: open(os.path.join(out, f"ema_digits.{name}"), "rb").read() for name in ("json", "md", "png")}

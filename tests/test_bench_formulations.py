@@ -9,16 +9,15 @@ import json
 import math
 import os
 import shutil
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import samplers
+from conftest import benchmark_folders, import_benchmark
+from edm_space.errors import ConfigError
 
-import common  # noqa: E402  (benchmarks/common.py)
-import formulations as bf  # noqa: E402  (benchmarks/formulations.py)
-import samplers  # noqa: E402
-from edm_space.errors import ConfigError  # noqa: E402
+common = import_benchmark("common")  # benchmarks/common.py
+bf = import_benchmark("formulations")  # benchmarks/formulations.py
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -27,8 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """One quick toy benchmark (2 presets, 1 seed), shared by the tests below."""
-    root = tmp_path_factory.mktemp("formulations")
-    out, work = str(root / "out"), str(root / "work")
+    out, work = benchmark_folders(tmp_path_factory, "formulations")
     settings = bf.make_settings("toy", quick=True)
     results = bf.run_benchmark(settings, out, work_dir=work, plot=True, log=lambda _: None)
     return {"results": results, "out": out, "work": work, "settings": settings}

@@ -11,18 +11,17 @@ import io
 import json
 import math
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import samplers
+from conftest import benchmark_folders, import_benchmark
+from edm_space.classifier import train_classifier
+from edm_space.data import load
+from edm_space.toy_branches import branches
 
-import guidance as bg  # noqa: E402  (benchmarks/guidance.py)
-import samplers  # noqa: E402
-from edm_space.classifier import train_classifier  # noqa: E402
-from edm_space.data import load  # noqa: E402
-from edm_space.toy_branches import branches  # noqa: E402
+bg = import_benchmark("guidance")  # benchmarks/guidance.py
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -31,8 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """Both targets in quick mode; the digit classifier is put in the work folder's cache (one epoch, to save time)."""
-    root = tmp_path_factory.mktemp("guidance-bench")
-    out, work = str(root / "out"), str(root / "work")
+    out, work = benchmark_folders(tmp_path_factory, "guidance-bench")
     images, labels = load("digits", with_labels=True)
     os.makedirs(os.path.join(work, "classifier"))
     buffer = io.BytesIO()

@@ -9,15 +9,14 @@ recorded parameter count against a closed-form count of its layers.
 import json
 import math
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from conftest import benchmark_folders, import_benchmark
+from edm_space.data import load
+from edm_space.errors import ConfigError
 
-import networks as bn  # noqa: E402  (benchmarks/networks.py)
-from edm_space.data import load  # noqa: E402
-from edm_space.errors import ConfigError  # noqa: E402
+bn = import_benchmark("networks")  # benchmarks/networks.py
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -26,8 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """One `--quick` run through the command line, shared by the tests below."""
-    root = tmp_path_factory.mktemp("networks")
-    out, work = str(root / "out"), str(root / "work")
+    out, work = benchmark_folders(tmp_path_factory, "networks")
     assert bn.main(["--quick", "--out-dir", out, "--work-dir", work]) == 0
     with open(os.path.join(out, "networks_digits.json")) as file:
         payload = json.load(file)  # standard JSON: no NaN tokens
