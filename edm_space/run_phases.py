@@ -27,8 +27,9 @@ CHANGEABLE = RESUMABLE + (
 )
 # Settings of watching a run: a resume takes the new ones without recording a phase.
 WATCHING = ("tensorboard", "sample_every_images", "eval_every_images")
-# Settings a run records but that do not bind a resume: derived from the data, where it lives, its history.
-NOT_COMPARED = WATCHING + ("sigma_data", "item_shape", "num_classes", "latent_space", "out", "phases", "init_from", "init_weights")
+# Settings a run records but that do not bind a resume: where it lives, its history. (What it derives from the data is
+# in its record, edm_space.run_record, not among the settings.)
+NOT_COMPARED = WATCHING + ("out", "phases", "init_from", "init_weights")
 
 
 def check_resumable(stored, config) -> None:
