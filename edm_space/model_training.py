@@ -32,7 +32,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -216,7 +216,8 @@ def split_indices(num_items: int, held_out: int, data_size: Optional[int], seed:
 
 
 def load_split(config: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """(training items, held-out items, held_out count) of the run's data (see split_indices)."""
+    """(training items, held-out items, held_out count) of the run's data (see split_indices); `config` may be a Run,
+    whose recorded held-out count then holds (None: a tenth of the data set)."""
     x = load(config.data, seed=config.seed)
     held_out = len(x) // 10 if config.held_out is None else config.held_out
     train_index, held_index = split_indices(len(x), held_out, config.data_size, config.seed)

@@ -431,7 +431,7 @@ def _resumed_config(config: TrainConfig, resume: bool) -> Tuple[TrainConfig, int
     # A new DiT run records the conventions it is built with; a resumed one keeps those it has.
     config = with_recorded_convention(config, stored.net_options.get("convention", "dit") if stored is not None else "dit")
     if stored is not None:
-        run_phases.check_resumable(stored, config)
+        run_phases.check_resumable(Run(stored, record), config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
     start_step, state = engine.newest_checkpoint(run_dir, config.steps) if resume else (0, None)
