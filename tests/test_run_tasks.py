@@ -234,3 +234,13 @@ def test_a_model_run_resumed_with_another_held_out_count_is_refused_and_with_its
         train_model(dataclasses.replace(task_config("autoencoder:kl", out, 4), held_out=count + 1), progress=False, echo=lambda line: None)
     summary = train_model(dataclasses.replace(task_config("autoencoder:kl", out, 4), held_out=count), progress=False, echo=lambda line: None)
     assert (summary["start_step"], summary["held_out"]) == (2, count)
+
+
+def test_a_record_json_with_a_foreign_field_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    run("diffusion", out, 2)
+    payload = json.loads((out / "record.json").read_text())
+    (out / "record.json").write_text(json.dumps({**payload, "colour": "blue"}))
+    with pytest.raises(ConfigError) as caught:
+        load_trained(str(out))
+    assert "record.json" in str(caught.value) and "'colour'" in str(caught.value) and "\n" not in str(caught.value)
