@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from conftest import one_torch_thread
-from edm_space import data, engine
-from edm_space.errors import ConfigError
+from edm_space import engine
 from edm_space.model_training import ModelConfig, load_model, train_model
 from edm_space.rundir import TrainingDiverged, list_checkpoints, load_checkpoint
 from edm_space.training import TrainConfig, load_trained, train
+from edm_space import data
+from edm_space.errors import ConfigError
 
 # Tiny models of 8x8 digits (the toy moons for diffusion), each a few thousand weights.
 OPTIONS = {
