@@ -59,6 +59,7 @@ def _average_gradients(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
 
 def mean_over_processes(values: Dict[str, float]) -> Dict[str, float]:
     """Each named value averaged over the processes (the same names on each): a global batch's mean of per-part means."""
-    total = torch.tensor(list(values.values()), dtype=torch.float64)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only (this rank's GPU)
+    total = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return dict(zip(values, (total / dist.get_world_size()).tolist()))
