@@ -48,6 +48,7 @@ from .families.vae import generator_on, prior_samples
 from .files import check_writable_file, read_json
 from .devices import make_optimizer
 from .run_record import Run, RunRecord, read_record, record_of_state, split_payload
+from .distributed import average_gradients_before_step, distributed_context, mean_over_processes
 from .rundir import (
     config_from_json,
     read_run_payload,
@@ -275,16 +276,16 @@ def train_model(config: ModelConfig, progress: bool = True, device: str = "auto"
     line naming the step and the last good checkpoint (TrainingDiverged).
     """
     check_model_config(config)
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":  # every rank would train the same model into the same directory
-        raise ConfigError(f"{config.describe()} trains in one process; run it without torchrun (WORLD_SIZE = {world})")
+    rank, world = distributed_context()
+    if config.batch % world:
+        raise ConfigError(f"batch = {config.batch} must divide by the number of processes ({world})")
     device = devices.resolve_device(device)
     echo = echo or tqdm.write
     run_dir = config.out
-    with training_run(run_dir):
-        return _train_locked(config, progress, device, echo)
+    with training_run(run_dir, owner=rank == 0):
+        return _train_locked(config, progress, device, echo, rank, world)
 
-def _train_locked(config: ModelConfig, progress: bool, device: torch.device, echo) -> Dict[str, Any]:
+def _train_locked(config: ModelConfig, progress: bool, device: torch.device, echo, rank: int, world: int) -> Dict[str, Any]:
     run_dir = config.out
     record = RunRecord()
     if os.path.isfile(os.path.join(run_dir, "config.json")):
@@ -295,14 +296,15 @@ def _train_locked(config: ModelConfig, progress: bool, device: torch.device, ech
     start_step, state = engine.newest_checkpoint(run_dir, config.steps)
 
     x_train, _, held_out = load_split(Run(config, record))
-    task = ModelTask(config, dataclasses.replace(record, held_out=held_out, item_shape=list(x_train.shape[1:])), x_train, device)
+    task = ModelTask(config, dataclasses.replace(record, held_out=held_out, item_shape=list(x_train.shape[1:])), x_train, device,
+                     rank, world)
     if state is not None:
         _load_states(task.model, task.optimizers, state, f"checkpoint of step {start_step} in {run_dir!r}")
-    if start_step < config.steps:
+    if start_step < config.steps and rank == 0:
         count = task.record.parameters
         echo(f"{config.describe()}: {count:,} parameters on {device}; {len(x_train):,} training items, {held_out:,} held out")
     cadence = engine.Cadence(config.steps, config.log_every, config.checkpoint_every, config.keep_checkpoints, config.batch)
-    engine.run_steps(run_dir, task, start_step, cadence, device, progress=progress, desc=f"train {config.name} on {config.data}")
+    engine.run_steps(run_dir, task, start_step, cadence, device, rank, world, progress, desc=f"train {config.name} on {config.data}")
     found = list_checkpoints(run_dir)
     return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "checkpoint": found[-1][1] if found else None,
             "held_out": held_out, "training_items": len(x_train)}
@@ -310,20 +312,36 @@ def _train_locked(config: ModelConfig, progress: bool, device: torch.device, ech
 
 class ModelTask:
     """A family or autoencoder run as an engine task (edm_space.engine.Task): the options given (config) and what the
-    run derived (record: item shape, held-out count; the parameter count is added here)."""
+    run derived (record: item shape, held-out count; the parameter count is added here).
 
-    def __init__(self, config: ModelConfig, record: RunRecord, x_train: torch.Tensor, device: torch.device):
-        self.config = config
+    Under torchrun process `rank` of `world` takes the equal part `rank` of each global batch, which is drawn
+    by the step's generator as one process draws it; so are the step's other draws (seeding.BatchPartGenerator),
+    and every optimizer averages the gradients over the processes before it steps. A model whose step reads
+    the whole batch (its split_refusal) is refused in one line.
+    """
+
+    def __init__(self, config: ModelConfig, record: RunRecord, x_train: torch.Tensor, device: torch.device, rank: int = 0,
+                 world: int = 1):
+        self.config, self.rank, self.world = config, rank, world
         self.model = build_model(config, record.item_shape).to(device).train()
         self.record = dataclasses.replace(record, parameters=sum(p.numel() for p in self.model.parameters()))
+        reason = self.model.split_refusal(config.batch, world) if world > 1 else None
+        if reason:
+            raise ConfigError(f"{config.describe()} cannot train in {world} processes: {reason}; run it without torchrun")
         self.optimizers = build_model_optimizers(self.model, config)
+        if world > 1:
+            for optimizer in self.optimizers.values():
+                average_gradients_before_step(optimizer)
         self.x_train = x_train.to(device)  # kept on the device: no copy per step
         self.device = device
+        local = config.batch // world
+        self.part = slice(rank * local, rank * local + local)
 
     def _step(self, step: int) -> Dict[str, float]:
-        generator = step_generator(self.config.seed, step)
-        index = torch.randint(len(self.x_train), (self.config.batch,), generator=generator)
-        return model_step(self.model, self.config.kind, self.optimizers, self.x_train[index.to(self.device)], generator)
+        generator = step_generator(self.config.seed, step, self.rank, self.world)
+        index = torch.randint(len(self.x_train), (self.config.batch,), generator=generator)[self.part]
+        losses = model_step(self.model, self.config.kind, self.optimizers, self.x_train[index.to(self.device)], generator)
+        return mean_over_processes(losses) if self.world > 1 else losses
 
     def train_step(self, step: int, check) -> Dict[str, float]:
         losses = self._step(step)
