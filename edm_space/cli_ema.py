@@ -9,6 +9,7 @@ that folder to `sample --ckpt` or `eval --ckpt` like any other run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Dict, List, Optional
@@ -18,7 +19,8 @@ import torch
 
 from .errors import ConfigError
 from .posthoc_ema import check_std, ema_weights, reconstruct  # noqa: F401 (ema_weights: public here before)
-from .training import read_run_config
+from .run_record import write_record
+from .training import read_run
 from .rundir import CHECKPOINT_FORMAT, find_checkpoint, CHECKPOINT_VERSION, checkpoint_dir, checkpoint_path, prepare_run_dir, save_checkpoint, write_json
 
 OUT_FOLDER = "posthoc-ema"
@@ -42,16 +44,20 @@ def reconstructed_dir(out: str, std: float, step: int) -> str:
 
 
 def write_reconstruction(run_dir: str, out_dir: str, std: float, step: int, weights: Dict[str, torch.Tensor]) -> str:
-    """A run directory `out_dir` (config.json of `run_dir`, one checkpoint of `step`) holding `weights`."""
-    config = read_run_config(run_dir).to_json()
+    """A run directory `out_dir` (config.json and record.json of `run_dir`, one checkpoint of `step`) holding `weights`."""
+    run = read_run(run_dir)
+    config = run.config.to_json()
+    path = checkpoint_path(out_dir, step)
+    record = dataclasses.replace(run.record, step=step, checkpoint=os.path.relpath(path, out_dir))
     prepare_run_dir(out_dir)
     os.makedirs(checkpoint_dir(out_dir), exist_ok=True)
     state = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step,
-        "model": weights, "ema": weights, "config": json.dumps(config),
+        "model": weights, "ema": weights, "config": json.dumps(config), "record": json.dumps(record.to_json()),
         "posthoc_ema": {"std": std, "source": os.path.abspath(run_dir)},
     }
-    save_checkpoint(checkpoint_path(out_dir, step), state)
+    save_checkpoint(path, state)
+    write_record(out_dir, record)
     write_json(os.path.join(out_dir, "config.json"), config)
     return out_dir
 

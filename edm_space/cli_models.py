@@ -20,6 +20,7 @@ import torch
 from .cli_options import cadence_options, device_option, explicit_settings, parse_options, quiet_option, set_threads, show_progress, threads_option
 from . import autoencoders, devices
 from .data import load
+from .distributed import finish_distributed
 from .errors import ConfigError
 from .files import check_writable_file
 from .model_training import default_lr, evaluate_autoencoder, resolve_model_config, sample_model, train_model
@@ -36,8 +37,9 @@ def _image_items(data_name: str) -> bool:
 
 
 def _train(kind: str, name: str, out: str, settings: Dict[str, Any], explicit: Optional[Iterable[str]], device: str,
-           echo: Callable[[str], None], progress: bool = True) -> Dict[str, Any]:
-    """Resolve the configuration (a stored run keeps every setting not in `explicit`), train, report in one line."""
+           echo: Callable[[str], None], progress: bool, hint: str) -> Dict[str, Any]:
+    """Resolve the configuration (a stored run keeps every setting not in `explicit`), train, report in one line and
+    `hint` (under torchrun: rank 0 alone, after the processes end together)."""
     given = dict(kind=kind, name=name, **settings)
     if explicit is None:  # a setting left at None takes the stored run's value, or its default
         explicit = [key for key, value in given.items() if value is not None]
@@ -47,8 +49,10 @@ def _train(kind: str, name: str, out: str, settings: Dict[str, Any], explicit: O
     if config.lr is None:
         config.lr = default_lr(kind, name)
     summary = train_model(config, progress=progress, device=device, echo=echo)
-    echo(f"trained {config.describe()} on {config.data} to step {summary['steps']} ({summary['training_items']:,} items, "
-         f"{summary['held_out']:,} held out); checkpoint {summary['checkpoint']}")
+    if finish_distributed() == 0:
+        echo(f"trained {config.describe()} on {config.data} to step {summary['steps']} ({summary['training_items']:,} items, "
+             f"{summary['held_out']:,} held out); checkpoint {summary['checkpoint']}")
+        echo(hint)
     return summary
 
 
@@ -65,9 +69,7 @@ def train_family(name: str, data: str, options: Dict[str, Any], out: str, data_s
     """
     settings = dict(options=options, data=data, data_size=data_size, held_out=held_out, steps=steps, batch=batch, lr=lr,
                     seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every)
-    summary = _train("family", name, out, settings, explicit, device, echo, progress)
-    echo(f"Sample it: edm-space sample --ckpt {out} --out samples.png")
-    return summary
+    return _train("family", name, out, settings, explicit, device, echo, progress, f"Sample it: edm-space sample --ckpt {out} --out samples.png")
 
 
 def sample_family_run(run_dir: str, step: Optional[int] = None, num_samples: Optional[int] = None, seed: int = 0,
@@ -108,8 +110,8 @@ def autoencoder_train_command(kind, data_name, data_size, held_out, options, ste
     settings = dict(options=parse_options(options, "--option"), data=data_name, data_size=data_size, held_out=held_out, steps=steps,
                     batch=batch, lr=lr, seed=seed, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every)
     explicit = explicit_settings(click.get_current_context(), settings, {"data": "data_name"})
-    _train("autoencoder", kind, out_dir, settings, explicit, device, click.echo, show_progress(quiet))
-    click.echo(f"Evaluate it: edm-space autoencoder eval --ckpt {out_dir} --out recon.png")
+    _train("autoencoder", kind, out_dir, settings, explicit, device, click.echo, show_progress(quiet),
+           f"Evaluate it: edm-space autoencoder eval --ckpt {out_dir} --out recon.png")
 
 
 @autoencoder_group.command("eval")

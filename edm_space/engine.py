@@ -11,8 +11,8 @@ family and each autoencoder (edm_space.model_training). The engine owns what the
   checked on the batch of step `steps` when the loop ends;
 - divergence: a non-finite value handed to the step's `check` ends the run with one line naming
   the step and the last good checkpoint, the checkpoint of those weights set aside (TrainingDiverged);
-- the checkpoint file: the task's named state_dicts with the format marker, version, step and the
-  run's config, written atomically, then config.json (`write_checkpoint`);
+- the checkpoint file: the task's named state_dicts with the format marker, version, step, the
+  run's config and its record, written atomically, then record.json and config.json (`write_checkpoint`);
 - progress (a tqdm bar on rank 0) and, under torch.distributed, one writer (rank 0) and a barrier
   after each checkpoint.
 
@@ -23,6 +23,7 @@ so a resumed run continues bit-exactly from the step counter alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from . import devices
 from .errors import ConfigError
+from .run_record import RunRecord, write_record
 from .rundir import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -63,6 +65,7 @@ class Task(Protocol):
     """What the engine trains: built by its module from the run's options, driven one step at a time."""
 
     config: Any  # the run's config dataclass (to_json()), stored in each checkpoint and as config.json
+    record: Optional[RunRecord]  # what the run derived (edm_space.run_record), stored in each checkpoint and as record.json
 
     def train_step(self, step: int, check: Check) -> Dict[str, float]:
         """One optimization step on step `step`'s batch, every draw from step_generator(seed, step); hands each
@@ -136,14 +139,20 @@ def differing(run: Dict[str, Any], stored: Dict[str, Any]) -> List[str]:
     return [key for key, value in run.items() if value is not None and stored.get(key) != value]
 
 
-def write_checkpoint(run_dir: str, step: int, states: Dict[str, Any], config: Any) -> str:
-    """The checkpoint of `step` (the format marker, version, step, `states`, the config as JSON text), then
-    config.json (the run's settings, steps included), both atomically. Returns the checkpoint's path."""
+def write_checkpoint(run_dir: str, step: int, states: Dict[str, Any], config: Any, record: Optional[RunRecord] = None) -> str:
+    """The checkpoint of `step` (the format marker, version, step, `states`, the config and the record, with this step
+    and checkpoint, as JSON text), then record.json and config.json (the run's settings, steps included), each
+    atomically. Returns the checkpoint's path."""
+    path = checkpoint_path(run_dir, step)
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, **states,
              "config": json.dumps(config.to_json())}
+    if record is not None:
+        record = dataclasses.replace(record, step=step, checkpoint=os.path.relpath(path, run_dir))
+        state["record"] = json.dumps(record.to_json())
     os.makedirs(checkpoint_dir(run_dir), exist_ok=True)
-    path = checkpoint_path(run_dir, step)
     save_checkpoint(path, state)
+    if record is not None:  # before config.json: a run whose config.json is written has its record
+        write_record(run_dir, record)
     write_json(os.path.join(run_dir, "config.json"), config.to_json())
     return path
 
@@ -207,7 +216,7 @@ def run_steps(run_dir: str, task: Task, start_step: int, cadence: Cadence, devic
                 window = _Window()
             if done % cadence.checkpoint_every == 0 or done == cadence.steps:
                 if rank == 0:
-                    pending = (done, write_checkpoint(run_dir, done, task.checkpoint_states(), task.config))
+                    pending = (done, write_checkpoint(run_dir, done, task.checkpoint_states(), task.config, getattr(task, "record", None)))
                 if world > 1:
                     dist.barrier()
         if start_step < cadence.steps:

@@ -8,7 +8,7 @@ The data set is encoded once (posterior means, or samples, of a KL autoencoder;
 encoder outputs of a VQ one) and cached in the run as latents.npz together with
 the autoencoder's checksum. Latents are normalized per channel to a standard
 deviation of sigma_data = 0.5 (as EDM2 does for its latents): z_norm = (z - shift) * scale,
-with shift and scale stored in the run's config. The run records the autoencoder's
+with shift and scale stored in the run's record (record.json, edm_space.run_record). The run records the autoencoder's
 run directory, checkpoint step and checksum rather than a copy of its weights: a
 latent run stays small, and a later change to the autoencoder (retrained, resumed,
 replaced) is detected by the checksum with a one-line error instead of decoding
@@ -29,7 +29,7 @@ import torch
 from .errors import ConfigError
 from .files import save_npz_atomic
 from .rundir import find_checkpoint, pin_checkpoint
-from .model_training import autoencoder_checksum, is_model_run, load_model, read_model_config, training_items
+from .model_training import autoencoder_checksum, is_model_run, load_model, read_model_run, training_items
 
 LATENT_SIGMA_DATA = 0.5
 LATENT_MODES = ("mean", "sample")
@@ -69,7 +69,7 @@ class LatentSpace:
         return torch.cat(out)
 
     def record(self) -> Dict[str, Any]:
-        """What the run's config stores to find and check this latent space again."""
+        """What the run's record stores to find and check this latent space again."""
         return {"run": self.run, "step": self.step, "checksum": self.checksum, "mode": self.mode,
                 "shift": self.shift.tolist(), "scale": self.scale.tolist(), "sigma_data": LATENT_SIGMA_DATA}
 
@@ -117,7 +117,7 @@ def takes_autoencoder_data(config) -> bool:
 def _autoencoder_config(run: str):
     if not os.path.isdir(run) or not is_model_run(run):
         raise ConfigError(f"--latent {run!r} is not an autoencoder run (train one with `edm-space autoencoder train`)")
-    return read_model_config(run)
+    return read_model_run(run)  # its options and record (the held-out count it used)
 
 
 def autoencoder_data_name(run: str) -> str:
@@ -216,7 +216,8 @@ def write_cache(run_dir: str, record: Dict[str, Any], latents: torch.Tensor, lab
 
 
 def training_latents(run_dir: str, config, x: torch.Tensor, labels: Optional[torch.Tensor], write_cache_file: bool = True):
-    """(normalized latents, labels, record) for a latent run: from the run's cache, or encoded now.
+    """(normalized latents, labels, record) for a latent run (`config` a Run: its options and record): from the run's
+    cache, or encoded now.
 
     A new run encodes with the newest checkpoint of config.latent; a resumed one checks that its
     recorded autoencoder is unchanged and reuses the cache (or encodes again with the recorded

@@ -3,10 +3,11 @@ families (edm_space.families: nice, gan, pixelcnn, vae) and the autoencoders (ed
 
     from edm_space.model_training import ModelConfig, train_model, load_model
     train_model(ModelConfig(kind="autoencoder", name="kl", data="mnist", out="runs/ae", steps=2000))
-    model, config, step = load_model("runs/ae")
+    model, run, step = load_model("runs/ae")
 
 A run directory is the one of diffusion training (edm_space.rundir): config.json (a ModelConfig,
-told from a diffusion run by its field "kind"), checkpoints/checkpoint-STEP.pt (the model, every
+told from a diffusion run by its field "kind"), record.json (edm_space.run_record: item shape, held-out
+count, parameters, step reached), checkpoints/checkpoint-STEP.pt (the model, every
 optimizer's state and the step, written atomically, loaded with weights_only=True) and log.jsonl.
 One process at a time trains in it (rundir.RunLock). A checkpoint counts as good once the loss of
 the next step is finite: the run is a task (ModelTask) of edm_space.engine, the loop diffusion shares.
@@ -31,7 +32,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,6 +47,8 @@ from .families.base import optimize
 from .families.vae import generator_on, prior_samples
 from .files import check_writable_file, read_json
 from .devices import make_optimizer
+from .run_record import Run, RunRecord, read_record, record_of_state, split_payload
+from .distributed import average_gradients_before_step, distributed_context, mean_over_processes
 from .rundir import (
     config_from_json,
     read_run_payload,
@@ -60,16 +63,16 @@ from .seeding import step_generator
 
 __all__ = [
     "ModelConfig", "KINDS", "train_model", "load_model", "autoencoder_checksum", "evaluate_autoencoder",
-    "sample_model", "is_model_run", "read_model_config", "resolve_model_config", "split_indices",
+    "sample_model", "is_model_run", "read_model_config", "read_model_run", "resolve_model_config", "split_indices",
     "load_split", "training_items", "default_lr",
 ]
 
 KINDS = ("family", "autoencoder")
 # Seed of the permutation that sets the held-out items aside: fixed, so every run of a data set holds out the same items.
 HOLDOUT_SEED = 20_240_601
-# Settings that fix the model's tensors: a checkpoint must agree with its run on them.
+# Settings that fix the model's tensors (item_shape from the run's record): a checkpoint must agree with its run on them.
 MODEL_KEYS = ("kind", "name", "options", "item_shape")
-# Settings derived from the data when a run starts (None until then).
+# Facts derived from the data when a run starts (its record): the held-out count (held_out is an option too) and the item shape.
 DERIVED = ("held_out", "item_shape")
 # Adam's learning rate when none is given: DCGAN's 2e-4 for the GAN (Radford et al. 2016, Sec. 4), else 1e-3.
 DEFAULT_LR = {("family", "gan"): 2e-4}
@@ -81,7 +84,8 @@ MAX_IWAE_SAMPLES = 10_000
 
 @dataclass
 class ModelConfig:
-    """Everything that defines the training run of a family or an autoencoder; stored as config.json."""
+    """The options of the training run of a family or an autoencoder, as given; stored as config.json (what the run
+    derives, such as the item shape and the held-out count it used, is its record: edm_space.run_record)."""
 
     kind: str = "family"
     name: str = "nice"
@@ -97,14 +101,14 @@ class ModelConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 50
-    item_shape: Optional[List[int]] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, payload: Dict[str, Any]) -> "ModelConfig":
-        return config_from_json(cls, payload)
+        """The options of a config.json payload; the derived facts an older one holds are left to its record."""
+        return config_from_json(cls, split_payload(payload, keep=("held_out",))[0])
 
     def describe(self) -> str:
         """'family nice' / 'autoencoder kl'."""
@@ -128,9 +132,16 @@ def is_model_run(run_dir: str) -> bool:
     return os.path.isfile(path) and "kind" in read_json(path, "run config")
 
 
+def read_model_run(run_dir: str) -> Run:
+    """The family or autoencoder run in a run directory: its options (config.json) and record (record.json, or for a run
+    written before records the facts its config.json holds); a diffusion run or no run is refused in one line."""
+    payload = read_run_payload(run_dir, KINDS, "this needs a family or autoencoder run")
+    return Run(ModelConfig.from_json(payload), read_record(run_dir, payload))
+
+
 def read_model_config(run_dir: str) -> ModelConfig:
-    """The ModelConfig stored in a run directory; a diffusion run or no run is refused in one line."""
-    return ModelConfig.from_json(read_run_payload(run_dir, KINDS, "this needs a family or autoencoder run"))
+    """The ModelConfig stored in a run directory (the options given); a diffusion run or no run is refused in one line."""
+    return read_model_run(run_dir).config
 
 
 def resolve_model_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> ModelConfig:
@@ -168,8 +179,9 @@ def check_model_config(config: ModelConfig) -> None:
         raise ConfigError(f"lr = {config.lr!r} is invalid; it must be a positive number")
 
 
-def _check_resumable(stored: ModelConfig, config: ModelConfig) -> None:
-    """A run directory keeps its configuration: continuing it with other settings is refused."""
+def _check_resumable(stored: Run, config: ModelConfig) -> None:
+    """A run directory keeps its configuration: continuing it with other settings is refused. A held_out given is
+    compared with the count the run used (its record's)."""
     run_dir = config.out
     if (stored.kind, stored.name) != (config.kind, config.name):
         raise ConfigError(f"run directory {run_dir!r} holds the {stored.describe()} run; it cannot continue as {config.describe()}")
@@ -177,7 +189,7 @@ def _check_resumable(stored: ModelConfig, config: ModelConfig) -> None:
         key for key, value in config.to_json().items()
         if key not in RESUMABLE + DERIVED + ("out",) and stored.to_json()[key] != value
     ]
-    differing += [key for key in DERIVED if getattr(config, key) is not None and getattr(config, key) != getattr(stored, key)]
+    differing += [key for key in DERIVED if getattr(config, key, None) is not None and getattr(config, key) != getattr(stored, key)]
     if differing:
         raise ConfigError(f"run directory {run_dir!r} was made with other settings ({', '.join(differing)}); use a new --out")
 
@@ -205,7 +217,8 @@ def split_indices(num_items: int, held_out: int, data_size: Optional[int], seed:
 
 
 def load_split(config: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """(training items, held-out items, held_out count) of the run's data (see split_indices)."""
+    """(training items, held-out items, held_out count) of the run's data (see split_indices); `config` may be a Run,
+    whose recorded held-out count then holds (None: a tenth of the data set)."""
     x = load(config.data, seed=config.seed)
     held_out = len(x) // 10 if config.held_out is None else config.held_out
     train_index, held_index = split_indices(len(x), held_out, config.data_size, config.seed)
@@ -263,52 +276,72 @@ def train_model(config: ModelConfig, progress: bool = True, device: str = "auto"
     line naming the step and the last good checkpoint (TrainingDiverged).
     """
     check_model_config(config)
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":  # every rank would train the same model into the same directory
-        raise ConfigError(f"{config.describe()} trains in one process; run it without torchrun (WORLD_SIZE = {world})")
+    rank, world = distributed_context()
+    if config.batch % world:
+        raise ConfigError(f"batch = {config.batch} must divide by the number of processes ({world})")
     device = devices.resolve_device(device)
     echo = echo or tqdm.write
     run_dir = config.out
-    with training_run(run_dir):
-        return _train_locked(config, progress, device, echo)
+    with training_run(run_dir, owner=rank == 0):
+        return _train_locked(config, progress, device, echo, rank, world)
 
-def _train_locked(config: ModelConfig, progress: bool, device: torch.device, echo) -> Dict[str, Any]:
+def _train_locked(config: ModelConfig, progress: bool, device: torch.device, echo, rank: int, world: int) -> Dict[str, Any]:
     run_dir = config.out
+    record = RunRecord()
     if os.path.isfile(os.path.join(run_dir, "config.json")):
-        stored = read_model_config(run_dir)
+        stored = read_model_run(run_dir)
         _check_resumable(stored, config)
-        config = dataclasses.replace(stored, out=config.out, **{key: getattr(config, key) for key in RESUMABLE})
+        config = dataclasses.replace(stored.config, out=config.out, **{key: getattr(config, key) for key in RESUMABLE})
+        record = stored.record
     start_step, state = engine.newest_checkpoint(run_dir, config.steps)
 
-    x_train, _, held_out = load_split(config)
-    config = dataclasses.replace(config, held_out=held_out, item_shape=list(x_train.shape[1:]))
-    task = ModelTask(config, x_train, device)
+    x_train, _, held_out = load_split(Run(config, record))
+    task = ModelTask(config, dataclasses.replace(record, held_out=held_out, item_shape=list(x_train.shape[1:])), x_train, device,
+                     rank, world)
     if state is not None:
         _load_states(task.model, task.optimizers, state, f"checkpoint of step {start_step} in {run_dir!r}")
-    if start_step < config.steps:
-        count = sum(p.numel() for p in task.model.parameters())
+    if start_step < config.steps and rank == 0:
+        count = task.record.parameters
         echo(f"{config.describe()}: {count:,} parameters on {device}; {len(x_train):,} training items, {held_out:,} held out")
     cadence = engine.Cadence(config.steps, config.log_every, config.checkpoint_every, config.keep_checkpoints, config.batch)
-    engine.run_steps(run_dir, task, start_step, cadence, device, progress=progress, desc=f"train {config.name} on {config.data}")
+    engine.run_steps(run_dir, task, start_step, cadence, device, rank, world, progress, desc=f"train {config.name} on {config.data}")
     found = list_checkpoints(run_dir)
     return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "checkpoint": found[-1][1] if found else None,
             "held_out": held_out, "training_items": len(x_train)}
 
 
 class ModelTask:
-    """A family or autoencoder run as an engine task (edm_space.engine.Task)."""
+    """A family or autoencoder run as an engine task (edm_space.engine.Task): the options given (config) and what the
+    run derived (record: item shape, held-out count; the parameter count is added here).
 
-    def __init__(self, config: ModelConfig, x_train: torch.Tensor, device: torch.device):
-        self.config = config
-        self.model = build_model(config, config.item_shape).to(device).train()
+    Under torchrun process `rank` of `world` takes the equal part `rank` of each global batch, which is drawn
+    by the step's generator as one process draws it; so are the step's other draws (seeding.BatchPartGenerator),
+    and every optimizer averages the gradients over the processes before it steps. A model whose step reads
+    the whole batch (its split_refusal) is refused in one line.
+    """
+
+    def __init__(self, config: ModelConfig, record: RunRecord, x_train: torch.Tensor, device: torch.device, rank: int = 0,
+                 world: int = 1):
+        self.config, self.rank, self.world = config, rank, world
+        self.model = build_model(config, record.item_shape).to(device).train()
+        self.record = dataclasses.replace(record, parameters=sum(p.numel() for p in self.model.parameters()))
+        reason = self.model.split_refusal(config.batch, world) if world > 1 else None
+        if reason:
+            raise ConfigError(f"{config.describe()} cannot train in {world} processes: {reason}; run it without torchrun")
         self.optimizers = build_model_optimizers(self.model, config)
+        if world > 1:
+            for optimizer in self.optimizers.values():
+                average_gradients_before_step(optimizer)
         self.x_train = x_train.to(device)  # kept on the device: no copy per step
         self.device = device
+        local = config.batch // world
+        self.part = slice(rank * local, rank * local + local)
 
     def _step(self, step: int) -> Dict[str, float]:
-        generator = step_generator(self.config.seed, step)
-        index = torch.randint(len(self.x_train), (self.config.batch,), generator=generator)
-        return model_step(self.model, self.config.kind, self.optimizers, self.x_train[index.to(self.device)], generator)
+        generator = step_generator(self.config.seed, step, self.rank, self.world)
+        index = torch.randint(len(self.x_train), (self.config.batch,), generator=generator)[self.part]
+        losses = model_step(self.model, self.config.kind, self.optimizers, self.x_train[index.to(self.device)], generator)
+        return mean_over_processes(losses) if self.world > 1 else losses
 
     def train_step(self, step: int, check) -> Dict[str, float]:
         losses = self._step(step)
@@ -347,20 +380,21 @@ def _load_states(model: nn.Module, optimizers: Optional[Dict[str, torch.optim.Op
 # Loading, checksums.
 
 
-def load_model(run_or_checkpoint: str, step: Optional[int] = None, device: str = "cpu") -> Tuple[nn.Module, ModelConfig, int]:
-    """(model, config, step) of a run's checkpoint (newest, or that of `step`) or of a checkpoint file.
+def load_model(run_or_checkpoint: str, step: Optional[int] = None, device: str = "cpu") -> Tuple[nn.Module, Run, int]:
+    """(model, run, step) of a run's checkpoint (newest, or that of `step`) or of a checkpoint file; `run` holds the
+    checkpoint's options and record (run.kind, run.item_shape, run.held_out, ...).
 
     The model is in eval mode without gradients, on `device`; checkpoints are read to the CPU first.
     """
     unreadable = "has no readable model config; it is not a family or autoencoder checkpoint"
-    _, step, path, config, state, payload = engine.open_checkpoint(run_or_checkpoint, step, read_model_config, unreadable)
+    _, step, path, config, state, payload = engine.open_checkpoint(run_or_checkpoint, step, read_model_run, unreadable)
     try:
-        stored = ModelConfig.from_json(payload)
+        stored = Run(ModelConfig.from_json(payload), record_of_state(state, payload, f"checkpoint {path!r}"))
     except (TypeError, ValueError):
         raise ConfigError(f"checkpoint {path!r} {unreadable}") from None
     if (stored.kind, stored.name) != (config.kind, config.name):
         raise ConfigError(f"checkpoint {path!r} was trained as {stored.describe()}, but config.json says {config.describe()}; it does not belong to this run")
-    differ = engine.differing({key: getattr(config, key) for key in MODEL_KEYS}, payload)
+    differ = engine.differing({key: getattr(config, key) for key in MODEL_KEYS}, stored.facts(("item_shape",)))
     if differ:
         raise ConfigError(f"checkpoint {path!r} was trained with another model than the run's config.json ({', '.join(differ)} differ); it does not belong to this run")
     if stored.item_shape is None:

@@ -27,15 +27,18 @@ CHANGEABLE = RESUMABLE + (
 )
 # Settings of watching a run: a resume takes the new ones without recording a phase.
 WATCHING = ("tensorboard", "sample_every_images", "eval_every_images")
-# Settings a run records but that do not bind a resume: derived from the data, where it lives, its history.
-NOT_COMPARED = WATCHING + ("sigma_data", "item_shape", "num_classes", "latent_space", "out", "phases", "init_from", "init_weights")
+# Settings a run records but that do not bind a resume: where it lives, its history. (What it derives from the data is
+# in its record, edm_space.run_record, not among the settings.)
+NOT_COMPARED = WATCHING + ("out", "phases", "init_from", "init_weights")
 
 
 def check_resumable(stored, config) -> None:
-    """Refuse, in one line, to resume `stored` with settings that define another model."""
+    """Refuse, in one line, to resume `stored` (the run's options, or a run_record.Run of options and record) with
+    settings that define another model. A data set given is compared with the one the run trained on: a latent run
+    without one of its own records its autoencoder's."""
     if stored.preset != config.preset:
         raise ConfigError(f"run directory {config.out!r} holds a {stored.preset!r} run; it cannot continue as {config.preset!r}")
-    old, new = stored.to_json(), config.to_json()
+    old, new = dict(stored.to_json(), data=stored.data), config.to_json()
     differing = [key for key, value in new.items()
                  if key not in CHANGEABLE + NOT_COMPARED and value is not None and old.get(key) != value]
     if differing:

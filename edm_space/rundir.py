@@ -1,7 +1,8 @@
 """Run directories: a lock, checkpoints written atomically and loaded without executing code, leftovers cleaned.
 
 A run directory (of diffusion training, an autoencoder or another generative family) holds
-config.json, checkpoints/checkpoint-STEP.pt and log.jsonl. One process at a time may train
+config.json (the options given), record.json (what the run derived; edm_space.run_record),
+checkpoints/checkpoint-STEP.pt and log.jsonl. One process at a time may train
 in it: `RunLock` holds the file `lock` (the owner's pid and host) for the run's lifetime; a
 lock whose process is gone is taken over. Temporary files that a killed process left behind
 are removed when the next one takes the lock.

@@ -54,7 +54,42 @@ def parse_seeds(text: str, most: int = 10**7) -> List[int]:
     return seeds
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int, part: int = 0, parts: int = 1) -> torch.Generator:
     """The generator of one training step's draws, a function of (seed, step) alone, so that resuming needs
-    no random state beyond the step counter and K processes draw the same global batch."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
+    no random state beyond the step counter and K processes draw the same global batch. With `parts` > 1
+    it is a BatchPartGenerator for process `part` of `parts` (torchrun), seeded the same."""
+    generator = torch.Generator() if parts == 1 else BatchPartGenerator.of(part, parts)
+    return generator.manual_seed((seed * 1_000_003 + step) % (1 << 63))
+
+
+class BatchPartGenerator(torch.Generator):
+    """The step generator of process `part` of `parts`, each of which takes the equal, consecutive part `part` of
+    every global batch (torchrun). A draw through `batch_draw` (its first dimension the batch) is made for the whole
+    batch, exactly as one process makes it, and this process's rows are kept; every other draw is a plain
+    torch.Generator's and the same on every process. So the step's randomness does not depend on the process count."""
+
+    part, parts = 0, 1
+
+    @classmethod
+    def of(cls, part: int, parts: int, device: "torch.device | str" = "cpu") -> "BatchPartGenerator":
+        generator = cls(device)
+        generator.part, generator.parts = part, parts
+        return generator
+
+
+def batch_draw(draw, shape: Sequence[int], generator: "torch.Generator | None", **options) -> Tensor:
+    """draw(shape, generator=generator, **options) (torch.randn, torch.rand) whose first dimension is the batch: under
+    a BatchPartGenerator, the whole batch's draw made as one process makes it, of which this process's rows are kept."""
+    parts = getattr(generator, "parts", 1)
+    if parts == 1:
+        return draw(tuple(shape), generator=generator, **options)
+    rows = shape[0]
+    start = generator.part * rows
+    return draw((rows * parts, *shape[1:]), generator=generator, **options)[start:start + rows]
+
+
+def generator_like(generator: torch.Generator, device: "torch.device | str", seed: int) -> torch.Generator:
+    """A generator on `device` seeded with `seed` that takes the same part of each batch as `generator`."""
+    if isinstance(generator, BatchPartGenerator):
+        return BatchPartGenerator.of(generator.part, generator.parts, device).manual_seed(seed)
+    return torch.Generator(device).manual_seed(seed)

@@ -8,9 +8,10 @@ batch's data indices, noise levels and noise. Resuming therefore needs no random
 state beyond the step counter, and under torch.distributed each of K processes
 takes its slice of the same global batch, so the result does not depend on K.
 
-A run directory holds config.json, checkpoints/checkpoint-STEP.pt (written to a
-temporary file, then renamed; loaded with weights_only=True) and log.jsonl. The loop is edm_space.engine's;
-diffusion plugs into it as DiffusionTask.
+A run directory holds config.json (the options given), record.json (what the run derived: sigma_data,
+item shape, classes, a latent run's latent space, parameters, step reached; edm_space.run_record),
+checkpoints/checkpoint-STEP.pt (written to a temporary file, then renamed; loaded with weights_only=True)
+and log.jsonl. The loop is edm_space.engine's; diffusion plugs into it as DiffusionTask.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .distributed import distributed_context
 from .seeding import step_generator
 from .monitor import EVAL_ITEMS, TrainingMonitor
 from .parameterization import Formulation
+from .run_record import Run, RunRecord, read_record, record_of_state, split_payload
 from .weights import is_weights_run, read_weights_run
 from .devices import make_optimizer  # noqa: F401 - benchmarks/speed.py imports it from here
 from .rundir import (
@@ -60,7 +62,7 @@ from .rundir import (
 )
 
 __all__ = [
-    "TrainConfig", "TrainingDiverged", "train", "resolve_config", "load_trained", "read_run_config", "read_log",
+    "TrainConfig", "TrainingDiverged", "train", "resolve_config", "load_trained", "read_run_config", "read_run", "read_log",
     "list_checkpoints", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
 ]
 
@@ -70,7 +72,8 @@ SIGMA_BUCKETS = (0.0, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0, math.inf)
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; stored as the run's config.json."""
+    """The options of a training run, as given; stored as the run's config.json. What the run derives from its data
+    (sigma_data, item shape, classes, latent space) is its record (edm_space.run_record), never written in here."""
 
     preset: str = "edm"
     data: str = "moons"
@@ -94,10 +97,6 @@ class TrainConfig:
     label_dropout: float = 0.1
     latent: Optional[str] = None
     latent_mode: str = "mean"
-    latent_space: Optional[Dict[str, Any]] = None
-    sigma_data: Optional[float] = None
-    item_shape: Optional[List[int]] = None
-    num_classes: int = 0
     # Post-hoc EMA (edm_space/posthoc_ema.py): relative stds tracked, snapshot cadence in images (None: with checkpoints).
     ema_stds: List[float] = field(default_factory=lambda: list(posthoc_ema.DEFAULT_STDS))
     ema_snapshot_images: Optional[int] = None
@@ -121,12 +120,13 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, payload: Dict[str, Any]) -> "TrainConfig":
-        return config_from_json(cls, payload)
+        """The options of a config.json payload; the derived facts an older one holds are left out (they are its record)."""
+        return config_from_json(cls, split_payload(payload)[0])
 
 
 # Settings that fix the network's tensors: a checkpoint must agree with its run on them.
 NETWORK_KEYS = ("net", "net_options", "conditional", "item_shape", "num_classes")
-# Settings derived from the data when a run starts.
+# Facts a diffusion run derives from its data when it starts (its record; older runs kept them in config.json).
 DERIVED = ("sigma_data", "item_shape", "num_classes", "latent_space")
 
 
@@ -137,8 +137,9 @@ DERIVED = ("sigma_data", "item_shape", "num_classes", "latent_space")
 # Building the pieces of a run.
 
 
-def build_formulation(config: TrainConfig) -> Formulation:
-    """The run's Formulation; a preset with a sigma_data constant takes the data's, unless the run's options set it."""
+def build_formulation(config) -> Formulation:
+    """The run's Formulation (`config` a Run, or anything with preset, preset_options and sigma_data); a preset with a
+    sigma_data constant takes the data's, unless the run's options set it."""
     options = dict(config.preset_options)
     if config.sigma_data is not None and "sigma_data" in presets.parameters(config.preset) and "sigma_data" not in options:
         options["sigma_data"] = config.sigma_data
@@ -276,9 +277,16 @@ def bucket_labels() -> List[str]:
 # Run configuration: a new run, or resuming one.
 
 
-def read_run_config(run_dir: str) -> TrainConfig:
-    """The TrainConfig stored in a run directory; a family or autoencoder run is refused in one line naming its kind."""
-    return TrainConfig.from_json(read_run_payload(run_dir, ("diffusion",), "this needs a diffusion run"))
+def read_run(run_dir: str) -> Run:
+    """The diffusion run in a run directory: its options (config.json) and record (record.json, or for a run written
+    before records the facts its config.json holds); a family or autoencoder run is refused in one line naming its kind."""
+    payload = read_run_payload(run_dir, ("diffusion",), "this needs a diffusion run")
+    return Run(TrainConfig.from_json(payload), read_record(run_dir, payload))
+
+
+def read_run_config(run_dir: str) -> Run:
+    """read_run: the run's options, its derived facts (run.sigma_data, ...) read from its record."""
+    return read_run(run_dir)
 
 
 def resolve_config(out: str, given: Dict[str, Any], explicit: Iterable[str]) -> TrainConfig:
@@ -396,39 +404,40 @@ def _train_locked(config: TrainConfig, rank: int, world: int, progress: bool, re
     run_dir = config.out
     device = devices.resolve_device(device_name)
     devices.check_precision(precision, device)
-    config, start_step, state = _resumed_config(config, resume)
-    config, data = _training_data(config, rank, stream_data, workers)
-    task = DiffusionTask(config, data, network, state, start_step, rank, world, device, precision, compile, workers, echo)
+    config, start_step, state, stored_record = _resumed_config(config, resume)
+    record, data = _training_data(config, stored_record, rank, stream_data, workers)
+    task = DiffusionTask(Run(config, record), data, network, state, start_step, rank, world, device, precision, compile, workers, echo)
     if rank == 0 and start_step < config.steps:
-        echo(f"network {config.net}: {sum(p.numel() for p in task.net.parameters()):,} parameters on {device}")
+        echo(f"network {config.net}: {task.record.parameters:,} parameters on {device}")
         notice = warmup_notice(config)
         if notice:
             echo(notice)
     cadence = engine.Cadence(config.steps, config.log_every, config.checkpoint_every, config.keep_checkpoints, config.batch)
     engine.run_steps(run_dir, task, start_step, cadence, device, rank, world, progress,
-                     desc=f"train {config.preset} on {config.data}", logged=task.logged)
+                     desc=f"train {config.preset} on {task.run.data}", logged=task.logged)
     found = list_checkpoints(run_dir)
-    return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "sigma_data": config.sigma_data,
+    return {"run_dir": run_dir, "steps": config.steps, "start_step": start_step, "sigma_data": record.sigma_data,
             "checkpoint": found[-1][1] if found else None}
 
 
-def _resumed_config(config: TrainConfig, resume: bool) -> Tuple[TrainConfig, int, Optional[Dict[str, Any]]]:
-    """(config, start step, checkpoint state or None): a run in config.out continues from its newest checkpoint
-    with its stored settings (run_phases says which may change); a new run starts at step 0."""
+def _resumed_config(config: TrainConfig, resume: bool) -> Tuple[TrainConfig, int, Optional[Dict[str, Any]], Optional[RunRecord]]:
+    """(config, start step, checkpoint state or None, the run's record or None): a run in config.out continues from its
+    newest checkpoint with its stored settings (run_phases says which may change); a new run starts at step 0."""
     run_dir = config.out
-    stored = None
+    stored, record = None, None
     if os.path.isfile(os.path.join(run_dir, "config.json")):
-        stored = network_options_for_loading(read_run_config(run_dir))
+        stored_run = read_run(run_dir)
+        stored, record = network_options_for_loading(stored_run.config), stored_run.record
     # A new DiT run records the conventions it is built with; a resumed one keeps those it has.
     config = with_recorded_convention(config, stored.net_options.get("convention", "dit") if stored is not None else "dit")
     if stored is not None:
-        run_phases.check_resumable(stored, config)
+        run_phases.check_resumable(Run(stored, record), config)
         if not resume:
             raise ConfigError(f"run directory {run_dir!r} exists; remove it or resume")
     start_step, state = engine.newest_checkpoint(run_dir, config.steps) if resume else (0, None)
     if stored is not None:
         config = run_phases.resumed_config(stored, config, start_step)
-    return config, start_step, state
+    return config, start_step, state, record
 
 
 @dataclass
@@ -442,9 +451,11 @@ class TrainingData:
     item_shape: Tuple[int, ...]
 
 
-def _training_data(config: TrainConfig, rank: int, stream_data: bool, workers: int) -> Tuple[TrainConfig, TrainingData]:
-    """The run's training set, and the config with what the data determines (sigma_data, item_shape, num_classes,
-    a latent run's latent_space) filled in."""
+def _training_data(config: TrainConfig, stored: Optional[RunRecord], rank: int, stream_data: bool,
+                   workers: int) -> Tuple[RunRecord, TrainingData]:
+    """The run's training set, and its record: what the data determines (sigma_data, item_shape, num_classes, a latent
+    run's latent_space). A resumed run keeps its `stored` sigma_data and latent space; the rest is measured again."""
+    record = stored if stored is not None else RunRecord()
     if stream_data:
         if config.conditional or config.latent is not None:
             raise ConfigError("--stream-data reads PNG folders image by image; it trains neither --conditional (no labels) nor --latent")
@@ -453,33 +464,36 @@ def _training_data(config: TrainConfig, rank: int, stream_data: bool, workers: i
         streamed = StreamedPNGFolder(config.data, n=config.data_size, seed=config.seed)
         data = TrainingData(None, None, streamed, len(streamed), tuple(streamed.item_shape))
     else:
-        x_data, labels = load_training_data(config)
-        if config.latent is not None or config.latent_space is not None:
+        x_data, labels = load_training_data(Run(config, record))
+        if config.latent is not None or record.latent_space is not None:
             # Latent diffusion: the data set encoded once by the autoencoder run, normalized per channel.
-            x_data, labels, record = latent.training_latents(config.out, config, x_data, labels, write_cache_file=rank == 0)
-            data_name = config.data or latent.autoencoder_data_name(config.latent)
-            config = dataclasses.replace(config, latent_space=record, sigma_data=record["sigma_data"], data=data_name)
+            x_data, labels, space = latent.training_latents(config.out, Run(config, record), x_data, labels, write_cache_file=rank == 0)
+            data_name = None if config.data is not None else (record.data or latent.autoencoder_data_name(config.latent))
+            record = dataclasses.replace(record, latent_space=space, sigma_data=space["sigma_data"], data=data_name)
         data = TrainingData(x_data, labels, None, len(x_data), tuple(x_data.shape[1:]))
-    if config.sigma_data is None:
+    if record.sigma_data is None:
         sigma_data = round(streamed_sigma_data(data.streamed) if stream_data else estimate_sigma_data(data.x), 6)
         if not sigma_data > 0:
             raise ConfigError(f"data set {config.data!r} has standard deviation {sigma_data}: every value is the same, there is nothing to learn")
-        config = dataclasses.replace(config, sigma_data=sigma_data)
+        record = dataclasses.replace(record, sigma_data=sigma_data)
     num_classes = int(data.labels.max()) + 1 if data.labels is not None else 0
-    return dataclasses.replace(config, item_shape=list(data.item_shape), num_classes=num_classes), data
+    return dataclasses.replace(record, item_shape=list(data.item_shape), num_classes=num_classes), data
 
 
 class DiffusionTask:
     """Diffusion training as an engine task (edm_space.engine.Task): the preset's loss (EDM eq. 8) on the network,
-    its EMA, optimizer, post-hoc EMA profiles and TensorBoard monitor."""
+    its EMA, optimizer, post-hoc EMA profiles and TensorBoard monitor. `run` holds the options (config.json) and the
+    record (record.json) with what the data determined; the record gains the parameter count."""
 
-    def __init__(self, config: TrainConfig, data: TrainingData, network: Optional[nn.Module], state: Optional[Dict[str, Any]],
+    def __init__(self, run: Run, data: TrainingData, network: Optional[nn.Module], state: Optional[Dict[str, Any]],
                  start_step: int, rank: int, world: int, device: torch.device, precision: str, compile: bool, workers: int, echo):
-        self.config, self.data, self.rank, self.world, self.device = config, data, rank, world, device
+        config = run.config
+        self.run, self.config, self.data, self.rank, self.world, self.device = run, config, data, rank, world, device
         self.precision, self.compile, self.start_step = precision, compile, start_step
-        self.formulation = build_formulation(config)
+        self.formulation = build_formulation(run)
         self._build_modules(network, state, echo)
-        self.item_shape, self.num_classes = data.item_shape, config.num_classes
+        self.record = dataclasses.replace(run.record, parameters=sum(p.numel() for p in self.net.parameters()))
+        self.item_shape, self.num_classes = data.item_shape, run.num_classes
         self.x_data = data.x.to(device) if data.x is not None else None  # kept on the device: no copy per step
         self.labels = data.labels.to(device) if data.labels is not None else None
         local = config.batch // world
@@ -501,7 +515,7 @@ class DiffusionTask:
         --init-from), its EMA, optimizer and loss scaler, the post-hoc EMA profiles and the monitor; a checkpoint's states."""
         config, device = self.config, self.device
         torch.manual_seed(config.seed)  # weight initialisation (and dropout), inside train()'s fork of the global RNG
-        net = network if network is not None else build_network(config, self.data.item_shape, config.num_classes)
+        net = network if network is not None else build_network(config, self.data.item_shape, self.run.num_classes)
         self.net = net.to(device)
         if state is None and config.init_from is not None:
             loaded = init_from.load_initial_weights(self.net, config.init_from, config.init_weights)
@@ -519,7 +533,7 @@ class DiffusionTask:
                 raise ConfigError(f"checkpoint of step {self.start_step} in {config.out!r} does not fit this network ({type(error).__name__})") from None
         self.profiles = posthoc_ema.TrainingProfiles(config.out, self.net, config.ema_stds, config.ema_snapshot_images, state, self.start_step, self.rank == 0)
         self.monitor = TrainingMonitor(config.out, config.tensorboard and self.rank == 0, config.sample_every_images, self.formulation,
-                                       self.data.item_shape, config.eval_every_images, lambda: monitor_reference(config))
+                                       self.data.item_shape, config.eval_every_images, lambda: monitor_reference(self.run))
         self.ema_params, self.net_params = list(self.ema.parameters()), [p.detach() for p in self.net.parameters()]
         model = nn.parallel.DistributedDataParallel(self.net) if self.world > 1 else self.net
         self.model = devices.compiled(model, self.compile)
@@ -592,7 +606,7 @@ class DiffusionTask:
             torch._foreach_lerp_(self.ema_params, self.net_params, 1.0 - ema_beta(config, images_seen))
         at_checkpoint = (step + 1) % config.checkpoint_every == 0
         self.profiles.after_step(step + 1, images_seen, config.batch, at_checkpoint, step + 1 == config.steps)
-        self.monitor.after_step(step + 1, images_seen, config.batch, at_checkpoint, self.ema, config.latent_space is not None)
+        self.monitor.after_step(step + 1, images_seen, config.batch, at_checkpoint, self.ema, self.run.latent_space is not None)
         with torch.no_grad():  # the loss per sigma bucket since the last log entry (this process's slice)
             which = sigma_bucket(sigma.cpu())
             self.bucket_sum.index_add_(0, which, per_example.detach().to("cpu", torch.float64))
@@ -627,8 +641,9 @@ class DiffusionTask:
 
 def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, network: Optional[nn.Module] = None,
                  device: str = "cpu"):
-    """(Denoiser, config, item_shape, num_classes, step) from a run's checkpoint, on `device` (any device:
-    checkpoints are read to the CPU first).
+    """(Denoiser, run, item_shape, num_classes, step) from a run's checkpoint, on `device` (any device:
+    checkpoints are read to the CPU first). `run` is the checkpoint's Run: its options and its record
+    (run.preset, run.sigma_data, run.latent_space, ...).
 
     `run_dir` is a run directory (its newest checkpoint, or that of `step`) or a checkpoint file.
     `network` supplies the network object for a run trained on a user's instance whose class
@@ -639,26 +654,26 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
         if step is not None:
             raise ConfigError(f"{run_dir!r} holds one set of weights (safetensors); --step does not apply")
         return _load_weights_run(run_dir, ema, network, device)
-    run_dir, step, path, config, state, stored = engine.open_checkpoint(run_dir, step, read_run_config, "has an unreadable config; it is damaged")
-    if stored.get("preset") != config.preset:
-        raise ConfigError(f"checkpoint {path!r} was trained as {stored.get('preset')!r}, but config.json says {config.preset!r}")
-    run_network = {key: getattr(network_options_for_loading(config), key) for key in NETWORK_KEYS}
-    checkpoint_network = {key: stored.get(key) for key in NETWORK_KEYS}
+    run_dir, step, path, run, state, stored = engine.open_checkpoint(run_dir, step, read_run, "has an unreadable config; it is damaged")
+    if stored.get("preset") != run.preset:
+        raise ConfigError(f"checkpoint {path!r} was trained as {stored.get('preset')!r}, but config.json says {run.preset!r}")
+    stored_run = Run(TrainConfig.from_json(stored), record_of_state(state, stored, f"checkpoint {path!r}"))
+    run_network = {key: getattr(network_options_for_loading(run), key) for key in NETWORK_KEYS}
+    checkpoint_network = {key: getattr(stored_run, key) for key in NETWORK_KEYS}
     if stored.get("net") == "dit" and isinstance(stored.get("net_options"), dict):
         checkpoint_network["net_options"] = {"convention": "legacy", **stored["net_options"]}
     differ = engine.differing(run_network, checkpoint_network)
     if differ:
         raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({', '.join(differ)} differ); it does not belong to this run")
-    config = TrainConfig.from_json(stored)
     key = "ema" if ema else "model"
     weights = state.get(key)
     if not isinstance(weights, dict):
         raise ConfigError(f"checkpoint {path!r} has no {key!r} weights; it is damaged")
-    return (*_denoiser(config, weights, network, device, f"checkpoint {path!r}"), step)
+    return (*_denoiser(stored_run, weights, network, device, f"checkpoint {path!r}"), step)
 
 
-def _denoiser(config: TrainConfig, weights: Dict[str, torch.Tensor], network: Optional[nn.Module], device: str, what: str):
-    """(Denoiser, config, item_shape, num_classes) of a stored run: its network rebuilt (or `network`), `weights` loaded strictly."""
+def _denoiser(config: Run, weights: Dict[str, torch.Tensor], network: Optional[nn.Module], device: str, what: str):
+    """(Denoiser, run, item_shape, num_classes) of a stored run: its network rebuilt (or `network`), `weights` loaded strictly."""
     if config.item_shape is None:
         raise ConfigError(f"{what} does not record its item shape")
     item_shape, num_classes = tuple(config.item_shape), config.num_classes
@@ -678,17 +693,21 @@ def _load_weights_run(run_dir: str, ema: bool, network: Optional[nn.Module], dev
     if kind != "imported" and (kind == "ema") != ema:
         raise ConfigError(f"{run_dir!r} holds only the {kind} weights; sample it {'with --ema' if kind == 'ema' else 'with --no-ema'}")
     what = f"the weights in {run_dir!r}"
-    return (*_denoiser(TrainConfig.from_json(payload), tensors, network, device, what), int(metadata.get("step", "0")))
+    run = Run(TrainConfig.from_json(payload), read_record(run_dir, payload))
+    return (*_denoiser(run, tensors, network, device, what), int(metadata.get("step", "0")))
 
 
-def with_recorded_convention(config: TrainConfig, convention: str) -> TrainConfig:
-    """`config` with the DiT convention (networks.dit.CONVENTIONS) recorded in its net_options: its own, else `convention`."""
+def with_recorded_convention(config, convention: str):
+    """`config` (a TrainConfig or a Run) with the DiT convention (networks.dit.CONVENTIONS) recorded in its net_options:
+    its own, else `convention`."""
     if config.net != "dit" or "convention" in config.net_options:
         return config
+    if isinstance(config, Run):
+        return Run(with_recorded_convention(config.config, convention), config.record)
     return dataclasses.replace(config, net_options={**config.net_options, "convention": convention})
 
 
-def network_options_for_loading(config: TrainConfig) -> TrainConfig:
+def network_options_for_loading(config):
     """The config to rebuild a stored run's network from: a DiT run written before its convention was recorded
     keeps the legacy one (position embedding row first, output features (C, p, p))."""
     return with_recorded_convention(config, "legacy")

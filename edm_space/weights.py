@@ -5,7 +5,8 @@
 
 A weights run is a directory with
 
-- config.json: the run's TrainConfig (the same file a training run has), and
+- config.json: the run's TrainConfig (the same file a training run has),
+- record.json: what the run derived (edm_space.run_record; weights runs written before it keep it in config.json), and
 - weights.safetensors: the network's tensors (safetensors has no code in it, so loading runs none),
   with string metadata: format, version, step, which weights ("ema", "raw" or "imported") and source.
 
@@ -32,6 +33,7 @@ from .optional import require
 
 WEIGHTS_NAME = "weights.safetensors"
 CONFIG_NAME = "config.json"
+RECORD_NAME = "record.json"  # edm_space.run_record.RECORD_NAME
 WEIGHTS_FORMAT = "edm-space-weights"
 WEIGHTS_VERSION = "1"
 WEIGHT_KINDS = ("ema", "raw", "imported")
@@ -101,12 +103,15 @@ def staged_directory(out_dir: str) -> Iterator[str]:
 
 
 def write_weights_run(out_dir: str, config: Dict[str, Any], tensors: Dict[str, torch.Tensor], metadata: Dict[str, str],
-                      extra: Optional[Callable[[str], None]] = None) -> None:
-    """Create the weights run `out_dir` whole or not at all (staged_directory); `extra(folder)` may add more files."""
+                      extra: Optional[Callable[[str], None]] = None, record: Optional[Dict[str, Any]] = None) -> None:
+    """Create the weights run `out_dir` (config.json, the `record` as record.json, the tensors) whole or not at all
+    (staged_directory); `extra(folder)` may add more files."""
     check_new_directory(out_dir)
     payload = safetensors_bytes(tensors, {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **metadata})
     with staged_directory(out_dir) as staging:
         write_atomic(os.path.join(staging, WEIGHTS_NAME), payload)
+        if record is not None:
+            write_atomic(os.path.join(staging, RECORD_NAME), (json.dumps(record, indent=2) + "\n").encode())
         write_atomic(os.path.join(staging, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
         if extra is not None:
             extra(staging)

@@ -1,5 +1,6 @@
 """Latent diffusion: per-channel normalization, the encoded cache, decoding at sampling, and a changed autoencoder refused."""
 
+import json
 import shutil
 
 import numpy as np
@@ -164,6 +165,11 @@ def test_train_latent_without_data_takes_the_autoencoders_training_items(tmp_pat
     # Resumed without --data, it keeps training on the same items (the cache, checked by the encoder not being called).
     main(["train", "--latent", autoencoder_run, "--steps", "3", "--out", str(out)])
     assert list_checkpoints(str(out))[-1][0] == 3 and read_run_config(str(out)).data == "digits"
+    # config.json keeps the options given (no data set); record.json names the data set trained on, which a resume may name.
+    assert json.loads((out / "config.json").read_text())["data"] is None
+    assert json.loads((out / "record.json").read_text())["data"] == "digits"
+    main(["train", "--latent", autoencoder_run, "--data", "digits", "--steps", "4", "--out", str(out)])
+    assert list_checkpoints(str(out))[-1][0] == 4
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ a fresh run that fails before its first checkpoint leaves no directory behind.""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 
@@ -12,9 +14,11 @@ import pytest
 import torch
 
 from edm_space import engine
-from edm_space.model_training import ModelConfig, train_model
+from edm_space.model_training import ModelConfig, load_model, train_model
 from edm_space.rundir import TrainingDiverged, list_checkpoints, load_checkpoint
-from edm_space.training import TrainConfig, train
+from edm_space.training import TrainConfig, load_trained, train
+from edm_space import data
+from edm_space.errors import ConfigError
 
 # Tiny models of 8x8 digits (the toy moons for diffusion), each a few thousand weights.
 OPTIONS = {
@@ -31,15 +35,20 @@ TASKS = ["diffusion", *(f"{kind}:{name}" for kind, name in OPTIONS)]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run(task: str, out, steps: int):
-    """Train `task` in `out` to `steps` (a checkpoint every 2 steps); returns the summary."""
+def task_config(task: str, out, steps: int):
+    """The options of `task` trained in `out` to `steps` (a checkpoint every 2 steps)."""
     common = dict(out=str(out), steps=steps, batch=8, checkpoint_every=2, keep_checkpoints=2, log_every=1)
     if task == "diffusion":
-        config = TrainConfig(preset="edm", data="moons", data_size=64, net="mlp", net_options={"width": 16, "depth": 1}, **common)
-        return train(config, progress=False, device="cpu", echo=lambda line: None)
+        return TrainConfig(preset="edm", data="moons", data_size=64, net="mlp", net_options={"width": 16, "depth": 1}, **common)
     kind, name = task.split(":")
-    config = ModelConfig(kind=kind, name=name, options=OPTIONS[(kind, name)], data="digits", data_size=64, **common)
-    return train_model(config, progress=False, device="cpu", echo=lambda line: None)
+    return ModelConfig(kind=kind, name=name, options=OPTIONS[(kind, name)], data="digits", data_size=64, **common)
+
+
+def run(task: str, out, steps: int):
+    """Train `task` in `out` to `steps` (a checkpoint every 2 steps); returns the summary."""
+    config = task_config(task, out, steps)
+    trainer = train if task == "diffusion" else train_model
+    return trainer(config, progress=False, device="cpu", echo=lambda line: None)
 
 
 def tensors(state):
@@ -116,3 +125,119 @@ def test_a_fresh_run_failing_before_its_first_checkpoint_leaves_no_directory(tmp
     with pytest.raises(TrainingDiverged, match="injected loss became nan at step 1; no checkpoint was written yet"):
         run(task, out, 4)
     assert not (tmp_path / "parent").exists()
+
+
+# ---------------------------------------------------------------------------
+# The run's options (config.json) and what it derived (record.json); runs written before record.json existed.
+
+# The derived facts each kind of run kept in config.json before record.json existed.
+OLD_FACTS = {"diffusion": ("sigma_data", "item_shape", "num_classes", "latent_space"), "model": ("held_out", "item_shape")}
+
+
+def write_old_format(out, task: str) -> None:
+    """Rewrite the run in `out` as runs were written before record.json: its derived facts inside config.json and
+    inside each checkpoint's stored config, no record in the checkpoints, no record.json."""
+    record = json.loads((out / "record.json").read_text())
+    facts = {key: record[key] for key in OLD_FACTS["diffusion" if task == "diffusion" else "model"]}
+    (out / "record.json").unlink()
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, **facts}, indent=2) + "\n")
+    for _, path in list_checkpoints(str(out)):
+        state = load_checkpoint(path)
+        del state["record"]
+        state["config"] = json.dumps({**json.loads(state["config"]), **facts})
+        torch.save(state, path)
+
+
+def loaded_weights(task: str, out):
+    """(the loaded model's tensors, the item shape it was rebuilt for) of the run's newest checkpoint."""
+    if task == "diffusion":
+        denoiser, _, item_shape, _, _ = load_trained(str(out))
+        return denoiser.network.state_dict(), item_shape
+    model, loaded, _ = load_model(str(out))
+    return model.state_dict(), tuple(loaded.item_shape)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_config_json_holds_the_options_given_and_record_json_what_the_run_derived(tmp_path, task):
+    out = tmp_path / "run"
+    given = task_config(task, out, 4)
+    run(task, out, 4)
+    written = json.loads((out / "config.json").read_text())
+    assert written == given.to_json()  # the options, nothing filled in
+    assert not set(written) & {"sigma_data", "item_shape", "num_classes", "latent_space"}
+    record = json.loads((out / "record.json").read_text())
+    item_shape = [2] if task == "diffusion" else [1, 8, 8]  # moons points; 8x8 grey digits
+    assert record["item_shape"] == item_shape and record["step"] == 4
+    assert (out / record["checkpoint"]).samefile(list_checkpoints(str(out))[-1][1])
+    if task == "diffusion":
+        points = torch.as_tensor(data.load("moons", n=64, seed=0), dtype=torch.float64).reshape(-1)
+        assert record["sigma_data"] == round(math.sqrt(float(((points - points.mean()) ** 2).mean())), 6)
+        assert record["num_classes"] == 0 and record["latent_space"] is None
+    else:
+        assert record["held_out"] == len(data.load("digits")) // 10  # the default: a tenth of the data set
+    # The parameter count is that of the rebuilt model's trainable tensors (a module's buffers are in its state_dict too).
+    model = load_trained(str(out))[0].network if task == "diffusion" else load_model(str(out))[0]
+    assert record["parameters"] == sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_run_written_before_records_loads_and_resumes_bit_exactly(tmp_path, task):
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    run(task, straight, 4)
+    run(task, old, 2)
+    before, shape = loaded_weights(task, old)
+    write_old_format(old, task)
+    assert not (old / "record.json").exists() and "item_shape" in json.loads((old / "config.json").read_text())
+    after, old_shape = loaded_weights(task, old)  # loads as before, the facts read from config.json
+    assert old_shape == shape and before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert run(task, old, 4)["start_step"] == 2
+    pairs_a = tensors(load_checkpoint(list_checkpoints(str(straight))[-1][1]))
+    pairs_b = tensors(load_checkpoint(list_checkpoints(str(old))[-1][1]))
+    assert [path for path, _ in pairs_a] == [path for path, _ in pairs_b] and pairs_a
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(pairs_a, pairs_b))
+    # Resumed, the run is written the new way: the options in config.json, the facts in record.json.
+    assert json.loads((old / "config.json").read_text()).keys() == task_config(task, old, 4).to_json().keys()
+    record, straight_record = (json.loads((folder / "record.json").read_text()) for folder in (old, straight))
+    assert record == straight_record
+
+
+def test_a_resumed_diffusion_run_keeps_its_recorded_sigma_data_in_either_format(tmp_path):
+    # As before records: a resumed run trains with the sigma_data it recorded, not one measured again.
+    for layout in ("record", "old"):
+        out = tmp_path / layout
+        run("diffusion", out, 2)
+        if layout == "old":
+            write_old_format(out, "diffusion")
+            path, key = out / "config.json", "sigma_data"
+        else:
+            path, key = out / "record.json", "sigma_data"
+        payload = json.loads(path.read_text())
+        payload[key] = 0.75
+        path.write_text(json.dumps(payload))
+        assert run("diffusion", out, 4)["sigma_data"] == 0.75
+        assert json.loads((out / "record.json").read_text())["sigma_data"] == 0.75
+        assert load_trained(str(out))[0].formulation.preconditioning.sigma_data == 0.75
+
+
+@pytest.mark.parametrize("layout", ["record", "old"])
+def test_a_model_run_resumed_with_another_held_out_count_is_refused_and_with_its_own_accepted(tmp_path, layout):
+    out = tmp_path / "run"
+    run("autoencoder:kl", out, 2)
+    if layout == "old":
+        write_old_format(out, "autoencoder:kl")
+    count = len(data.load("digits")) // 10
+    with pytest.raises(ConfigError, match=r"other settings \(held_out\)"):
+        train_model(dataclasses.replace(task_config("autoencoder:kl", out, 4), held_out=count + 1), progress=False, echo=lambda line: None)
+    summary = train_model(dataclasses.replace(task_config("autoencoder:kl", out, 4), held_out=count), progress=False, echo=lambda line: None)
+    assert (summary["start_step"], summary["held_out"]) == (2, count)
+
+
+def test_a_record_json_with_a_foreign_field_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    run("diffusion", out, 2)
+    payload = json.loads((out / "record.json").read_text())
+    (out / "record.json").write_text(json.dumps({**payload, "colour": "blue"}))
+    with pytest.raises(ConfigError) as caught:
+        load_trained(str(out))
+    assert "record.json" in str(caught.value) and "'colour'" in str(caught.value) and "\n" not in str(caught.value)

@@ -1,6 +1,8 @@
 """`edm-space train` and `edm-space sample --ckpt` as a user meets them: every solver on trained models of two
 presets, cross-sampling, and one-line errors that leave the run directory untouched."""
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -301,6 +303,28 @@ def test_resuming_after_the_data_file_gained_a_nan(tmp_path, capsys):
                            "--log-every", "5", "--out", str(tmp_path / "run")], capsys)
     assert "non-finite" in line
     assert snapshot(tmp_path / "run") == before
+
+
+def test_train_writes_the_options_to_config_json_and_what_the_data_gave_to_record_json(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 32)
+    points = (rng.standard_normal((96, 2)) * [0.3, 0.7] + labels[:, None]).astype(np.float32)
+    data = str(tmp_path / "blobs.npz")
+    np.savez(data, x=points, labels=labels)
+    out = tmp_path / "run"
+    main(["train", "--data", data, "--conditional", *TINY_ARGS, "--steps", "4", "--checkpoint-every", "2", "--log-every", "2", "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    assert set(config) == {f.name for f in dataclasses.fields(TrainConfig)}  # the command's options, no derived key
+    assert not set(config) & {"sigma_data", "item_shape", "num_classes", "latent_space"}
+    assert (config["data"], config["conditional"], config["steps"], config["batch"], config["net_options"], config["warmup_images"]) == \
+        (data, True, 4, 32, MLP, 320)
+    record = json.loads((out / "record.json").read_text())
+    pooled = points.astype(np.float64).ravel()  # sigma_data: the population std of every coordinate pooled
+    assert record["sigma_data"] == round(float(np.sqrt(np.mean((pooled - pooled.mean()) ** 2))), 6)
+    assert (record["item_shape"], record["num_classes"], record["step"]) == ([2], 3, 4)
+    denoiser, run, item_shape, num_classes, _ = load_trained(str(out))  # loading reads the record
+    assert denoiser.formulation.preconditioning.sigma_data == record["sigma_data"] == run.sigma_data
+    assert (item_shape, num_classes) == ((2,), 3)
 
 
 def test_train_on_an_empty_png_folder(tmp_path, capsys):

@@ -50,6 +50,10 @@ class Autoencoder(nn.Module, abc.ABC):
     def loss(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
         """The training losses of the batch x (scalars); backprop "total"."""
 
+    def split_refusal(self, batch: int, parts: int) -> Optional[str]:
+        """As GenerativeFamily.split_refusal: None (the default) when a training step splits into `parts` processes."""
+        return None
+
     def check_latent_mode(self, mode: Optional[str]) -> str:
         """`mode` (None: the default) if this autoencoder has it, else a one-line ConfigError naming the valid ones."""
         mode = self.latent_modes[0] if mode is None else mode

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..registry import Option, forwards_options
+from ..seeding import batch_draw
 from .convolutional import CONV_OPTIONS, ConvAutoencoder
 
 Tensor = torch.Tensor
@@ -60,7 +61,7 @@ def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
 
 def reparameterize(mean: Tensor, logvar: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
     """z = mean + exp(logvar / 2) * eps with eps ~ N(0, I) (Kingma & Welling 2014, eq. 10)."""
-    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    eps = batch_draw(torch.randn, mean.shape, generator, dtype=mean.dtype, device=mean.device)
     return mean + torch.exp(0.5 * logvar) * eps
 
 

@@ -135,6 +135,9 @@ class VQAutoencoder(ConvAutoencoder):
         z_e = self.encode(x)
         return z_e if mode == "continuous" else self.codebook[self.nearest_codes(z_e)].permute(0, 3, 1, 2)
 
+    def split_refusal(self, batch: int, parts: int) -> Optional[str]:
+        return "its codebook bookkeeping (code usage, dead-code restarts, EMA averages) reads the whole batch"
+
     def loss(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
         """dict(total, reconstruction, codebook, commitment, usage, perplexity); backprop `total`.
 

@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..seeding import batch_draw
+
 Tensor = torch.Tensor
 
 
@@ -52,6 +54,11 @@ class GenerativeFamily(nn.Module, abc.ABC):
         """Per-item bits per dimension of 8-bit data (uint8 levels or floats in [-1, 1]); None without a likelihood."""
         return None
 
+    def split_refusal(self, batch: int, parts: int) -> Optional[str]:
+        """Why a training step on `batch` items cannot run as `parts` processes (torchrun), each on its equal part
+        with the gradients averaged; None when it can: the default, for a loss that is a mean of per-item terms."""
+        return None
+
     def parameter_device_dtype(self) -> Tuple[torch.device, torch.dtype]:
         """Device and floating dtype of the family's parameters."""
         parameter = next(self.parameters())
@@ -67,10 +74,11 @@ def optimize(optimizer: torch.optim.Optimizer, loss: Tensor) -> float:
 
 
 def draw_normal(shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Standard normal draws made on the generator's device, then moved to `device`."""
-    return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
+    """Standard normal draws made on the generator's device, then moved to `device`; shape[0] is the batch
+    (seeding.batch_draw: a process of a torchrun run keeps its rows of the whole batch's draw)."""
+    return batch_draw(torch.randn, shape, generator, device=generator.device, dtype=dtype).to(device)
 
 
 def draw_uniform(shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """U[0, 1) draws made on the generator's device, then moved to `device`."""
-    return torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
+    """U[0, 1) draws made on the generator's device, then moved to `device`; shape[0] is the batch (as draw_normal)."""
+    return batch_draw(torch.rand, shape, generator, device=generator.device, dtype=dtype).to(device)

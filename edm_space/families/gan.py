@@ -21,7 +21,7 @@ A GAN has no likelihood: `log_likelihood` and `bits_per_dim` return None.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -203,6 +203,17 @@ class GAN(GenerativeFamily):
             for layer in layers:
                 apply_spectral_norm(layer)
         self.evaluations_per_sample = 1
+
+    def split_refusal(self, batch: int, parts: int) -> Optional[str]:
+        """The convolutional generator's batch norm normalizes by the whole batch's statistics; the minibatch
+        standard deviation reads groups of gcd(group, batch) consecutive items, which must not straddle processes."""
+        if isinstance(self.generator_net, ConvGenerator):
+            return "its convolutional generator's batch norm normalizes by statistics of the whole batch"
+        group = self.discriminator_net.std.group
+        size = math.gcd(group, batch) if group else 1
+        if (batch // parts) % size:
+            return f"its minibatch_std groups of {size} items would straddle processes; give a batch of {parts} times a multiple of {size}"
+        return None
 
     def optimizer_groups(self) -> Dict[str, List[nn.Parameter]]:
         return {"generator": list(self.generator_net.parameters()), "discriminator": list(self.discriminator_net.parameters())}

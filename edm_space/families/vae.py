@@ -21,6 +21,7 @@ from torch import nn
 from ..autoencoders.kl import KLAutoencoder
 from ..errors import ConfigError
 from ..registry import Option, forwards_options
+from ..seeding import generator_like
 from .base import GenerativeFamily, draw_normal, optimize
 from .bits import dequantized_bits_per_dim
 
@@ -40,7 +41,7 @@ def generator_on(device: torch.device, generator: torch.Generator) -> torch.Gene
     if generator.device.type == device.type:
         return generator
     seed = int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device))
-    return torch.Generator(device).manual_seed(seed)
+    return generator_like(generator, device, seed)
 
 
 def prior_samples(autoencoder: KLAutoencoder, n: int, generator: torch.Generator) -> Tensor:

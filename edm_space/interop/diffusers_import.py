@@ -10,6 +10,7 @@ scheduler's formulas are (edm_space.interop.schedulers). Every command then work
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ from ..errors import ConfigError
 from ..files import read_json
 from ..model_training import ModelConfig
 from ..optional import require
+from ..run_record import RunRecord, write_record
 from ..rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_path, write_json
 from ..training import TrainConfig, load_trained
 from ..weights import check_new_directory, write_weights_run
@@ -113,11 +115,13 @@ def _autoencoder_writer(vae, name: str, run_dir: str):
     size = [size, size] if isinstance(size, int) else list(size)
     ae_dir = os.path.join(os.path.abspath(run_dir), AUTOENCODER_FOLDER)
     model_config = ModelConfig(kind="autoencoder", name=AUTOENCODERS[name], options={"config": config}, data=IMPORTED_DATA, out=ae_dir,
-                               held_out=0, steps=0, item_shape=[int(config["in_channels"]), *size])
-    adapter = build(model_config.name, model_config.item_shape, config=config)
+                               held_out=0, steps=0)
+    model_record = RunRecord(item_shape=[int(config["in_channels"]), *size], held_out=0, step=0, checkpoint=os.path.relpath(checkpoint_path(ae_dir, 0), ae_dir))
+    adapter = build(model_config.name, model_record.item_shape, config=config)
     adapter.model.load_state_dict(vae.state_dict())
+    model_record = dataclasses.replace(model_record, parameters=sum(p.numel() for p in adapter.parameters()))
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": 0, "model": adapter.state_dict(),
-             "optimizers": {}, "config": json.dumps(model_config.to_json())}
+             "optimizers": {}, "config": json.dumps(model_config.to_json()), "record": json.dumps(model_record.to_json())}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
@@ -132,6 +136,7 @@ def _autoencoder_writer(vae, name: str, run_dir: str):
         os.makedirs(os.path.dirname(path))
         with open(path, "wb") as file:
             file.write(payload)
+        write_record(target, model_record)
         write_json(os.path.join(target, "config.json"), dict(model_config.to_json(), out=ae_dir))
 
     return write, record
@@ -167,12 +172,13 @@ def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
     net, extra = MODELS[model_class]
     run = TrainConfig(preset=preset, preset_options=preset_options, data=IMPORTED_DATA, out=out_dir, net=net,
                       net_options={"config": config, **extra}, steps=0, conditional=bool(num_classes),
-                      label_dropout=label_dropout, item_shape=[int(config["in_channels"]), *size], num_classes=num_classes)
+                      label_dropout=label_dropout)
+    run_record = RunRecord(item_shape=[int(config["in_channels"]), *size], num_classes=num_classes)
     vae_class = _vae_class(folder)
     write_extra = None
     if vae_class is not None:
         write_extra, record = _autoencoder_writer(_load(getattr(diffusers, vae_class), folder, "vae", vae_class), vae_class, out_dir)
-        run.latent, run.latent_space = record["run"], record
+        run.latent, run_record = record["run"], dataclasses.replace(run_record, latent_space=record)
         notes.append(f"the {vae_class} is the autoencoder run {record['run']}, which the run refers to by that path")
     tensors = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
     if model.config.get("out_channels", config["in_channels"]) not in (None, config["in_channels"]):
@@ -184,6 +190,6 @@ def import_diffusers(folder: str, out_dir: str) -> Dict[str, Any]:
             write_extra(staging)
         load_trained(staging)  # before the run appears: the adapter rebuilt from the config takes exactly these weights
 
-    write_weights_run(out_dir, run.to_json(), tensors, metadata, extra=finish)
+    write_weights_run(out_dir, run.to_json(), tensors, metadata, extra=finish, record=run_record.to_json())
     return {"model": model_class + (f" + {vae_class}" if vae_class else ""), "scheduler": scheduler_class, "net": net, "preset": preset, "preset_options": preset_options,
             "notes": notes, "out": out_dir}
