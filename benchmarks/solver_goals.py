@@ -19,7 +19,8 @@ the same set: it reaches the goal when that is at most 1.
 2. Optimized steps at 6 NFE (samplers.optimize): fitted on calibration latents (128, another
    seed) with AFS, starting from the variant's best schedule of part 1, scored on A and B.
 3. The best untuned configurations of part 1 again at 6 and 10 NFE (which to use at 6, 8, 10).
-4. dpm++3m published against taylor=True: errors at several NFE on two schedules, and measured
+4. dpm++3m published against taylor=True (and published without lower_order_final): errors at several NFE
+   on two schedules, and measured
    orders on logSNR-uniform steps against the exact flow to sigma_min followed by the
    solver's own last step (x = D(x; sigma_min)), on the first latents of A.
 
@@ -64,6 +65,7 @@ VARIANTS: Tuple[Tuple[str, str, dict], ...] = (
     ("dpm++2m", "dpm++2m", {}),
     ("dpm++3m", "dpm++3m", {}),
     ("dpm++3m taylor", "dpm++3m", {"taylor": True}),
+    ("dpm++3m full order", "dpm++3m", {"lower_order_final": False}),
     ("unipc-2", "unipc-2", {}),
     ("unipc-3", "unipc-3", {}),
     ("unipc-3 full order", "unipc-3", {"lower_order_final": False}),
@@ -85,6 +87,8 @@ SCHEDULES: Tuple[Tuple[str, str, float, Tuple[float, float]], ...] = (
     ("vp-time p=2 on edm range", "vp-time", 2.0, EDM_RANGE),
     ("logsnr", "logsnr", 0.0, EDM_RANGE),
 )
+#: The variants --quick leaves out.
+QUICK_LEAVES_OUT = ("unipc-2", "unipc-3", "unipc-3 full order", "deis")
 UNTUNED_NFE = 8
 OPTIMIZED_NFE = 6
 DPM3M_NFE = (6, 8, 10, 15, 20, 35)
@@ -204,7 +208,7 @@ def run_other_budgets(h: Harness, untuned: List[dict], goal: dict) -> List[dict]
 
 
 def run_dpm3m(h: Harness, order_latents: int) -> Tuple[List[dict], List[dict]]:
-    """Part 3: dpm++3m published and taylor: errors at DPM3M_NFE, and measured orders on logSNR-uniform steps."""
+    """Part 4: the dpm++3m variants: errors at DPM3M_NFE, and measured orders on logSNR-uniform steps."""
     variants = [v for v in VARIANTS if v[1] == "dpm++3m"]
     records = [record("dpm3m", label, solver, options, schedule, False, levels, h.score(solver, levels, options, False))
                for label, solver, options in variants for schedule in DPM3M_SCHEDULES for nfe in DPM3M_NFE
@@ -222,6 +226,11 @@ def run_dpm3m(h: Harness, order_latents: int) -> Tuple[List[dict], List[dict]]:
             errors.append(rms_error(x, exact))
         orders.append({"variant": label, "steps": list(ORDER_STEPS), "rms": errors})
     return records, orders
+
+
+def dpm3m_labels(results: dict) -> List[str]:
+    """The labels of the dpm++3m variants in `results` (part 4)."""
+    return [label for label, solver, _ in results["variants"] if solver == "dpm++3m"]
 
 
 def worse_ratio(r: dict, goal: dict) -> float:
@@ -318,7 +327,7 @@ def markdown(results: dict, png: Optional[str] = None) -> str:
             for r in results["records"] if r["part"] == "optimized"]), "",
         f"## 3. The {BEST_CONFIGS} best untuned configurations at {', '.join(str(n) for n in sorted(OTHER_NFE + (UNTUNED_NFE,)))} NFE: worse ratio", "",
         _budget_table(results), "",
-        "## 4. dpm++3m: published (default) against taylor=True", "",
+        "## 4. dpm++3m: published (default) against taylor=True and against full order to the end (lower_order_final=False)", "",
         "Orders: RMS error on logSNR-uniform steps against the exact flow to sigma_min = 0.002 followed by x = D(x; sigma_min) "
         f"(the solvers' own last step), first {s['order_latents']} latents of set A, slope over the last three step counts.", "",
         common.markdown_table(["variant"] + [f"N = {n}" for n in ORDER_STEPS] + ["measured order"], [
@@ -327,7 +336,7 @@ def markdown(results: dict, png: Optional[str] = None) -> str:
         common.markdown_table(["variant", "schedule"] + [f"NFE {n}" for n in DPM3M_NFE], [
             [label, schedule] + [f"{max(r['rms'].values()):.2e}" for r in results["records"]
                                  if r["part"] == "dpm3m" and r["variant"] == label and r["schedule"] == schedule]
-            for label in ("dpm++3m", "dpm++3m taylor") for schedule in DPM3M_SCHEDULES]),
+            for label in dpm3m_labels(results) for schedule in DPM3M_SCHEDULES]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -348,7 +357,7 @@ def plot(results: dict, path: str) -> None:
     axes[0].set_yticks(y, labels)
     axes[0].set_xlabel("worse of two latent sets: error / goal error")
     axes[0].legend(fontsize=8)
-    for label in ("dpm++3m", "dpm++3m taylor"):
+    for label in dpm3m_labels(results):
         for schedule, style in zip(DPM3M_SCHEDULES, ("-", "--")):
             rows = [r for r in results["records"] if r["part"] == "dpm3m" and r["variant"] == label and r["schedule"] == schedule]
             axes[1].plot([r["nfe"] for r in rows], [max(r["rms"].values()) for r in rows], style, marker="o", label=f"{label}, {schedule}")
@@ -385,7 +394,7 @@ def run(target: str, quick: bool, maxfev: int, fit: Optional[Sequence[str]] = No
     start = time.perf_counter()
     num_latents, calibration_default, order_latents = (64, 32, 16) if quick else (256, 128, 64)
     num_calibration = num_calibration or calibration_default
-    variants = VARIANTS[:4] + VARIANTS[8:] if quick else VARIANTS
+    variants = [v for v in VARIANTS if v[0] not in QUICK_LEAVES_OUT] if quick else VARIANTS
     h = Harness(target, num_latents, num_calibration, log)
     goal_levels = edm_sigmas(steps_for(GOAL[0], GOAL[1], False), *EDM_RANGE)
     goal = h.score(GOAL[0], goal_levels, {}, False)

@@ -9,6 +9,14 @@ Expanding D in lambda gives the solvers (Lu et al. 2022, eq. 9-10 and Alg. 1-2):
 first order: x_hat_{i+1} = (sigma_{i+1}/sigma_i) x_hat_i - expm1(-h) D_i (= DDIM).
 None of this depends on s(t): the state is rescaled by s(t_{i+1}) after each step.
 A step into sigma = 0 returns D (lambda = inf, the exponential factor vanishes).
+
+3M's lower_order_final (default True, as in diffusers' DPMSolverMultistepScheduler): on fewer than
+LOWER_ORDER_FINAL_BELOW = 15 steps the step before the last is at most second order (diffusers'
+`lower_order_second`; the last step, into sigma = 0, is first order anyway). A run that ends above 0
+(final_step="denoise": the sampler's D at sigma_min follows) counts that D as its last step, so
+final_step="denoise" gives the sample of the step into 0, as diffusers' default final_sigmas_type="zero"
+does. (Its final_sigmas_type="sigma_min", which returns the state at sigma_min, has no counterpart here.)
+For 2M the rule changes nothing: its step before the last is second order anyway.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from .registry import register, variant
 
 Tensor = torch.Tensor
 
+#: lower_order_final lowers the last steps' orders only on fewer steps than this (diffusers' rule).
+LOWER_ORDER_FINAL_BELOW = 15
+
 
 def _multistep(
     ode: ProbabilityFlow,
@@ -30,25 +41,33 @@ def _multistep(
     *,
     order: int,
     taylor: bool = False,
+    lower_order_final: bool = True,
     randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
     callback: Optional[Callable] = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) or (3M), warm-started with lower orders; first order on the last step.
 
     taylor (3M only): False (default) is the published 3M of DPM-Solver, k-diffusion and diffusers; True gives
-    every Taylor term its exact phi coefficient (see `_third_order_terms`).
+    every Taylor term its exact phi coefficient (see `_third_order_terms`). lower_order_final: on fewer than
+    LOWER_ORDER_FINAL_BELOW steps, step i of N takes order min(order, N - i) (diffusers' default).
     """
     history = []  # (lambda, D) of earlier steps, newest first
+    # The steps to sigma = 0: a last level above 0 is followed by the sampler's D (final_step="denoise").
+    num_steps = len(t_steps) - 1 + int(bool(ode.formulation.sigma(t_steps[-1]) > 0))
+    lowered = lower_order_final and num_steps < LOWER_ORDER_FINAL_BELOW
+    step = 0
 
     def update(x_hat: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        nonlocal history
+        nonlocal history, step
+        p = min(order, len(history) + 1, num_steps - step if lowered else order)
+        step += 1
         lam, lam_next = -sigma.log(), -sigma_next.log()
         h = lam_next - lam
         x_hat = (sigma_next / sigma) * x_hat - torch.expm1(-h) * denoised
-        if order == 2 and len(history) >= 1:
+        if order == 2 and p == 2:
             x_hat = x_hat + _midpoint_term(h, lam, denoised, history)
-        elif order == 3 and len(history) >= 1:
-            x_hat = x_hat + _third_order_terms(h, lam, denoised, history, taylor)
+        elif order == 3 and p >= 2:
+            x_hat = x_hat + _third_order_terms(h, lam, denoised, history[: p - 1], taylor)
         history = [(lam, denoised)] + history[:1]
         return x_hat
 
@@ -103,13 +122,14 @@ def _third_order_terms(h: Tensor, lam: Tensor, denoised: Tensor, history, taylor
 
 
 dpmpp_2m = register("dpm++2m", order=2, stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), Alg. 2")(
-    variant(_multistep, order=2, taylor=False, doc="DPM-Solver++(2M): second-order multistep in log-sigma, first order on the first and last steps.")
+    variant(_multistep, order=2, taylor=False, lower_order_final=True, doc="DPM-Solver++(2M): second-order multistep in log-sigma, first order on the first and last steps.")
 )
 dpmpp_3m = register("dpm++3m", order=3, stochastic=False, paper="Lu et al. 2022 (DPM-Solver++), multistep order 3")(
     variant(
         _multistep, order=3,
         doc="DPM-Solver++(3M) as published (DPM-Solver, k-diffusion, diffusers), warm-started with orders 1 and 2 "
-        "(midpoint); taylor=True: the exact Taylor coefficients (third order).",
+        "(midpoint); taylor=True: the exact Taylor coefficients (third order); lower_order_final (default, as "
+        "diffusers): second order on the step before the last of fewer than 15.",
     )
 )
 

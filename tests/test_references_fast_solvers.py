@@ -19,11 +19,14 @@ network answers from our denoiser at x_hat = x / alpha:
   and, for order 3, the step before it is second order. (With bh1 diffusers returns NaN there:
   B(h) = -h = -inf times a 0 correction.) Ending at sigma_min (ours with final_step="denoise"
   before its final D call), both variants and both lower_order_final settings.
-- DPMSolverMultistepScheduler (algorithm_type="dpmsolver++", solver_order=3, prediction_type="sample",
-  solver_type="midpoint", final_sigmas_type="zero", lower_order_final=False) is our published dpm++3m: its
-  orders warm up 1, 2, 3 and the step into sigma = 0 is first order (returns D). With solver_type="heun" its
-  warm-up step is our taylor=True one, but its third-order steps stay the published ones, so taylor=True is
-  compared only there. (Its default lower_order_final=True also lowers the last two steps below 15 steps.)
+- DPMSolverMultistepScheduler (algorithm_type="dpmsolver++", solver_order=2 or 3, prediction_type="sample",
+  solver_type="midpoint", lower_order_final = ours) is our published dpm++2m / dpm++3m: its orders warm up
+  1, 2, 3 and the step into sigma = 0 (final_sigmas_type="zero") is first order (returns D). With its default
+  lower_order_final=True, on fewer than 15 steps the last step is first order and the one before it at most
+  second order: ours by default, with either final_step (a run to sigma_min counts the final D as its last step).
+  diffusers' final_sigmas_type="sigma_min" (the state at sigma_min) is ours at sigma_min with
+  lower_order_final=False (its True lowers the step into sigma_min instead). With solver_type="heun" its warm-up step is our taylor=True one, but its
+  third-order steps stay the published ones, so taylor=True is compared only there.
 - DEISMultistepScheduler ("logrho": eps fitted in ln sigma) is our deis with
   basis="log-sigma". It cannot step into sigma = 0 (its first-order update there computes
   0 * inf), so it runs to sigma_min with lower_order_final=False and is compared with
@@ -235,10 +238,10 @@ def test_deis_t_basis_is_not_diffusers_log_rho(schedulers):
 # DPMSolverMultistepScheduler
 
 
-def dpm_scheduler(DPM, solver_type: str = "midpoint"):
+def dpm_scheduler(DPM, solver_type: str = "midpoint", order: int = 3, lower_order_final: bool = False, final: str = "zero"):
     return DPM(
-        num_train_timesteps=1000, solver_order=3, algorithm_type="dpmsolver++", prediction_type="sample",
-        solver_type=solver_type, lower_order_final=False, final_sigmas_type="zero",
+        num_train_timesteps=1000, solver_order=order, algorithm_type="dpmsolver++", prediction_type="sample",
+        solver_type=solver_type, lower_order_final=lower_order_final, final_sigmas_type=final,
     )
 
 
@@ -262,12 +265,45 @@ def dpm_float64(schedulers, monkeypatch):
 @pytest.mark.parametrize("num_steps", [2, 3, 5, 12, 20])
 def test_diffusers_dpmpp_3m_float64(dpm_float64, preset, num_steps):
     levels = edm_levels(num_steps)
-    ours = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels)
+    ours = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels, lower_order_final=False)
     ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64), levels, F64)
     assert rel_err(ours, ref) < TIGHT
     # The exact-Taylor form is another method (measured 2e-3 to 0.25 away from 3 steps on).
-    taylor = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels, taylor=True)
+    taylor = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels, taylor=True,
+                             lower_order_final=False)
     assert num_steps < 3 or rel_err(taylor, ref) > 1e-3
+
+
+@pytest.mark.parametrize("preset", ["edm", "vp"])
+@pytest.mark.parametrize("num_steps", [3, 4, 5, 12, 14, 15, 20])
+def test_diffusers_dpmpp_3m_lower_order_final_default(dpm_float64, preset, num_steps):
+    """diffusers' default lower_order_final=True (second order on the step before the last below 15 steps) is ours."""
+    levels = edm_levels(num_steps)
+    ours = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels)
+    ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64, lower_order_final=True), levels, F64)
+    assert rel_err(ours, ref) < TIGHT
+    # From 4 steps (the first with a third-order step before the last) to 14 the option changes the result.
+    full = samplers.sample(denoiser, _latents(), formulation=preset, solver="dpm++3m", discretization=levels, lower_order_final=False)
+    assert (rel_err(ours, full) > 1e-6) == (4 <= num_steps < 15)
+
+
+@pytest.mark.parametrize("num_steps", [4, 12, 17])
+def test_diffusers_dpmpp_3m_to_sigma_min(dpm_float64, num_steps):
+    """final_sigmas_type="sigma_min" without lower_order_final is ours at sigma_min with lower_order_final=False
+    (both orders up to the end); our default lowers the step into sigma_min to second order below 15 steps."""
+    levels = edm_levels(num_steps)
+    ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64, final="sigma_min"), levels[:-1], F64)
+    assert rel_err(ours_at_sigma_min("dpm++3m", "edm", levels, lower_order_final=False), ref) < TIGHT
+    assert (rel_err(ours_at_sigma_min("dpm++3m", "edm", levels), ref) > 1e-6) == (num_steps < 15)
+
+
+@pytest.mark.parametrize("num_steps", [4, 12, 16])
+def test_diffusers_dpmpp_2m_to_sigma_min(dpm_float64, num_steps):
+    """2M to sigma_min is diffusers' final_sigmas_type="sigma_min" with lower_order_final=False at any step count:
+    lowering its step before the last to second order changes nothing."""
+    levels = edm_levels(num_steps)
+    ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64, order=2, final="sigma_min"), levels[:-1], F64)
+    assert rel_err(ours_at_sigma_min("dpm++2m", "edm", levels), ref) < TIGHT
 
 
 @pytest.mark.parametrize("num_steps", [3, 12])
@@ -277,8 +313,10 @@ def test_diffusers_dpmpp_3m_heun_warm_up(dpm_float64, num_steps):
     neither of ours."""
     levels = edm_levels(num_steps)
     ref = run_data_prediction_scheduler(dpm_scheduler(dpm_float64, "heun"), levels, F64)
-    taylor = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels, taylor=True)
-    published = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels)
+    taylor = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels, taylor=True,
+                             lower_order_final=False)
+    published = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels,
+                                lower_order_final=False)
     assert (rel_err(taylor, ref) < TIGHT) == (num_steps == 3)
     assert rel_err(published, ref) > 1e-6
 
@@ -287,4 +325,5 @@ def test_diffusers_dpmpp_3m_float32_state(schedulers):
     """Unpatched, diffusers keeps a float32 state: equal to float32 accuracy (measured <= 2e-7 up to 40 steps)."""
     levels = edm_levels(12)
     ours = samplers.sample(denoiser, _latents(), formulation="edm", solver="dpm++3m", discretization=levels)
-    assert rel_err(ours, run_data_prediction_scheduler(dpm_scheduler(schedulers[3]), levels, F64)) < FLOAT32
+    ref = run_data_prediction_scheduler(dpm_scheduler(schedulers[3], lower_order_final=True), levels, F64)
+    assert rel_err(ours, ref) < FLOAT32

@@ -146,7 +146,7 @@ def test_dpmpp_3m_at_least_second_order(preset, disc, steps, taylor):
     assert errors[-1] < solve_error("dpm++2m", preset, disc, steps[-1], "denoised")
 
 
-def dpmpp_3m_by_hand(D: Gaussian, z: torch.Tensor, sigmas: np.ndarray, taylor: bool) -> torch.Tensor:
+def dpmpp_3m_by_hand(D: Gaussian, z: torch.Tensor, sigmas: np.ndarray, taylor: bool, lower_order_final: bool = False) -> torch.Tensor:
     """DPM-Solver++(3M) in x_hat and lambda = -ln sigma.
 
     Exact Taylor form (taylor=True), from the expansion of D in lambda:
@@ -156,10 +156,12 @@ def dpmpp_3m_by_hand(D: Gaussian, z: torch.Tensor, sigmas: np.ndarray, taylor: b
     Published form (taylor=False; DPM-Solver's multistep third-order update, Lu et al. 2022): the D'' term is
     -phi_3 (d1_0 - d1_1)/(r0 + r1), half the Taylor one, and the warm-up step is 2M's
     + (1 - e^-h) (D - D_prev) / (2 r). Both start with DDIM; the step into sigma = 0 returns D.
+    lower_order_final (diffusers' rule): on N < 15 steps, step i uses at most N - i - 1 earlier D.
     """
     x = z * float(sigmas[0])
     history = []
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    num_steps = len(sigmas) - 1
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = D(x, torch.full((x.shape[0],), float(sigma), dtype=F64))
         if sigma_next == 0:
             return d
@@ -167,13 +169,14 @@ def dpmpp_3m_by_hand(D: Gaussian, z: torch.Tensor, sigmas: np.ndarray, taylor: b
         phi_2 = (h - 1 + math.exp(-h)) / h
         phi_3 = phi_2 / h - 0.5
         x_next = sigma_next / sigma * x + (1 - math.exp(-h)) * d
-        if len(history) == 1:
+        used = min(len(history), num_steps - i - 1) if lower_order_final and num_steps < 15 else len(history)
+        if used == 1:
             r = (lam - history[0][0]) / h
             if taylor:
                 x_next = x_next + phi_2 * (d - history[0][1]) / r
             else:
                 x_next = x_next + (1 - math.exp(-h)) * (d - history[0][1]) / (2 * r)
-        elif len(history) == 2:
+        elif used == 2:
             r0, r1 = (lam - history[0][0]) / h, (history[0][0] - history[1][0]) / h
             d1_0, d1_1 = (d - history[0][1]) / r0, (history[0][1] - history[1][1]) / r1
             first = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
@@ -206,13 +209,16 @@ def test_third_order_reference_reaches_order_three():
     assert 1.8 < fitted_order(by_hand_errors(False)[1:], SMALL[1:]) < 2.4
 
 
+@pytest.mark.parametrize("lower_order_final", [True, False])
 @pytest.mark.parametrize("taylor", [False, True])
-def test_dpmpp_3m_equals_the_formulas_by_hand(taylor):
+def test_dpmpp_3m_equals_the_formulas_by_hand(taylor, lower_order_final):
     z = latents_2d()
-    for n in (3, 4, 9):
+    for n in (3, 4, 9, 14, 15):
         sigmas = log_sigma_levels(n)
-        ours = samplers.sample(Gaussian(MU_2D, C_2D), z, formulation="edm", solver="dpm++3m", discretization=torch.tensor(sigmas), taylor=taylor)
-        assert torch.allclose(ours, dpmpp_3m_by_hand(Gaussian(MU_2D, C_2D), z, sigmas, taylor), rtol=1e-12, atol=1e-13)
+        ours = samplers.sample(Gaussian(MU_2D, C_2D), z, formulation="edm", solver="dpm++3m", discretization=torch.tensor(sigmas), taylor=taylor,
+                               lower_order_final=lower_order_final)
+        by_hand = dpmpp_3m_by_hand(Gaussian(MU_2D, C_2D), z, sigmas, taylor, lower_order_final)
+        assert torch.allclose(ours, by_hand, rtol=1e-12, atol=1e-13)
 
 
 def test_dpmpp_3m_orders():
