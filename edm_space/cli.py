@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import math
 import os
 import sys
 from typing import List, Optional
@@ -17,7 +16,8 @@ from samplers.optimize import MAX_NFE as MAX_FIT_NFE
 from . import families, latent
 from .demo import format_results, run_demo
 from .errors import ConfigError
-from .sampling import MAX_SAMPLES, SampleOptions, check_family_options, sample_to_file  # noqa: F401 (MAX_SAMPLES: public before)
+from .generation import SamplerSettings
+from .sampling import MAX_SAMPLES, SampleOptions, check_family_options, sample_options, sample_to_file  # noqa: F401 (MAX_SAMPLES, SampleOptions: public before)
 from .step_fitting import StepFit, fit_steps_to_file
 from .cli_options import (cadence_options, compile_option, device_option, explicit_settings, given_options, parse_options, precision_option,
                           quiet_option, set_threads, show_progress, threads_option)
@@ -89,18 +89,18 @@ def format_table(rows: List[dict], markdown: bool = False) -> str:
 @click.option("--discretization", default=None, help=f"Time steps: {', '.join(samplers.discretization_names())}, or FILE.json with {{\"sigmas\": [...]}} (edm-space optimize-steps) [default: the preset's own].")
 @click.option("--sigma-min", default=None, help="Lowest noise level [default: the discretization's own].")
 @click.option("--sigma-max", default=None, help="Highest noise level [default: the discretization's own].")
-@click.option("--rho", type=float, default=7.0, show_default=True, help="Exponent of the edm discretization.")
-@click.option("--churn", type=float, default=0.0, show_default=True, help="EDM stochastic churn S_churn (euler, heun).")
-@click.option("--s-tmin", type=float, default=0.0, show_default=True, help="Churn only where sigma >= S_tmin.")
-@click.option("--s-tmax", type=float, default=math.inf, show_default=True, help="Churn only where sigma <= S_tmax.")
-@click.option("--s-noise", type=float, default=1.0, show_default=True, help="Churn noise inflation S_noise.")
+@click.option("--rho", type=float, default=SamplerSettings.rho, show_default=True, help="Exponent of the edm discretization.")
+@click.option("--churn", type=float, default=SamplerSettings.churn, show_default=True, help="EDM stochastic churn S_churn (euler, heun).")
+@click.option("--s-tmin", type=float, default=SamplerSettings.s_tmin, show_default=True, help="Churn only where sigma >= S_tmin.")
+@click.option("--s-tmax", type=float, default=SamplerSettings.s_tmax, show_default=True, help="Churn only where sigma <= S_tmax.")
+@click.option("--s-noise", type=float, default=SamplerSettings.s_noise, show_default=True, help="Churn noise inflation S_noise.")
 @click.option("--data", "data_name", default="moons", show_default=True, help="Without --ckpt: built-in data set whose exact denoiser is sampled.")
 @click.option("--data-size", type=int, default=None, help="Without --ckpt: items of the data set the exact denoiser averages over [default: 5,000 for toy sets, all of an image set].")
 @click.option("--n", "num_samples", type=int, default=None, help="Number of samples, seeds seed .. seed+n-1 [default: 1000, or 64 with --ckpt].")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--seeds", default=None, help="Explicit seeds, e.g. 0-63 or 1,5,7-9 (overrides --n/--seed).")
 @click.option("--batch", "batch_size", type=int, default=500, show_default=True, help="Samples integrated at once.")
-@click.option("--final-step", type=click.Choice(["solver", "denoise"]), default="solver", show_default=True, help="solver: the solver steps into sigma = 0; denoise: it stops at sigma_min and one denoiser call ends the run.")
+@click.option("--final-step", type=click.Choice(["solver", "denoise"]), default=SamplerSettings.final_step, show_default=True, help="solver: the solver steps into sigma = 0; denoise: it stops at sigma_min and one denoiser call ends the run.")
 @click.option("--analytic-first-step", is_flag=True, help="Replace the first evaluation, at sigma_max, by its limit: the mean of the model's training data (or of --data), saving one NFE.")
 @click.option("--trajectory", is_flag=True, help="Also write every step's state and denoised estimate (STEM_trajectory.npz) and a PNG strip of the denoised estimates, each frame labelled with its sigma.")
 @click.option("--out", "out_path", default="samples.npz", show_default=True, help="FILE.npz (arrays samples, seeds; a PNG beside it) or FILE.png; missing folders are created.")
@@ -124,8 +124,8 @@ def sample_command(threads: int, preset_options, solver_options, **options) -> N
         sample_family_run(run_dir, options["checkpoint_step"], options["num_samples"], options["seed"], options["seeds"],
                           options["out_path"], options["device"])
         return
-    request = SampleOptions(preset_options=parse_options(preset_options, "--preset-option"),
-                            solver_options=parse_options(solver_options, "--solver-option"), progress=show_progress(quiet), **options)
+    request = sample_options(preset_options=parse_options(preset_options, "--preset-option"),
+                             solver_options=parse_options(solver_options, "--solver-option"), progress=show_progress(quiet), **options)
     sample_to_file(request, echo=click.echo, warn=lambda line: click.echo(f"warning: {line}", err=True))
 
 

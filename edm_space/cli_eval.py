@@ -16,6 +16,7 @@ from . import devices
 from .cli_options import device_option, quiet_option, set_threads, show_progress, threads_option
 from .errors import ConfigError
 from .evaluation import METRICS, EvalSettings, evaluate, format_table
+from .generation import SamplerSettings
 from .files import check_writable_file, write_atomic
 from .rundir import disk_error
 
@@ -57,8 +58,8 @@ def eval_command(run_dir: str, checkpoint_step: Optional[int], metric_list: str,
     if seed < 0:
         raise ConfigError(f"--seed {seed} is invalid; it must be >= 0")
     metrics = tuple(m.strip() for m in metric_list.split(",") if m.strip())
-    settings = EvalSettings(metrics=metrics, n=num_samples, seed=seed, solver=solver, steps=num_steps, guidance=guidance, batch=batch,
-                            bootstrap=bootstrap, pr_features=pr_features, nll_n=nll_n, nll_steps=nll_steps, loss_draws=loss_draws,
+    settings = EvalSettings(metrics=metrics, n=num_samples, seed=seed, sampler=SamplerSettings(solver=solver, num_steps=num_steps),
+                            guidance=guidance, batch=batch, bootstrap=bootstrap, pr_features=pr_features, nll_n=nll_n, nll_steps=nll_steps, loss_draws=loss_draws,
                             floor_items=floor_items, cache_dir=cache_dir, device=str(devices.resolve_device(device)),
                             progress=show_progress(quiet))
     result = evaluate(run_dir, settings, step=checkpoint_step)

@@ -48,7 +48,7 @@ from .files import save_npz_atomic
 from .metrics import covariance_factor, frechet_distance_from_factors, log_likelihood, loss_floor
 from .model_training import draw_samples, evaluate_autoencoder, is_model_run, load_model, load_split
 from .precision_recall import point_scores
-from .generation import Guidance, class_labels, generate
+from .generation import Guidance, SamplerSettings, class_labels, generate
 from .sampling import SampleOptions, open_run, sampler_settings
 from .training import build_formulation, load_trained, load_training_data
 
@@ -66,8 +66,7 @@ class EvalSettings:
     metrics: Sequence[str] = ("fd",)
     n: int = 10_000
     seed: int = 0
-    solver: Optional[str] = None
-    steps: Optional[int] = None
+    sampler: SamplerSettings = dataclasses.field(default_factory=SamplerSettings)  # its solver and steps (None: the preset's own)
     guidance: Optional[float] = None
     batch: int = 250
     bootstrap: int = 10
@@ -164,7 +163,7 @@ def generate_images(target: Target, settings: EvalSettings) -> Tuple[Tensor, Dic
         return target.autoencoder_scores["reconstructions"].double(), {"sampler": "reconstructions of the reference items"}
     if target.kind == "family":
         return draw_samples(target.model, target.config, target.run, seeds).double(), {"sampler": f"{target.config.name}'s own"}
-    options = SampleOptions(run_dir=target.run, checkpoint_step=target.step, solver=settings.solver, num_steps=settings.steps,
+    options = SampleOptions(run_dir=target.run, checkpoint_step=target.step, sampler=settings.sampler,
                             guidance_weight=settings.guidance, batch_size=settings.batch, device=settings.device, progress=False)
     device = devices.resolve_device(settings.device)
     model = open_run(options, device)

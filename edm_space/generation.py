@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.distributed as dist
 
+import presets
 import samplers
 
 from .errors import ConfigError
@@ -40,11 +41,16 @@ __all__ = ["SamplerSettings", "Guidance", "Generated", "generate", "deal_batches
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
-    """How one batch is integrated: the arguments of `samplers.sample` other than the denoiser and latents."""
+    """How one batch is integrated: the arguments of `samplers.sample` other than the denoiser and latents.
+
+    The one list of the sampler's settings and their defaults: `edm-space sample` holds one of these too
+    (edm_space.sampling.SampleOptions.sampler). solver / num_steps None: the formulation's own
+    (`Formulation.default_solver` / `default_steps`; edm's are heun and 18).
+    """
 
     formulation: Union[Formulation, str] = "edm"
-    solver: str = "heun"
-    num_steps: int = 18
+    solver: Optional[str] = None
+    num_steps: Optional[int] = None
     discretization: Optional[str] = None
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
@@ -59,17 +65,25 @@ class SamplerSettings:
     state_dtype: torch.dtype = F64
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def resolved(self, formulation: Union[Formulation, str, None] = None) -> "SamplerSettings":
+        """These settings for `formulation` (default: their own) as a Formulation, with solver / num_steps None
+        replaced by its own."""
+        f = presets.get(self.formulation if formulation is None else formulation)
+        solver = f.default_solver if self.solver is None else self.solver
+        return dataclasses.replace(self, formulation=f, solver=solver, num_steps=f.default_steps if self.num_steps is None else self.num_steps)
+
     def sample(self, denoiser: Callable, latents: Tensor, noise: SeededNoise, info: dict, progress: bool = False,
                callback: Optional[Callable] = None) -> Tensor:
         """`samplers.sample` of one batch with these settings and the batch's per-seed noise."""
+        s = self if self.solver is not None and self.num_steps is not None else self.resolved()
         with torch.no_grad():
             return samplers.sample(
-                denoiser, latents, formulation=self.formulation, solver=self.solver, num_steps=self.num_steps,
-                discretization=self.discretization, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
-                churn=self.churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise,
-                randn_like=noise.randn_like, rho=self.rho, info=info, progress=progress, final_step=self.final_step,
-                analytic_first_step=self.analytic_first_step, data_mean=self.data_mean, state_dtype=self.state_dtype,
-                callback=callback, **self.options,
+                denoiser, latents, formulation=s.formulation, solver=s.solver, num_steps=s.num_steps,
+                discretization=s.discretization, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
+                churn=s.churn, s_tmin=s.s_tmin, s_tmax=s.s_tmax, s_noise=s.s_noise,
+                randn_like=noise.randn_like, rho=s.rho, info=info, progress=progress, final_step=s.final_step,
+                analytic_first_step=s.analytic_first_step, data_mean=s.data_mean, state_dtype=s.state_dtype,
+                callback=callback, **s.options,
             )
 
 

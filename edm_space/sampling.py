@@ -34,7 +34,7 @@ from .seeding import parse_seeds
 from .distributed import distributed_context
 from .training import build_formulation, load_trained
 
-__all__ = ["SampleOptions", "SamplingModel", "sample_to_file", "parse_interval", "TOY_REFERENCE_SIZE", "MAX_SAMPLES"]
+__all__ = ["SampleOptions", "sample_options", "SamplingModel", "sample_to_file", "parse_interval", "TOY_REFERENCE_SIZE", "MAX_SAMPLES"]
 
 MAX_SAMPLES = 10**7
 TOY_REFERENCE_SIZE = 5000  # points the exact denoiser of a toy set averages over by default
@@ -43,7 +43,9 @@ MAX_RESULT_BYTES = 16 * 2**30
 
 @dataclasses.dataclass
 class SampleOptions:
-    """The options of `edm-space sample`, named as the command's parameters (defaults as the command's)."""
+    """The options of `edm-space sample`, named as the command's parameters (defaults as the command's), but for
+    the sampler's: those are one `SamplerSettings` group, `sampler` (solver / num_steps None: the preset's own;
+    its formulation is unused: --preset picks it). `sample_options(**values)` builds one from the command's values."""
 
     run_dir: Optional[str] = None
     checkpoint_step: Optional[int] = None
@@ -56,28 +58,15 @@ class SampleOptions:
     guide_step: Optional[int] = None
     preset: Optional[str] = None
     preset_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    solver: Optional[str] = None
-    solver_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    num_steps: Optional[int] = None
-    discretization: Optional[str] = None
-    sigma_min: Optional[str] = None
-    sigma_max: Optional[str] = None
-    rho: float = 7.0
-    churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
+    sampler: SamplerSettings = dataclasses.field(default_factory=SamplerSettings)
     data_name: str = "moons"
     data_size: Optional[int] = None
     num_samples: Optional[int] = None
     seed: int = 0
     seeds: Optional[str] = None
     batch_size: int = 500
-    final_step: str = "solver"
-    analytic_first_step: bool = False
     trajectory: bool = False
     out_path: str = "samples.npz"
-    sampler_dtype: str = "float64"
     device: str = "auto"
     precision: str = "fp32"
     compile_network: bool = False
@@ -112,6 +101,24 @@ def float_or_none(value: Optional[str], name: str) -> Optional[float]:
         return float(value)
     except ValueError:
         raise ConfigError(f"{name} = {value!r} is not a number") from None
+
+
+#: --sampler-dtype's choices: the sampler state's dtype (SamplerSettings.state_dtype).
+STATE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def sample_options(solver_options: Optional[Dict[str, Any]] = None, sampler_dtype: str = "float64", **values: Any) -> SampleOptions:
+    """SampleOptions of the command's values by its parameter names: those named as a `SamplerSettings` field go into
+    the `sampler` group (--sigma-min / --sigma-max as text, --solver-option as `options`, --sampler-dtype as
+    `state_dtype`), the others stay as they are."""
+    names = {field.name for field in dataclasses.fields(SamplerSettings)} - {"formulation", "data_mean", "state_dtype", "options"}
+    group = {name: values.pop(name) for name in list(values) if name in names}
+    for name in ("sigma_min", "sigma_max"):
+        group[name] = float_or_none(group.get(name), "--" + name.replace("_", "-"))
+    if sampler_dtype not in STATE_DTYPES:
+        raise ConfigError(f"--sampler-dtype {sampler_dtype!r} is invalid; choose {' or '.join(STATE_DTYPES)}")
+    sampler = SamplerSettings(**group, state_dtype=STATE_DTYPES[sampler_dtype], options=dict(solver_options or {}))
+    return SampleOptions(sampler=sampler, **values)
 
 
 def finite(value: float, name: str, low: float = -math.inf) -> float:
@@ -151,9 +158,9 @@ def check_options(o: SampleOptions) -> None:
     check_writable_file(o.out_path, "--out", missing_folders=True)
     if o.batch_size < 1:
         raise ConfigError(f"--batch {o.batch_size} is invalid; it must be >= 1")
-    finite(o.churn, "--churn", 0.0)
-    finite(o.s_noise, "--s-noise", 0.0)
-    for name, value in (("--s-tmin", o.s_tmin), ("--s-tmax", o.s_tmax), ("--rho", o.rho)):
+    finite(o.sampler.churn, "--churn", 0.0)
+    finite(o.sampler.s_noise, "--s-noise", 0.0)
+    for name, value in (("--s-tmin", o.sampler.s_tmin), ("--s-tmax", o.sampler.s_tmax), ("--rho", o.sampler.rho)):
         if math.isnan(value):
             raise ConfigError(f"{name} {value!r} is invalid; it must be a number")
     if o.guidance_weight is not None:
@@ -273,25 +280,17 @@ def open_exact(o: SampleOptions) -> SamplingModel:
 
 
 def sampler_settings(o: SampleOptions, model: SamplingModel) -> SamplerSettings:
-    """The solver, steps and noise levels, checked against the formulation before any work."""
-    f = model.formulation
-    solver = o.solver or f.default_solver
-    samplers.get(solver).check_options(o.solver_options)
-    lo, hi = float_or_none(o.sigma_min, "--sigma-min"), float_or_none(o.sigma_max, "--sigma-max")
-    num_steps = f.default_steps if o.num_steps is None else o.num_steps
+    """--sampler for the model's formulation (its solver and steps unless given), checked before any work."""
+    settings = o.sampler.resolved(model.formulation)
+    samplers.get(settings.solver).check_options(settings.options)
     # The time steps carry every range check; explicit levels (FILE.json) set N.
-    num_steps = len(samplers.time_steps(f, num_steps, o.discretization, lo, hi, rho=o.rho)) - 1
+    t = samplers.time_steps(settings.formulation, settings.num_steps, settings.discretization, settings.sigma_min, settings.sigma_max, rho=settings.rho)
     data_mean = None
-    if o.analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
+    if settings.analytic_first_step:  # D(x; sigma -> inf) is the mean of the data the model learned
         config = model.config
         training = model.reference if config is None else data.load(config.data, n=config.data_size, seed=config.seed)
         data_mean = training.to(torch.float64).mean(dim=0)
-    return SamplerSettings(
-        formulation=f, solver=solver, num_steps=num_steps, discretization=o.discretization, sigma_min=lo, sigma_max=hi,
-        rho=o.rho, churn=o.churn, s_tmin=o.s_tmin, s_tmax=o.s_tmax, s_noise=o.s_noise, final_step=o.final_step,
-        analytic_first_step=o.analytic_first_step, data_mean=data_mean,
-        state_dtype=torch.float64 if o.sampler_dtype == "float64" else torch.float32, options=dict(o.solver_options),
-    )
+    return dataclasses.replace(settings, num_steps=len(t) - 1, data_mean=data_mean, options=dict(settings.options))
 
 
 def check_guidance_levels(o: SampleOptions, settings: SamplerSettings, warn: Callable[[str], None]) -> None:
@@ -310,13 +309,13 @@ def check_guidance_levels(o: SampleOptions, settings: SamplerSettings, warn: Cal
 
 def check_fitted_levels(o: SampleOptions, settings: SamplerSettings, warn: Callable[[str], None]) -> None:
     """Warn when --discretization FILE.json was fitted (edm-space optimize-steps) for another solver or NFE."""
-    if not (isinstance(o.discretization, str) and o.discretization.endswith(".json")):
+    if not (isinstance(settings.discretization, str) and settings.discretization.endswith(".json")):
         return
-    fitted = read_json(o.discretization, "sigma levels file")
+    fitted = read_json(settings.discretization, "sigma levels file")
     nfe = samplers.get(settings.solver).nfe(settings.num_steps) - (1 if settings.analytic_first_step else 0)
     solver, fitted_nfe = fitted.get("solver"), fitted.get("nfe")
     if (solver is not None and solver != settings.solver) or (fitted_nfe is not None and fitted_nfe != nfe):
-        warn(f"--discretization {o.discretization} was fitted for {solver} at {fitted_nfe} NFE; "
+        warn(f"--discretization {settings.discretization} was fitted for {solver} at {fitted_nfe} NFE; "
              f"it is used here with {settings.solver} at {nfe} NFE, where it is not optimal")
 
 

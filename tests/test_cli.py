@@ -69,6 +69,7 @@ def test_sample_depends_on_its_own_seed_only(tmp_path):
         (["--solver", "nope"], ["'nope'", "heun", "euler"]),
         (["--discretization", "nope"], ["'nope'", "edm", "uniform-t", "log-sigma"]),
         (["--sigma-min", "5", "--sigma-max", "1"], ["sigma_min = 5", "sigma_max = 1"]),
+        (["--sigma-max", "eighty"], ["--sigma-max", "'eighty'", "not a number"]),
         (["--steps", "0"], ["num_steps = 0", ">= 1"]),
         (["--data", "nope"], ["'nope'", "moons"]),
         (["--out", "x.txt"], ["x.txt", ".npz", ".png"]),

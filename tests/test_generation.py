@@ -53,6 +53,17 @@ def test_processes_together_compute_what_one_process_computes_even_when_the_batc
     assert not torch.equal(halves, one.samples)
 
 
+def test_solver_and_steps_left_out_are_the_formulations_own():
+    # EDM's default sampler is Heun with 18 steps: 2 * 18 - 1 = 35 evaluations (EDM Table 1; the last step is Euler's)
+    plain = generate(gaussian_denoiser, [0, 1], [2], SamplerSettings())
+    assert plain.nfe == 35
+    assert torch.equal(plain.samples, generate(gaussian_denoiser, [0, 1], [2], SamplerSettings("edm", "heun", 18)).samples)
+    # the vp preset's own is Euler (one evaluation a step) with its 256 steps, not EDM's Heun
+    vp = generate(gaussian_denoiser, [0, 1], [2], SamplerSettings("vp"))
+    assert vp.nfe == 256
+    assert torch.equal(vp.samples, generate(gaussian_denoiser, [0, 1], [2], SamplerSettings("vp", "euler", 256)).samples)
+
+
 def test_a_sample_alone_equals_it_in_a_batch_and_matches_euler_by_hand():
     settings = SamplerSettings("edm", "euler", 3, churn=2.0)  # churn draws per-seed noise on every step
     batch = generate(gaussian_denoiser, [3, 9, 4], [2], settings, batch_size=3)
