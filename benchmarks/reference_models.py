@@ -97,17 +97,21 @@ def training_seconds(run_dir: str) -> float:
 
 
 def export(name: str, run_dir: str) -> str:
-    """Replace benchmarks/models/NAME with the run's newest EMA weights (written beside it, then swapped in)."""
+    """Replace benchmarks/models/NAME with the run's newest EMA weights; the old folder is put back if that fails."""
     from edm_space.interop.own_format import export_run
 
     target = os.path.join(MODELS_DIR, name)
-    staged, old = target + ".new", target + ".old"
-    for path in (staged, old):
-        shutil.rmtree(path, ignore_errors=True)
-    export_run(run_dir, staged)
+    old = target + ".old"
+    shutil.rmtree(old, ignore_errors=True)
     if os.path.isdir(target):
         os.replace(target, old)
-    os.replace(staged, target)
+    try:
+        export_run(run_dir, os.path.relpath(target))  # the weights run records the path it was given
+    except BaseException:
+        if os.path.isdir(old):
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(old, target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     return target
 

@@ -1,0 +1,76 @@
+"""benchmarks/reference_models.py and benchmarks/solvers_reference.py: their arithmetic against hand computations,
+and their committed reports rebuilt byte for byte from the committed JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import import_benchmark
+
+reference_models = import_benchmark("reference_models")
+solvers_reference = import_benchmark("solvers_reference")
+
+
+def test_training_seconds_adds_each_window_images_over_its_rate(tmp_path):
+    entries = [{"step": 50, "images": 3200, "images_per_s": 160.0}, {"step": 100, "images": 6400, "images_per_s": 320.0},
+               {"step": 120, "images": 7680, "images_per_s": 64.0}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert reference_models.training_seconds(str(tmp_path)) == pytest.approx(3200 / 160 + 3200 / 320 + 1280 / 64)
+
+
+def test_grid_pixels_are_the_8_bit_images():
+    samples = torch.tensor([[-1.0, -0.5, 0.0, 0.5], [1.0, 2.0, -3.0, 0.25]]).view(2, 1, 2, 2)
+    pixels = reference_models.grid_pixels(reference_models.grid_bytes(samples), (1, 2, 2))
+    # (x + 1) * 127.5 rounded half to even, after clamping to [-1, 1]
+    assert pixels.tolist() == [[[0, 64], [128, 191]], [[255, 255], [0, 159]]]
+
+
+def _rows(model, config, fds, sds):
+    return [{"model": model, "config": config, "nfe": 8, "set": k, "fd": fd, "fd_sd": sd, "class_shares": [0.1] * 10,
+             "rms_to_heun35": 0.1} for k, (fd, sd) in enumerate(zip(fds, sds))]
+
+
+def test_goal_margin_combines_set_spread_and_bootstrap():
+    goal, other = solvers_reference.CONFIGS[0][0], solvers_reference.CONFIGS[2][0]
+    rows = _rows("m", goal, [10.0, 12.0], [1.0, 1.0]) + _rows("m", other, [13.0, 15.0], [2.0, 2.0])
+    summary = {r["config"]: r for r in solvers_reference.summary(rows, "m")}
+    # goal: mean 11, spread sd 1.4142 / sqrt 2 = 1, bootstrap sqrt(1 + 1) / 2 = 0.7071 -> sd sqrt(1.5)
+    assert summary[goal]["fd"] == pytest.approx(11.0)
+    assert summary[goal]["sd"] == pytest.approx(math.sqrt(1.5))
+    # other: mean 14, spread 1, bootstrap sqrt(8) / 2 -> sd sqrt(3); margin 2 sqrt(1.5 + 3)
+    assert summary[other]["sd"] == pytest.approx(math.sqrt(3.0))
+    assert summary[other]["margin"] == pytest.approx(2 * math.sqrt(4.5))
+    assert summary[other]["difference"] == pytest.approx(3.0)
+    assert summary[other]["reached"] is (3.0 <= 2 * math.sqrt(4.5))
+
+
+def test_goal_is_missed_beyond_the_margin():
+    goal, other = solvers_reference.CONFIGS[0][0], solvers_reference.CONFIGS[2][0]
+    rows = _rows("m", goal, [10.0, 10.0], [0.1, 0.1]) + _rows("m", other, [11.0, 11.0], [0.1, 0.1])
+    summary = {r["config"]: r for r in solvers_reference.summary(rows, "m")}
+    assert summary[other]["margin"] == pytest.approx(2 * math.hypot(0.1 / np.sqrt(2), 0.1 / np.sqrt(2)))
+    assert summary[other]["reached"] is False
+
+
+@pytest.mark.parametrize("module, stem", [(reference_models, "reference_models"), (solvers_reference, "solvers_reference")])
+def test_committed_report_rebuilds_byte_for_byte(module, stem, tmp_path, monkeypatch):
+    import common
+
+    results_dir = os.path.join(common.ROOT, "benchmarks", "results")
+    with open(os.path.join(results_dir, stem + ".json")) as file:
+        results = json.load(file)
+    with open(os.path.join(results_dir, stem + ".md")) as file:
+        committed = file.read()
+    if module is reference_models:
+        picture = stem + ".png"
+        assert module.markdown(results, picture) == committed
+        with open(os.path.join(module.MODELS_DIR, "README.md")) as file:
+            assert module.models_readme(results) == file.read()
+    else:
+        assert module.markdown(results) == committed
