@@ -57,7 +57,7 @@ def read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]
     try:
         with open(path, "rb") as file:
             data = file.read()
-        tensors = st.load(data)
+        tensors = dict(sorted(st.load(data).items()))  # safetensors returns its tensors in no fixed order
         header_size = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8:8 + header_size]).get("__metadata__") or {}
     except FileNotFoundError:
