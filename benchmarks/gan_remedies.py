@@ -85,13 +85,19 @@ def covers(row: Dict[str, Any]) -> bool:
     return all(low <= row[k] for k in ("min_class", "logistic_min_class")) and all(row[k] <= high for k in ("max_class", "logistic_max_class"))
 
 
+def variants_option(results: Dict[str, Any]) -> str:
+    """` --variants A,B` when the run measured only some of VARIANTS (in their order), else nothing."""
+    measured = [name for name in VARIANTS if any(r["variant"] == name for r in results["runs"])]
+    return "" if len(measured) == len(VARIANTS) else " --variants " + ",".join(measured)
+
+
 def markdown(results: Dict[str, Any]) -> str:
     """The report, from the results JSON alone."""
     s = results["settings"]
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [f"# GAN remedies on {s['data']}: equal training CPU time, {len(seeds)} seeds", "",
              f"Command: `python benchmarks/gan_remedies.py --data {s['data']} --budget {results['budget_s']:g} --seeds "
-             f"{','.join(str(v) for v in seeds)}` (`--report-only` rebuilds this page from the JSON).", "",
+             f"{','.join(str(v) for v in seeds)}{variants_option(results)}` (`--report-only` rebuilds this page from the JSON).", "",
              f"Each run trains benchmarks/families.py's GAN ({json.dumps(families_options(results))}, Adam lr "
              f"{results['lr']:g}, batch {s['batch']}) for {results['budget_s']:g} CPU seconds on one thread; "
              f"{s['num_samples']} samples are scored by edm_space.classifier (FD against all real digits, class shares) and by "
