@@ -17,6 +17,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -286,6 +287,18 @@ def one_line_errors() -> Iterator[None]:
             raise
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def add_ablation_arguments(parser, data_choices: Sequence[str], variants_help: str, seeds: str, budget: float, name: str) -> None:
+    """The options every equal-CPU-budget ablation takes (--data, --variants, --seeds, --budget, --out-dir, --work-dir,
+    --report-only); `name` is the script's, as in its results NAME_DATA.json and its work folder edm-space-NAME."""
+    parser.add_argument("--data", default="digits", choices=list(data_choices))
+    parser.add_argument("--variants", default=None, help=variants_help)
+    parser.add_argument("--seeds", default=seeds, help=f"seeds, e.g. 0-2 [default: {seeds}]")
+    parser.add_argument("--budget", type=float, default=budget, help=f"training CPU seconds per run [default: {budget:g}]")
+    parser.add_argument("--out-dir", default=RESULTS)
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "edm-space-" + name.replace("_", "-")))
+    parser.add_argument("--report-only", action="store_true", help=f"rewrite the Markdown from {name}_DATA.json; train nothing")
 
 
 def rebuild_report(json_path: str, write: Callable[[Dict[str, Any]], List[str]]) -> List[str]:

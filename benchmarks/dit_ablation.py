@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -197,13 +196,8 @@ def run(data: str, names: Sequence[str], seeds: Sequence[int], budget: float, ou
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/dit_ablation.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="digits", choices=list(networks.DATA_CHOICES))
-    parser.add_argument("--variants", default=None, help="comma-separated variant names [default: all]")
-    parser.add_argument("--seeds", default="0", help="seeds, e.g. 0-2 [default: 0]")
-    parser.add_argument("--budget", type=float, default=60.0, help="training CPU seconds per run [default: 60]")
-    parser.add_argument("--out-dir", default=common.RESULTS)
-    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "edm-space-dit-ablation"))
-    parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from dit_ablation_DATA.json; train nothing")
+    common.add_ablation_arguments(parser, networks.DATA_CHOICES, "comma-separated variant names [default: all]", "0", 60.0,
+                                  "dit_ablation")
     args = parser.parse_args(argv)
     with common.one_line_errors():
         if args.report_only:

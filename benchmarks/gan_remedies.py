@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -158,13 +157,8 @@ def run(data: str, names: Sequence[str], seeds: Sequence[int], budget: float, ou
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/gan_remedies.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="digits", choices=list(families.DATA_CHOICES))
-    parser.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} [default: all]")
-    parser.add_argument("--seeds", default="0-2", help="seeds, e.g. 0-2 [default: 0-2]")
-    parser.add_argument("--budget", type=float, default=30.0, help="training CPU seconds per run [default: 30]")
-    parser.add_argument("--out-dir", default=common.RESULTS)
-    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "edm-space-gan-remedies"))
-    parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from gan_remedies_DATA.json; train nothing")
+    common.add_ablation_arguments(parser, families.DATA_CHOICES, f"comma-separated, of {', '.join(VARIANTS)} [default: all]", "0-2",
+                                  30.0, "gan_remedies")
     args = parser.parse_args(argv)
     with common.one_line_errors():
         if args.report_only:

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from edm_space import data  # noqa: E402
-from edm_space.classifier import cached_classifier, image_quality  # noqa: E402
+from edm_space.classifier import cached_classifier  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 from edm_space.evaluation import frechet  # noqa: E402
 from edm_space.generation import Guidance, SamplerSettings, class_labels, generate  # noqa: E402
@@ -148,14 +148,15 @@ class Scorer:
             self.real_features = self.classifier.features(self.real.float())
 
     def score(self, samples: torch.Tensor) -> Dict[str, Any]:
-        samples = samples.float().clamp(-1, 1)
-        quality = image_quality(samples, None, self.classifier, 10, real_features=self.real_features)
+        """FD with its bootstrap sd, mean top-class probability, class shares and each sample's predicted class."""
         with torch.no_grad():
-            predicted = self.classifier(samples).argmax(1)
+            features = self.classifier.features(samples.float().clamp(-1, 1))
+            probs = self.classifier.head(features).softmax(dim=1)
+        predicted = probs.argmax(1)
         shares = torch.bincount(predicted, minlength=10).double() / len(samples)
-        fd = frechet(self.real_features.double(), self.classifier.features(samples).detach().double(), BOOTSTRAP, 0)
-        return {"fd": fd["value"], "fd_sd": fd["sd"], "confidence": quality["confidence"], "class_shares": shares.tolist(),
-                "predicted": predicted.tolist()}
+        fd = frechet(self.real_features.double(), features.double(), BOOTSTRAP, 0)
+        return {"fd": fd["value"], "fd_sd": fd["sd"], "confidence": float(probs.max(dim=1).values.mean()),
+                "class_shares": shares.tolist(), "predicted": predicted.tolist()}
 
     def floor(self) -> Dict[str, Any]:
         real_train = data.fixed_subset(data.load("mnist"), SAMPLES)
