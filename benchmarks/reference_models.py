@@ -61,7 +61,8 @@ MODELS: Dict[str, List[str]] = {
     "edm-unet": ["--preset", "edm", *UNET],
     "sd3-unet": ["--preset", "sd3", *UNET],
     "flow-unet": ["--preset", "flow", *UNET],
-    "vp-unet": ["--preset", "vp", *UNET],
+    # vp's c_noise is 999 t: the noise embedding's top frequency 1 (README, "Training"), as EDM's DDPM++.
+    "vp-unet": ["--preset", "vp", *UNET, "--net-option", "noise_max_freq=1"],
     "sd3-dit": ["--preset", "sd3", *DIT],
 }
 SAMPLES = 500

@@ -428,8 +428,8 @@ def _resumed_config(config: TrainConfig, resume: bool) -> Tuple[TrainConfig, int
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         stored_run = read_run(run_dir)
         stored, record = network_options_for_loading(stored_run.config), stored_run.record
-    # A new DiT run records the conventions it is built with; a resumed one keeps those it has.
-    config = with_recorded_convention(config, stored.net_options.get("convention", "dit") if stored is not None else "dit")
+    # A new run records the network options whose default changed (networks.recorded_defaults); a resumed one keeps its own.
+    config = with_recorded_defaults(config, stored.net_options if stored is not None else networks.recorded_defaults(config.net, True))
     if stored is not None:
         run_phases.check_resumable(Run(stored, record), config)
         if not resume:
@@ -660,8 +660,8 @@ def load_trained(run_dir: str, ema: bool = True, step: Optional[int] = None, net
     stored_run = Run(TrainConfig.from_json(stored), record_of_state(state, stored, f"checkpoint {path!r}"))
     run_network = {key: getattr(network_options_for_loading(run), key) for key in NETWORK_KEYS}
     checkpoint_network = {key: getattr(stored_run, key) for key in NETWORK_KEYS}
-    if stored.get("net") == "dit" and isinstance(stored.get("net_options"), dict):
-        checkpoint_network["net_options"] = {"convention": "legacy", **stored["net_options"]}
+    if isinstance(stored.get("net_options"), dict):
+        checkpoint_network["net_options"] = {**networks.recorded_defaults(str(stored.get("net")), False), **stored["net_options"]}
     differ = engine.differing(run_network, checkpoint_network)
     if differ:
         raise ConfigError(f"checkpoint {path!r} was trained with another network than the run's config.json ({', '.join(differ)} differ); it does not belong to this run")
@@ -697,20 +697,21 @@ def _load_weights_run(run_dir: str, ema: bool, network: Optional[nn.Module], dev
     return (*_denoiser(run, tensors, network, device, what), int(metadata.get("step", "0")))
 
 
-def with_recorded_convention(config, convention: str):
-    """`config` (a TrainConfig or a Run) with the DiT convention (networks.dit.CONVENTIONS) recorded in its net_options:
-    its own, else `convention`."""
-    if config.net != "dit" or "convention" in config.net_options:
+def with_recorded_defaults(config, values: Dict[str, Any]):
+    """`config` (a TrainConfig or a Run) with every option of networks.recorded_defaults that its net_options lack
+    taken from `values` (the user's own are kept)."""
+    missing = {key: values[key] for key in networks.recorded_defaults(config.net, True) if key not in config.net_options and key in values}
+    if not missing:
         return config
     if isinstance(config, Run):
-        return Run(with_recorded_convention(config.config, convention), config.record)
-    return dataclasses.replace(config, net_options={**config.net_options, "convention": convention})
+        return Run(with_recorded_defaults(config.config, values), config.record)
+    return dataclasses.replace(config, net_options={**config.net_options, **missing})
 
 
 def network_options_for_loading(config):
-    """The config to rebuild a stored run's network from: a DiT run written before its convention was recorded
-    keeps the legacy one (position embedding row first, output features (C, p, p))."""
-    return with_recorded_convention(config, "legacy")
+    """The config to rebuild a stored run's network from: an option whose default changed after the run was
+    written takes the value the run was trained with (a DiT's legacy convention, a U-Net's instance norm)."""
+    return with_recorded_defaults(config, networks.recorded_defaults(config.net, False))
 
 
 def read_log(run_dir: str) -> List[Dict[str, Any]]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import one_torch_thread
-from edm_space.networks.dit import DiT
+from edm_space import networks
 from edm_space.rundir import list_checkpoints, load_checkpoint, save_checkpoint
 from edm_space.training import TrainConfig, load_trained, read_run_config, train
 from helpers_cli import cli_error, cli_ok
@@ -24,10 +24,10 @@ EXPORTABLE = {"depth": 1, "width": 16, "heads": 2, "patch": 2, "qk_norm": False,
 pytestmark = pytest.mark.usefixtures("one_thread", "no_debug_env")
 
 
-def dit_run(out, preset, net_options, preset_options=None):
-    """A class-conditional DiT on 8x8 digits, trained 3 steps at a large learning rate so that no weight is still zero."""
+def dit_run(out, preset, net_options, preset_options=None, net="dit"):
+    """A class-conditional DiT (or `net`) on 8x8 digits, trained 3 steps at a large learning rate so that no weight is still zero."""
     with one_torch_thread():
-        train(TrainConfig(preset=preset, preset_options=preset_options or {}, data="digits", data_size=32, net="dit", net_options=net_options,
+        train(TrainConfig(preset=preset, preset_options=preset_options or {}, data="digits", data_size=32, net=net, net_options=net_options,
                           steps=3, batch=8, lr=0.05, warmup_images=8, conditional=True, checkpoint_every=3, log_every=3, out=str(out)),
               progress=False)
     return str(out)
@@ -81,30 +81,34 @@ def test_exported_dit_loads_with_diffusers_alone_and_computes_the_same_denoiser(
     assert torch.allclose(there, here, rtol=1e-4, atol=1e-4 * float(here.abs().max())), float((there - here).abs().max())
 
 
-def test_a_dit_run_without_a_recorded_convention_loads_with_the_legacy_one(tmp_path):
-    run = dit_run(tmp_path / "run", "edm", {"depth": 1, "width": 16, "heads": 2, "patch": 2})
-    # Strip the record, as runs written before it existed have none, from config.json and the checkpoint.
+@pytest.mark.parametrize("net, options, option, legacy, new", [
+    ("dit", {"depth": 1, "width": 16, "heads": 2, "patch": 2}, "convention", "legacy", "dit"),
+    ("unet", {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1}, "min_channels_per_group", 1, 4),
+])
+def test_a_run_without_a_recorded_default_loads_with_the_value_it_was_trained_with(tmp_path, net, options, option, legacy, new):
+    run = dit_run(tmp_path / "run", "edm", options, net=net)
     config_path = tmp_path / "run" / "config.json"
     payload = json.loads(config_path.read_text())
-    del payload["net_options"]["convention"]
+    assert payload["net_options"][option] == new  # a new run records the value it is built with
+    # Strip the record, as runs written before it existed have none, from config.json and the checkpoint.
+    del payload["net_options"][option]
     config_path.write_text(json.dumps(payload))
     path = list_checkpoints(run)[-1][1]
     state = load_checkpoint(path)
     state["config"] = json.dumps(payload)
     save_checkpoint(path, state)
     denoiser = load_trained(run, ema=False)[0]
-    assert denoiser.network.convention == "legacy"
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     c_noise, labels = torch.tensor([0.1, -0.3]), torch.nn.functional.one_hot(torch.tensor([1, 4]), 10).float()
     outputs = {}
-    for convention in ("legacy", "dit"):
-        net = DiT((1, 8, 8), depth=1, width=16, heads=2, patch=2, label_dim=10, convention=convention)
-        net.load_state_dict(state["model"])
+    for value in (legacy, new):
+        network = networks.build(net, (1, 8, 8), **options, label_dim=10, **{option: value})
+        network.load_state_dict(state["model"])
         with torch.no_grad():
-            outputs[convention] = net(x, c_noise, labels)
+            outputs[value] = network(x, c_noise, labels)
     with torch.no_grad():
         loaded = denoiser.network(x, c_noise, labels)
-    assert torch.equal(loaded, outputs["legacy"]) and not torch.allclose(loaded, outputs["dit"])
+    assert torch.equal(loaded, outputs[legacy]) and not torch.allclose(loaded, outputs[new])
 
 
 def test_export_refusals(tmp_path, capsys):

@@ -189,6 +189,62 @@ def test_noise_embedding_distinguishes_nearby_c_noise_in_every_presets_range(a, 
     assert (ea - eb).norm() > 0.02 * scale, (a, b, float((ea - eb).norm() / scale))
 
 
+@pytest.mark.parametrize("name", ["mlp", "unet", "dit"])
+def test_noise_max_freq_sets_the_top_frequency_and_the_default_is_the_trained_runs_band(name):
+    item_shape = (4,) if name == "mlp" else (1, 8, 8)
+    default, low = build(name, item_shape), build(name, item_shape, noise_max_freq=1.0)
+    assert float(default.embed.freqs.max()) == pytest.approx(100.0) and float(default.embed.freqs.min()) == pytest.approx(1e-3)
+    assert float(low.embed.freqs.max()) == pytest.approx(1.0) and float(low.embed.freqs.min()) == pytest.approx(1e-3)
+    # the frequencies stay geometrically spaced: equal ratios between neighbours
+    ratios = low.embed.freqs[1:] / low.embed.freqs[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, 1000.0 ** (1 / 31)))
+
+
+@pytest.mark.parametrize("value", [0, 1e-3, -1.0, float("nan"), "high"])
+def test_noise_max_freq_at_or_below_the_lowest_frequency_is_refused_in_one_line(value):
+    with pytest.raises(ConfigError) as error:
+        build("unet", (1, 8, 8), noise_max_freq=value)
+    message = str(error.value)
+    assert "noise_max_freq" in message and "\n" not in message
+
+
+def test_vp_c_noise_turns_the_default_bands_top_frequency_by_radians_per_permille_of_sigma():
+    """Why VP and DDPM runs want noise_max_freq = 1: their c_noise = 999 t (EDM Table 1) moves by about
+    0.1 when sigma = 50 changes by 0.1 %; at 100 rad per unit that is radians of phase (aliasing), at 1 a
+    fraction of one."""
+    formulation = presets.get("vp")
+    c_noise = [float(formulation.precond(torch.tensor(s, dtype=F64))[3]) for s in (50.0, 50.05)]
+    step = abs(c_noise[1] - c_noise[0])
+    # independent: c_noise = 999 t with t from VP's sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (Song et al. 2021, eq. 33)
+    def t_of(sigma, beta_d=19.9, beta_min=0.1):
+        return (math.sqrt(beta_min ** 2 + 2 * beta_d * math.log(1 + sigma ** 2)) - beta_min) / beta_d
+    assert step == pytest.approx(999 * (t_of(50.05) - t_of(50.0)), rel=1e-6)
+    assert 100.0 * step > 6.0 and 1.0 * step < 0.2
+
+
+@pytest.mark.parametrize("channels, minimum, groups", [(16, 1, 16), (32, 1, 32), (48, 1, 16), (4, 1, 1),
+                                                      (16, 4, 4), (32, 4, 8), (64, 4, 16), (128, 4, 32), (256, 4, 32),
+                                                      (48, 4, 8), (16, 32, 1)])
+def test_group_norm_keeps_at_least_min_channels_per_group(channels, minimum, groups):
+    from edm_space.networks.unet import group_norm
+
+    norm = group_norm(channels, minimum)
+    assert norm.num_groups == groups and channels % groups == 0
+    if minimum == 4 and channels >= 128:  # NVlabs/edm: min(32, channels // 4) groups
+        assert groups == min(32, channels // 4)
+
+
+def test_unet_min_channels_per_group_reaches_every_norm_and_is_bounded():
+    net = build("unet", (1, 8, 8))  # the default: 4, as EDM's networks
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 4 for m in norms)
+    legacy = [m for m in build("unet", (1, 8, 8), min_channels_per_group=1).modules() if isinstance(m, nn.GroupNorm)]  # runs before
+    assert all(m.num_groups == (math.gcd(m.num_channels, 32) if m.num_channels >= 8 else 1) for m in legacy)
+    with pytest.raises(ConfigError) as error:
+        build("unet", (1, 8, 8), min_channels_per_group=0)
+    assert "min_channels_per_group" in str(error.value)
+
+
 def test_noise_embedding_is_deterministic_per_value_and_batched_consistently():
     torch.manual_seed(0)
     embed = NoiseEmbedding(16)

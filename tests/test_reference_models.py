@@ -41,6 +41,8 @@ def test_model_is_what_its_command_trained(name):
     assert config.preset == argv[argv.index("--preset") + 1]
     assert config.net == argv[argv.index("--net") + 1]
     assert (tuple(item_shape), num_classes, config.conditional) == ((1, 28, 28), 10, True)
+    given = dict(argv[i + 1].split("=", 1) for i, flag in enumerate(argv) if flag == "--net-option")
+    assert {key: json.loads(value) for key, value in given.items()} == {key: config.net_options[key] for key in given}
 
 
 @pytest.mark.parametrize("name", NAMES)

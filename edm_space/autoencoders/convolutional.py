@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..networks.unet import _groups
+from ..networks.unet import group_norm
 from ..registry import Option
 from .base import Autoencoder
 
@@ -54,9 +54,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(channels), channels)
+        self.norm1 = group_norm(channels)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(_groups(channels), channels)
+        self.norm2 = group_norm(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ class ConvStack(nn.Module):
         for _ in range(int(math.log2(factor))):
             layers.append(resample())
             layers += [ResidualBlock(channels) for _ in range(blocks)]
-        layers += [nn.GroupNorm(_groups(channels), channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+        layers += [group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ attribute OPTIONS, see edm_space.registry), added to NETWORKS.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from torch import nn
 
@@ -32,6 +32,15 @@ IMAGE_NETWORKS = ("unet", "dit", "diffusers-unet", "diffusers-dit")  # need item
 def names() -> List[str]:
     """Registered network names."""
     return NETWORKS.names()
+
+
+def recorded_defaults(name: str, new_run: bool) -> Dict[str, Any]:
+    """The options of network `name` whose default changed after runs were trained with the old one (a class
+    attribute RECORDED_DEFAULTS = {option: (value for a new run, value of a run that does not record it)}).
+    A new run records the first value in its net_options; a stored run without the option loads with the second,
+    so every run trained so far rebuilds the network it was trained with."""
+    cls = NETWORKS.get(name, None)
+    return {key: values[0 if new_run else 1] for key, values in getattr(cls, "RECORDED_DEFAULTS", {}).items()}
 
 
 def build(name: str, item_shape: Sequence[int], **options) -> nn.Module:

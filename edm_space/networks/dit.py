@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError, unknown
-from .embedding import LabelEmbedding, NoiseEmbedding, SinusoidalNoiseEmbedding
+from .embedding import NOISE_MAX_FREQ_OPTION, LabelEmbedding, NoiseEmbedding, SinusoidalNoiseEmbedding
 from ..registry import Option
 
 POSITIONS = ("sincos", "rope")
@@ -170,17 +170,20 @@ class DiT(nn.Module):
     queries and keys per head), label_dim (number of classes; 0 = unconditional),
     convention ("dit" or "legacy", see CONVENTIONS), noise_embedding ("fourier": NoiseEmbedding;
     "dit": DiT's sinusoidal timestep embedding of noise_scale * c_noise, SinusoidalNoiseEmbedding),
+    noise_max_freq (the top frequency of the "fourier" embedding; 1 for VP's and DDPM's index-like c_noise),
     adaln_zero (modulation and output layers start at zero, DiT's adaLN-Zero; false: Xavier like the rest).
     DiT-S is depth=12, width=384, heads=6; DiT-B is depth=12, width=768, heads=12. A run with
     pos="sincos", qk_norm=false, mlp_ratio=4, noise_embedding="dit" exports to diffusers' DiTTransformer2DModel.
     """
 
+    #: networks.recorded_defaults: new runs record convention "dit"; runs that predate the record are "legacy".
+    RECORDED_DEFAULTS = {"convention": ("dit", "legacy")}
     # Bounds of the options (edm_space.registry), checked before the network is built.
     OPTIONS = {"depth": Option.integer(1, 1024), "width": Option.integer(1, 1 << 16), "heads": Option.integer(1, 1024),
                "patch": Option.integer(1, 1024), "mlp_ratio": Option.number(0.0, 64.0, open_low=True), "pos": Option.name(*POSITIONS, label="position encoding pos"),
                "qk_norm": Option.flag(), "label_dim": Option.integer(0, 1 << 20),
                "convention": Option.name(*CONVENTIONS, label="convention"), "noise_embedding": Option.name(*NOISE_EMBEDDINGS, label="noise_embedding"),
-               "noise_scale": Option.number(0.0, open_low=True)}
+               "noise_scale": Option.number(0.0, open_low=True), "noise_max_freq": NOISE_MAX_FREQ_OPTION}
 
     def __init__(
         self,
@@ -197,6 +200,7 @@ class DiT(nn.Module):
         noise_embedding: str = "fourier",
         noise_scale: float = 1.0,
         adaln_zero: bool = True,
+        noise_max_freq: float = NoiseEmbedding.MAX_FREQ,
     ):
         super().__init__()
         if convention not in CONVENTIONS:
@@ -221,7 +225,7 @@ class DiT(nn.Module):
         rows, cols = height // patch, width_px // patch
 
         self.convention, self.noise_embedding, self.mlp_ratio, self.qk_norm = convention, noise_embedding, mlp_ratio, qk_norm
-        self.embed = NoiseEmbedding(width) if noise_embedding == "fourier" else SinusoidalNoiseEmbedding(width, noise_scale)
+        self.embed = NoiseEmbedding(width, max_freq=noise_max_freq) if noise_embedding == "fourier" else SinusoidalNoiseEmbedding(width, noise_scale)
         self.label = LabelEmbedding(label_dim, width) if label_dim else None
         self.inp = nn.Linear(channels * patch * patch, width)  # a stride-p convolution, on patchified tokens
         if pos == "sincos":

@@ -8,18 +8,28 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..registry import Option
+
 
 class NoiseEmbedding(nn.Module):
     """sin/cos features of c_noise at geometrically spaced frequencies, then a two-layer MLP.
 
-    The frequencies span [min_freq, max_freq] so that every preset's c_noise range
-    (ln(sigma)/4 near [-2, 1], flow's t in [0, 1], DDPM's index in [0, 999]) is
-    resolved by some of them (the positional embedding of Vaswani et al. 2017 /
-    Ho et al. 2020, with a wider band).
+    The frequencies span [min_freq, max_freq] (radians per unit of c_noise), the positional
+    embedding of Vaswani et al. 2017 / Ho et al. 2020 with a wider band. The default band
+    suits c_noise of order one (EDM's ln(sigma)/4 near [-2, 1], flow's t in [0, 1]). For an
+    index-like c_noise (VP's 999 t, DDPM's 0..999, EDM Table 1) its top frequencies alias: a
+    0.1 % change of sigma at sigma = 50 turns them by about 12 radians, so D is rough in sigma
+    and a short run learns noise there. With such presets use max_freq = 1, the top
+    frequency of the positional embedding that EDM's DDPM++ feeds 999 t.
     """
 
-    def __init__(self, dim: int, num_freqs: int = 32, min_freq: float = 1e-3, max_freq: float = 100.0):
+    #: The default top frequency: kept, so that every run trained so far rebuilds the same network.
+    MAX_FREQ = 100.0
+
+    def __init__(self, dim: int, num_freqs: int = 32, min_freq: float = 1e-3, max_freq: float = MAX_FREQ):
         super().__init__()
+        if not min_freq < max_freq:
+            raise ValueError(f"noise embedding frequencies: min_freq {min_freq} must be below max_freq {max_freq}")
         freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), num_freqs))
         self.register_buffer("freqs", freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -27,6 +37,10 @@ class NoiseEmbedding(nn.Module):
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         angles = c_noise.reshape(-1, 1).to(self.freqs.dtype) * self.freqs
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1).to(self.mlp[0].weight.dtype))
+
+
+#: The networks' option for NoiseEmbedding's top frequency (above its lowest, 1e-3).
+NOISE_MAX_FREQ_OPTION = Option.number(1e-3, 1e6, open_low=True)
 
 
 class LabelEmbedding(nn.Linear):

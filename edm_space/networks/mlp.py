@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .embedding import LabelEmbedding, NoiseEmbedding, conditioning, zero_init
+from .embedding import NOISE_MAX_FREQ_OPTION, LabelEmbedding, NoiseEmbedding, conditioning, zero_init
 from ..registry import Option
 
 
@@ -32,14 +32,15 @@ class MLP(nn.Module):
 
     # Bounds of the options (edm_space.registry), checked before the network is built.
     OPTIONS = {"width": Option.integer(1, 1 << 16), "depth": Option.integer(1, 1024), "emb_dim": Option.integer(1, 1 << 16),
-               "label_dim": Option.integer(0, 1 << 20)}
+               "label_dim": Option.integer(0, 1 << 20), "noise_max_freq": NOISE_MAX_FREQ_OPTION}
 
-    def __init__(self, item_shape: Sequence[int], width: int = 256, depth: int = 4, emb_dim: int = 128, label_dim: int = 0):
+    def __init__(self, item_shape: Sequence[int], width: int = 256, depth: int = 4, emb_dim: int = 128, label_dim: int = 0,
+                 noise_max_freq: float = NoiseEmbedding.MAX_FREQ):
         super().__init__()
         self.item_shape = tuple(item_shape)
         self.dim = math.prod(self.item_shape)
         self.label_dim = label_dim
-        self.embed = NoiseEmbedding(emb_dim)
+        self.embed = NoiseEmbedding(emb_dim, max_freq=noise_max_freq)
         self.label = LabelEmbedding(label_dim, emb_dim) if label_dim else None
         self.inp = nn.Linear(self.dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, emb_dim) for _ in range(depth))
