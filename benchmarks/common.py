@@ -301,6 +301,21 @@ def add_ablation_arguments(parser, data_choices: Sequence[str], variants_help: s
     parser.add_argument("--report-only", action="store_true", help=f"rewrite the Markdown from {name}_DATA.json; train nothing")
 
 
+def report_main(stem: str, report_only: bool, measure: Callable[[], Dict[str, Any]],
+                write: Callable[[Dict[str, Any]], List[str]]) -> int:
+    """The body of a report benchmark's main(): --report-only rewrites the report from benchmarks/results/STEM.json,
+    else `measure()` runs on one torch thread and its results are written; the paths are printed; bad input ends
+    in one line (one_line_errors). Returns the exit status."""
+    with one_line_errors():
+        if report_only:
+            paths = rebuild_report(os.path.join(RESULTS, stem + ".json"), write)
+        else:
+            torch.set_num_threads(1)
+            paths = write(measure())
+        print("\n".join(paths))
+    return 0
+
+
 def rebuild_report(json_path: str, write: Callable[[Dict[str, Any]], List[str]]) -> List[str]:
     """--report-only: `write` the report again from the results JSON at `json_path` (trains nothing); its paths."""
     if not os.path.isfile(json_path):

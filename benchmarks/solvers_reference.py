@@ -148,23 +148,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="where the digit classifier is cached (as reference_models.py's --work-dir)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    with common.one_line_errors():
-        if args.report_only:
-            paths = common.rebuild_report(os.path.join(common.RESULTS, STEM + ".json"), write_report)
-        else:
-            names = [n.strip() for n in args.models.split(",") if n.strip()]
-            for name in names:
-                if not os.path.isdir(os.path.join(reference_models.MODELS_DIR, name)):
-                    raise ConfigError(f"model {name!r} is not in benchmarks/models; choose from "
-                                      f"{', '.join(sorted(os.listdir(reference_models.MODELS_DIR)))}")
-            torch.set_num_threads(1)
-            scorer = reference_models.Scorer(os.path.join(args.cache_dir, "classifier"))
-            rows = [row for name in names for row in score_model(name, scorer, print)]
-            results = {"version": VERSION, "sets": SETS, "samples": SAMPLES, "models": names, "rows": rows,
-                       "summary": [s for name in names for s in summary(rows, name)], "machine": common.machine_info()}
-            paths = write_report(results)
-        print("\n".join(paths))
-    return 0
+
+    def measure() -> Dict[str, Any]:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        for name in names:
+            if not os.path.isdir(os.path.join(reference_models.MODELS_DIR, name)):
+                raise ConfigError(f"model {name!r} is not in benchmarks/models; choose from "
+                                  f"{', '.join(sorted(os.listdir(reference_models.MODELS_DIR)))}")
+        scorer = reference_models.Scorer(os.path.join(args.cache_dir, "classifier"))
+        rows = [row for name in names for row in score_model(name, scorer, print)]
+        return {"version": VERSION, "sets": SETS, "samples": SAMPLES, "models": names, "rows": rows,
+                "summary": [s for name in names for s in summary(rows, name)], "machine": common.machine_info()}
+
+    return common.report_main(STEM, args.report_only, measure, write_report)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,14 @@ import gan_remedies  # noqa: E402  (benchmarks/gan_remedies.py)
 RESULTS = os.path.join(BENCH, "results")
 
 
-@pytest.mark.parametrize("module, data", [(dit_ablation, "digits"), (dit_ablation, "mnist"), (gan_remedies, "digits")])
-def test_report_only_rebuilds_the_committed_markdown(module, data, tmp_path):
-    stem = module.stem(data)
-    shutil.copy(os.path.join(RESULTS, f"{stem}.json"), tmp_path / f"{stem}.json")
+@pytest.mark.parametrize("module, data, folder", [(dit_ablation, "digits", ""), (dit_ablation, "mnist", ""), (gan_remedies, "digits", ""),
+                                                  (gan_remedies, "mnist", ""), (gan_remedies, "digits", "gan_remedies_budget"),
+                                                  (gan_remedies, "mnist", "gan_remedies_budget")])
+def test_report_only_rebuilds_the_committed_markdown(module, data, folder, tmp_path):
+    stem, results = module.stem(data), os.path.join(RESULTS, folder)
+    shutil.copy(os.path.join(results, f"{stem}.json"), tmp_path / f"{stem}.json")
     assert module.main(["--report-only", "--data", data, "--out-dir", str(tmp_path)]) == 0
-    with open(os.path.join(RESULTS, f"{stem}.md")) as committed, open(tmp_path / f"{stem}.md") as rebuilt:
+    with open(os.path.join(results, f"{stem}.md")) as committed, open(tmp_path / f"{stem}.md") as rebuilt:
         assert rebuilt.read() == committed.read()
 
 

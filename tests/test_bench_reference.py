@@ -15,6 +15,7 @@ from conftest import import_benchmark
 
 reference_models = import_benchmark("reference_models")
 solvers_reference = import_benchmark("solvers_reference")
+learning_curves = import_benchmark("learning_curves")
 
 
 def test_training_seconds_adds_each_window_images_over_its_rate(tmp_path):
@@ -22,6 +23,27 @@ def test_training_seconds_adds_each_window_images_over_its_rate(tmp_path):
                {"step": 120, "images": 7680, "images_per_s": 64.0}]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     assert reference_models.training_seconds(str(tmp_path)) == pytest.approx(3200 / 160 + 3200 / 320 + 1280 / 64)
+
+
+def test_training_seconds_stops_at_the_step_asked_for(tmp_path):
+    entries = [{"step": 50, "images": 3200, "images_per_s": 160.0}, {"step": 100, "images": 6400, "images_per_s": 320.0},
+               {"step": 150, "images": 9600, "images_per_s": 64.0}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert reference_models.training_seconds(str(tmp_path), 100) == pytest.approx(3200 / 160 + 3200 / 320)
+    assert reference_models.training_seconds(str(tmp_path), 49) == 0.0
+
+
+def test_learning_curve_rows_give_each_pair_and_the_ratio_of_the_second_to_the_first():
+    def point(step, seconds, fd_u, fd_c):
+        shares = [0.05] + [0.95 / 9] * 9
+        return {"step": step, "seconds": seconds, "unconditional": {"fd": fd_u, "fd_sd": 1.0, "class_shares": shares},
+                "conditional": {"fd": fd_c, "fd_sd": 1.0, "class_shares": shares}}
+    results = {"models": {"a": [point(250, 100.0, 20.0, 8.0)] * learning_curves.POINTS,
+                          "b": [point(1500, 110.0, 30.0, 10.0)] * learning_curves.POINTS}}
+    row = learning_curves.rows(results)[0]
+    assert row[:3] == ["1/6", "250 / 1,500", "100 / 110"]
+    assert row[3] == "20.00 / 30.00 (1.50)" and row[4] == "8.00 / 10.00 (1.25)"
+    assert row[5] == "0.050-0.106"
 
 
 def test_grid_pixels_are_the_8_bit_images():
@@ -58,7 +80,8 @@ def test_goal_is_missed_beyond_the_margin():
     assert summary[other]["reached"] is False
 
 
-@pytest.mark.parametrize("module, stem", [(reference_models, "reference_models"), (solvers_reference, "solvers_reference")])
+@pytest.mark.parametrize("module, stem", [(reference_models, "reference_models"), (solvers_reference, "solvers_reference"),
+                                          (learning_curves, "learning_curves")])
 def test_committed_report_rebuilds_byte_for_byte(module, stem, tmp_path, monkeypatch):
     import common
 
