@@ -89,13 +89,14 @@ def train(name: str, run_dir: str, log) -> None:
         raise ConfigError(f"training {name!r} in {run_dir!r} failed (exit status {done.returncode}; its error is above)")
 
 
-def training_seconds(run_dir: str) -> float:
-    """Seconds of the training steps, from the images/s of each log.jsonl window (checkpoints and start-up excluded)."""
+def training_seconds(run_dir: str, until_step: Optional[int] = None) -> float:
+    """Seconds of the training steps (up to `until_step`), from the images/s of each log.jsonl window (checkpoints
+    and start-up excluded)."""
     seconds, last_images = 0.0, 0
     with open(os.path.join(run_dir, "log.jsonl")) as file:
         for line in file:
             entry = json.loads(line)
-            if entry.get("images_per_s"):
+            if entry.get("images_per_s") and (until_step is None or entry["step"] <= until_step):
                 seconds += (entry["images"] - last_images) / entry["images_per_s"]
                 last_images = entry["images"]
     return seconds
