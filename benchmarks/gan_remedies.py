@@ -50,6 +50,7 @@ CHANGES: Dict[str, Any] = {
     "all": ({"loss": "hinge", "spectral_norm": True, "r1": 1.0, "lr_ratio": 4.0, "minibatch_std": 4}, "every remedy"),
     "ttur8": ({"lr_ratio": 8.0}, "discriminator learning rate 8x the generator's alone"),
     "ttur-mbstd": ({"lr_ratio": 4.0, "minibatch_std": 4}, "two learning rates (4x) and the minibatch standard deviation"),
+    "ttur8-r1": ({"lr_ratio": 8.0, "r1": 1.0}, "discriminator learning rate 8x the generator's and the R1 penalty gamma = 1"),
 }
 #: name -> (options added to the benchmark's GAN options, what the variant is)
 VARIANTS: Dict[str, Any] = {name: ({**NO_REMEDY, **change}, what) for name, (change, what) in CHANGES.items()}
