@@ -107,12 +107,29 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, payload: Dict[str, Any]) -> "ModelConfig":
-        """The options of a config.json payload; the derived facts an older one holds are left to its record."""
-        return config_from_json(cls, split_payload(payload, keep=("held_out",))[0])
+        """The options of a config.json payload (a stored run's); the derived facts an older one holds are left to
+        its record, and an option whose default changed after the run was written takes the value it was trained with."""
+        config = config_from_json(cls, split_payload(payload, keep=("held_out",))[0])
+        return with_recorded_options(config, recorded_options(config, False))
 
     def describe(self) -> str:
         """'family nice' / 'autoencoder kl'."""
         return f"{self.kind} {self.name!r}"
+
+
+def recorded_options(config: ModelConfig, new_run: bool) -> Dict[str, Any]:
+    """The options of the run's model whose default changed after runs were trained with the old one
+    (Registry.recorded_defaults), with the value of a new run or of a stored run that does not record them."""
+    registry = families.FAMILIES if config.kind == "family" else autoencoders.AUTOENCODERS
+    return registry.recorded_defaults(config.name, new_run)
+
+
+def with_recorded_options(config: ModelConfig, values: Dict[str, Any]) -> ModelConfig:
+    """`config` with every option of recorded_options that it lacks taken from `values` (the user's own are kept)."""
+    if not isinstance(config.options, dict):
+        return config
+    missing = {key: values[key] for key in recorded_options(config, True) if key not in config.options and key in values}
+    return dataclasses.replace(config, options={**config.options, **missing}) if missing else config
 
 
 def default_lr(kind: str, name: str) -> float:
@@ -290,9 +307,12 @@ def _train_locked(config: ModelConfig, progress: bool, device: torch.device, ech
     record = RunRecord()
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         stored = read_model_run(run_dir)
+        config = with_recorded_options(config, stored.config.options)  # an option not given is the run's own
         _check_resumable(stored, config)
         config = dataclasses.replace(stored.config, out=config.out, **{key: getattr(config, key) for key in RESUMABLE})
         record = stored.record
+    else:
+        config = with_recorded_options(config, recorded_options(config, True))
     start_step, state = engine.newest_checkpoint(run_dir, config.steps)
 
     x_train, _, held_out = load_split(Run(config, record))

@@ -227,5 +227,13 @@ class Registry(dict):
         target = self.get(name) if target is None else target
         return check_option_values(f"{self.kind} {name!r}", options, target, skip)
 
+    def recorded_defaults(self, name: Any, new_run: bool) -> Dict[str, Any]:
+        """The options of plug-in `name` whose default changed after runs were trained with the old one, declared
+        as a class attribute RECORDED_DEFAULTS = {option: (value for a new run, value of a run that does not
+        record it)}. A new run records the first value; a stored run without the option is read with the second,
+        so every run trained before the change rebuilds (and resumes) as it was trained. {} for an unknown name."""
+        plugin = self.get(name, None)
+        return {key: values[0 if new_run else 1] for key, values in getattr(plugin, "RECORDED_DEFAULTS", {}).items()}
+
 
 __all__ = ["Option", "Registry", "check_option_values", "declared_options", "forwards_options", "inferred", "option_signature", "MAX_INTEGER"]

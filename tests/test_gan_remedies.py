@@ -3,6 +3,8 @@ checked against an independent computation."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,8 @@ import torch
 from edm_space import families
 from edm_space.errors import ConfigError
 from edm_space.families.gan import GAN, minibatch_std
-from edm_space.model_training import ModelConfig, train_model
-from edm_space.rundir import list_checkpoints, load_checkpoint
+from edm_space.model_training import ModelConfig, load_model, train_model
+from edm_space.rundir import list_checkpoints, load_checkpoint, save_checkpoint
 
 F64 = torch.float64
 
@@ -142,3 +144,34 @@ def test_default_gan_trains_its_discriminator_at_eight_times_the_rate():
     model.train_step(x, optimizers, seeded(10))
     assert optimizers["discriminator"].param_groups[0]["lr"] == pytest.approx(8 * 2e-4, rel=1e-12)
     assert optimizers["generator"].param_groups[0]["lr"] == 2e-4
+
+
+def test_a_gan_run_without_a_recorded_r1_resumes_and_loads_without_the_penalty(tmp_path):
+    """r1's default became 1 after runs were trained with 0: a new run records r1 = 1, and a run whose config.json
+    and checkpoints do not record it (as those runs) resumes with r1 = 0, so it ends where an r1 = 0 run ends."""
+    quiet = dict(progress=False, device="cpu", echo=lambda line: None)
+
+    def config(out, steps, **extra):
+        return ModelConfig(kind="family", name="gan", options={"latent_dim": 4, "channels": 4, **extra}, data="digits", data_size=64,
+                           steps=steps, batch=8, checkpoint_every=2, keep_checkpoints=2, log_every=1, out=str(out))
+
+    old = tmp_path / "old"
+    train_model(config(old, 2, r1=0.0), **quiet)  # as the runs trained before the default changed
+    config_path = old / "config.json"
+    payload = json.loads(config_path.read_text())
+    del payload["options"]["r1"]  # ... which do not record r1
+    config_path.write_text(json.dumps(payload))
+    path = list_checkpoints(str(old))[-1][1]
+    state = load_checkpoint(path)
+    state["config"] = json.dumps(payload)
+    save_checkpoint(path, state)
+    assert load_model(str(old))[0].r1 == 0.0
+    train_model(config(old, 4), **quiet)  # resumed with the options as given, r1 not among them
+    resumed = load_checkpoint(list_checkpoints(str(old))[-1][1])["model"]
+    for extra, same in (({"r1": 0.0}, True), ({}, False)):
+        out = tmp_path / f"straight{len(extra)}"
+        train_model(config(out, 4, **extra), **quiet)
+        straight = load_checkpoint(list_checkpoints(str(out))[-1][1])["model"]
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight) == same, extra
+    assert json.loads((tmp_path / "straight0" / "config.json").read_text())["options"]["r1"] == 1.0  # a new run records it
+    assert load_model(str(tmp_path / "straight0"))[0].r1 == 1.0

@@ -35,12 +35,10 @@ def names() -> List[str]:
 
 
 def recorded_defaults(name: str, new_run: bool) -> Dict[str, Any]:
-    """The options of network `name` whose default changed after runs were trained with the old one (a class
-    attribute RECORDED_DEFAULTS = {option: (value for a new run, value of a run that does not record it)}).
-    A new run records the first value in its net_options; a stored run without the option loads with the second,
-    so every run trained so far rebuilds the network it was trained with."""
-    cls = NETWORKS.get(name, None)
-    return {key: values[0 if new_run else 1] for key, values in getattr(cls, "RECORDED_DEFAULTS", {}).items()}
+    """The options of network `name` whose default changed after runs were trained with the old one
+    (Registry.recorded_defaults): a new run records them in its net_options, a stored run without one
+    rebuilds the network with the value it was trained with."""
+    return NETWORKS.recorded_defaults(name, new_run)
 
 
 def build(name: str, item_shape: Sequence[int], **options) -> nn.Module:
