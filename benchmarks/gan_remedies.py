@@ -2,6 +2,10 @@
 
     python benchmarks/gan_remedies.py                     # 8x8 digits, every variant, seeds 0-2
     python benchmarks/gan_remedies.py --report-only      # rebuild gan_remedies_DATA.md from its JSON, byte for byte
+    python benchmarks/gan_remedies.py --data mnist --samples 1000   # score more samples; finished runs are scored again
+
+A run that finished its budget writes budget.json (steps, CPU seconds) in its folder under --work-dir; a later
+invocation with the same budget and options scores that run again instead of training it.
 
 Every variant trains the families benchmark's GAN (benchmarks/families.py: its options, learning rate, batch and data
 split) for the same CPU budget on one thread, then draws samples scored two ways: the classifier-feature Frechet
@@ -30,6 +34,7 @@ import families  # noqa: E402  (the families benchmark whose GAN settings and da
 from edm_space.classifier import image_quality  # noqa: E402
 from edm_space.data import load  # noqa: E402
 from edm_space.errors import ConfigError, unknown  # noqa: E402
+from edm_space.files import read_json, write_atomic  # noqa: E402
 from edm_space.model_training import ModelConfig, load_model, train_model  # noqa: E402
 from edm_space.seeding import parse_seeds  # noqa: E402
 
@@ -56,9 +61,19 @@ CHANGES: Dict[str, Any] = {
 VARIANTS: Dict[str, Any] = {name: ({**NO_REMEDY, **change}, what) for name, (change, what) in CHANGES.items()}
 
 
+def trained_on_budget(run_dir: str, options: Dict[str, Any], budget_s: float) -> Optional[Dict[str, Any]]:
+    """The run's budget.json ({"budget_s", "steps", "cpu_s"}) when it finished `budget_s` with `options`, else None."""
+    path = os.path.join(run_dir, "budget.json")
+    if not os.path.isfile(path):
+        return None
+    done = read_json(path, "budget record")
+    same = done.get("budget_s") == budget_s and read_json(os.path.join(run_dir, "config.json"), "run config").get("options") == options
+    return done if same else None
+
+
 def run_variant(name: str, options: Dict[str, Any], settings: families.Settings, seed: int, work_dir: str,
                 scorers: Dict[str, Any], budget_s: float) -> Dict[str, Any]:
-    """Train one (variant, seed) on the CPU budget and score its samples."""
+    """Train one (variant, seed) on the CPU budget (or reuse the run that did) and score its samples."""
     run_dir = os.path.join(work_dir, f"{name}-seed{seed}")
     full = {**families.FAMILY_OPTIONS[settings.data]["gan"], **options}
 
@@ -68,13 +83,17 @@ def run_variant(name: str, options: Dict[str, Any], settings: families.Settings,
                                 keep_checkpoints=1, log_every=steps),
                     progress=False, device="cpu", echo=lambda _: None)
 
-    steps, cpu = families.train_on_budget(train_to, budget_s)
+    done = trained_on_budget(run_dir, full, budget_s)
+    if done is None:
+        steps, cpu = families.train_on_budget(train_to, budget_s)
+        done = {"budget_s": budget_s, "steps": steps, "cpu_s": cpu}
+        write_atomic(os.path.join(run_dir, "budget.json"), json.dumps(done).encode())
     model, _, _ = load_model(run_dir)
     model.eval()
     samples = model.sample(settings.num_samples, torch.Generator().manual_seed(10_000 + seed))
     quality = image_quality(samples, None, scorers["classifier"], real_features=scorers["real_features"])
     logistic = common.classify_samples(scorers["logistic"], samples)
-    return {"variant": name, "seed": seed, "options": full, "steps": steps, "cpu_s": cpu, "fd": quality["frechet_distance"],
+    return {"variant": name, "seed": seed, "options": full, "steps": done["steps"], "cpu_s": done["cpu_s"], "fd": quality["frechet_distance"],
             "min_class": quality["min_class_fraction"], "max_class": quality["max_class_fraction"],
             "logistic_min_class": logistic["min_class_fraction"], "logistic_max_class": max(logistic["class_fractions"].values())}
 
@@ -91,18 +110,26 @@ def variants_option(results: Dict[str, Any]) -> str:
     return "" if len(measured) == len(VARIANTS) else " --variants " + ",".join(measured)
 
 
+def samples_option(settings: Dict[str, Any]) -> str:
+    """` --samples N` when the run scored another number of samples than the families benchmark's, else nothing."""
+    default = families.make_settings(False, ["gan"], [0], None, settings["data"]).num_samples
+    return "" if settings["num_samples"] == default else f" --samples {settings['num_samples']}"
+
+
 def markdown(results: Dict[str, Any]) -> str:
     """The report, from the results JSON alone."""
     s = results["settings"]
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [f"# GAN remedies on {s['data']}: equal training CPU time, {len(seeds)} seeds", "",
              f"Command: `python benchmarks/gan_remedies.py --data {s['data']} --budget {results['budget_s']:g} --seeds "
-             f"{','.join(str(v) for v in seeds)}{variants_option(results)}` (`--report-only` rebuilds this page from the JSON).", "",
+             f"{','.join(str(v) for v in seeds)}{variants_option(results)}{samples_option(s)}` (`--report-only` rebuilds this page "
+             f"from the JSON).", "",
              f"Each run trains benchmarks/families.py's GAN ({json.dumps(families_options(results))}, Adam lr "
              f"{results['lr']:g}, batch {s['batch']}) for {results['budget_s']:g} CPU seconds on one thread; "
              f"{s['num_samples']} samples are scored by edm_space.classifier (FD against all real digits, class shares) and by "
              f"benchmarks/common.py's logistic-regression classifier (class shares). 'covered' counts the seeds whose every class "
-             f"holds {COVERAGE[0]:.0%} to {COVERAGE[1]:.0%} of the samples under both.", ""]
+             f"holds {COVERAGE[0]:.0%} to {COVERAGE[1]:.0%} of the samples under both. A run that finished this budget in an "
+             f"earlier invocation with the same work folder and options is scored again, not retrained (its budget.json).", ""]
     rows = []
     for name in results["variants"]:
         runs = [r for r in results["runs"] if r["variant"] == name]
@@ -133,10 +160,12 @@ def stem(data: str) -> str:
 
 
 def run(data: str, names: Sequence[str], seeds: Sequence[int], budget: float, out_dir: str, work_dir: str,
-        log: Callable[[str], None] = print) -> List[str]:
-    """Train and score every (variant, seed); write the report."""
+        log: Callable[[str], None] = print, samples: Optional[int] = None) -> List[str]:
+    """Train and score every (variant, seed) (`samples` each; default the families benchmark's count); write the report."""
     common.set_threads(1)
     settings = families.make_settings(False, ["gan"], seeds, budget, data)
+    if samples is not None:
+        settings = dataclasses.replace(settings, num_samples=samples)
     os.makedirs(work_dir, exist_ok=True)
     digits = families.prepare_data(settings, work_dir)
     images, labels = load(data, with_labels=True)
@@ -160,8 +189,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/gan_remedies.py", description=__doc__.split("\n")[0])
     common.add_ablation_arguments(parser, families.DATA_CHOICES, f"comma-separated, of {', '.join(VARIANTS)} [default: all]", "0-2",
                                   30.0, "gan_remedies")
+    parser.add_argument("--samples", type=int, default=None, help="samples scored per run [default: the families benchmark's, "
+                        "1000 on the digits, 250 on mnist]")
     args = parser.parse_args(argv)
     with common.one_line_errors():
+        if args.samples is not None and not 10 <= args.samples <= 100_000:
+            raise ConfigError(f"--samples {args.samples} is invalid; it must be an integer in [10, 100000]")
         if args.report_only:
             paths = common.rebuild_report(os.path.join(args.out_dir, f"{stem(args.data)}.json"),
                                           lambda results: common.write_results(stem(args.data), results, markdown(results), args.out_dir))
@@ -172,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for name in names:
                 if name not in VARIANTS:
                     raise unknown("variant", name, list(VARIANTS))
-            paths = run(args.data, names, parse_seeds(args.seeds), args.budget, args.out_dir, args.work_dir)
+            paths = run(args.data, names, parse_seeds(args.seeds), args.budget, args.out_dir, args.work_dir, samples=args.samples)
         for written in paths:
             print(f"wrote {written}")
     return 0
