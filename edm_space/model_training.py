@@ -47,6 +47,7 @@ from .families.base import optimize
 from .families.vae import generator_on, prior_samples
 from .files import check_writable_file, read_json
 from .devices import make_optimizer
+from .registry import Registry
 from .run_record import Run, RunRecord, read_record, record_of_state, split_payload
 from .distributed import average_gradients_before_step, distributed_context, mean_over_processes
 from .rundir import (
@@ -117,19 +118,23 @@ class ModelConfig:
         return f"{self.kind} {self.name!r}"
 
 
+def model_registry(kind: str) -> Registry:
+    """The registry of a run's kind of model: the families, or the autoencoders."""
+    return families.FAMILIES if kind == "family" else autoencoders.AUTOENCODERS
+
+
 def recorded_options(config: ModelConfig, new_run: bool) -> Dict[str, Any]:
     """The options of the run's model whose default changed after runs were trained with the old one
     (Registry.recorded_defaults), with the value of a new run or of a stored run that does not record them."""
-    registry = families.FAMILIES if config.kind == "family" else autoencoders.AUTOENCODERS
-    return registry.recorded_defaults(config.name, new_run)
+    return model_registry(config.kind).recorded_defaults(config.name, new_run)
 
 
 def with_recorded_options(config: ModelConfig, values: Dict[str, Any]) -> ModelConfig:
     """`config` with every option of recorded_options that it lacks taken from `values` (the user's own are kept)."""
     if not isinstance(config.options, dict):
         return config
-    missing = {key: values[key] for key in recorded_options(config, True) if key not in config.options and key in values}
-    return dataclasses.replace(config, options={**config.options, **missing}) if missing else config
+    options = model_registry(config.kind).with_recorded(config.name, config.options, values)
+    return config if options == config.options else dataclasses.replace(config, options=options)
 
 
 def default_lr(kind: str, name: str) -> float:

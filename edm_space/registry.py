@@ -235,5 +235,11 @@ class Registry(dict):
         plugin = self.get(name, None)
         return {key: values[0 if new_run else 1] for key, values in getattr(plugin, "RECORDED_DEFAULTS", {}).items()}
 
+    def with_recorded(self, name: Any, options: Mapping[str, Any], values: Mapping[str, Any]) -> Dict[str, Any]:
+        """`options` of plug-in `name` with each option of recorded_defaults that they lack taken from `values` (a new
+        run's defaults, a stored run's old ones, or the options a stored run recorded); the options given are kept."""
+        missing = {key: values[key] for key in self.recorded_defaults(name, True) if key not in options and key in values}
+        return {**options, **missing}
+
 
 __all__ = ["Option", "Registry", "check_option_values", "declared_options", "forwards_options", "inferred", "option_signature", "MAX_INTEGER"]

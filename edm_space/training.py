@@ -700,12 +700,12 @@ def _load_weights_run(run_dir: str, ema: bool, network: Optional[nn.Module], dev
 def with_recorded_defaults(config, values: Dict[str, Any]):
     """`config` (a TrainConfig or a Run) with every option of networks.recorded_defaults that its net_options lack
     taken from `values` (the user's own are kept)."""
-    missing = {key: values[key] for key in networks.recorded_defaults(config.net, True) if key not in config.net_options and key in values}
-    if not missing:
+    net_options = networks.NETWORKS.with_recorded(config.net, config.net_options, values)
+    if net_options == config.net_options:
         return config
     if isinstance(config, Run):
         return Run(with_recorded_defaults(config.config, values), config.record)
-    return dataclasses.replace(config, net_options={**config.net_options, **missing})
+    return dataclasses.replace(config, net_options=net_options)
 
 
 def network_options_for_loading(config):

@@ -165,3 +165,20 @@ def test_forwarded_options_reach_the_model_they_are_forwarded_to():
     with pytest.raises(ConfigError, match="blocks = -1 is invalid"):
         families.check_options("vae", {"blocks": -1})
     assert families.build("vae", (1, 8, 8), channels=8, beta=0.5).autoencoder.beta == 0.5
+
+
+def test_recorded_defaults_fill_only_the_options_a_run_lacks():
+    class Plugin:
+        RECORDED_DEFAULTS = {"groups": (4, 1), "mode": ("new", "legacy")}
+
+        def __init__(self, groups: int = 4, mode: str = "new", width: int = 8):
+            pass
+
+    registry = Registry("thing", {"plug": Plugin, "plain": dict})
+    assert registry.recorded_defaults("plug", True) == {"groups": 4, "mode": "new"}
+    assert registry.recorded_defaults("plug", False) == {"groups": 1, "mode": "legacy"}
+    assert registry.recorded_defaults("plain", True) == {} and registry.recorded_defaults("pkg.mod:Class", False) == {}
+    stored = {"width": 16, "mode": "new"}  # a run that recorded mode but not groups
+    assert registry.with_recorded("plug", stored, registry.recorded_defaults("plug", False)) == {"width": 16, "mode": "new", "groups": 1}
+    assert registry.with_recorded("plug", {}, {"groups": 2}) == {"groups": 2}  # only the values given are filled in
+    assert registry.with_recorded("plain", {"width": 3}, {"groups": 2}) == {"width": 3}
