@@ -233,11 +233,14 @@ def _refuse_diffusion_options(context: click.Context, family: str, **given) -> N
 @click.option("--held-out", type=int, default=256, show_default=True, help="Other latents the fitted steps are scored on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed of the calibration latents.")
 @click.option("--max-evaluations", type=int, default=1000, show_default=True, help="Sampling runs the fit may use.")
+@click.option("--class-label", type=int, default=None,
+              help="With a class-conditional --ckpt: the class to fit for [default: the null label, i.e. unconditional sampling].")
 @click.option("--out", "out_path", required=True, help="FILE.json for --discretization FILE.json.")
 @threads_option
 @quiet_option
 def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, preset, solver, solver_options, nfe, initial, analytic_first_step,
-                           sigma_min, sigma_max, calibration, held_out, seed, max_evaluations, out_path, threads, quiet) -> None:
+                           sigma_min, sigma_max, calibration, held_out, seed, max_evaluations, class_label, out_path, threads,
+                           quiet) -> None:
     """Fit the time steps of a solver and NFE budget to a trained model (or an exact target).
 
     The steps minimize the error against the model's own probability-flow ODE solved to high
@@ -248,7 +251,7 @@ def optimize_steps_command(run_dir, checkpoint_step, data_name, data_size, prese
     fit = StepFit(solver=solver, nfe=nfe, out_path=out_path, run_dir=run_dir, checkpoint_step=checkpoint_step, data_name=data_name,
                   data_size=data_size, preset=preset, solver_options=parse_options(solver_options, "--solver-option"), initial=initial,
                   analytic_first_step=analytic_first_step, sigma_min=sigma_min, sigma_max=sigma_max, calibration=calibration,
-                  held_out=held_out, seed=seed, max_evaluations=max_evaluations)
+                  held_out=held_out, seed=seed, max_evaluations=max_evaluations, class_label=class_label)
     to_stderr = lambda line: click.echo(line, err=True)  # noqa: E731
     result = fit_steps_to_file(fit, echo=to_stderr, log=None if quiet else to_stderr)
     click.echo(f"{solver} at {result['nfe']} NFE on {result['formulation']}: held-out RMS error {result['before']:.3g} with the "

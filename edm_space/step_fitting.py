@@ -39,7 +39,10 @@ MAX_LATENTS = 100_000
 @dataclass
 class StepFit:
     """What to fit: the solver and budget, the target (a run, else the exact denoiser of a data set), the
-    starting levels and the latents; the result goes to out_path (FILE.json)."""
+    starting levels and the latents; the result goes to out_path (FILE.json).
+
+    A class-conditional run is fitted for one label: `class_label`, or without one the null label (the
+    unconditional model its label dropout trained)."""
 
     solver: str
     nfe: int
@@ -58,6 +61,7 @@ class StepFit:
     held_out: int = 256
     seed: int = 0
     max_evaluations: int = 1000
+    class_label: Optional[int] = None
 
 
 def _check(fit: StepFit) -> Tuple[int, float]:
@@ -81,16 +85,32 @@ def _target(fit: StepFit):
     """(denoiser, formulation, item shape, what it is, its training data or None): the run's model, or the exact
     denoiser of fit.data_name."""
     if fit.run_dir is not None:
-        denoiser, config, item_shape, _, step = load_trained(fit.run_dir, step=fit.checkpoint_step)
-        if config.conditional:
-            raise ConfigError("--ckpt is class-conditional; optimize-steps fits unconditional models for now")
+        denoiser, config, item_shape, num_classes, step = load_trained(fit.run_dir, step=fit.checkpoint_step)
         f = presets.get(fit.preset) if fit.preset else denoiser.formulation
+        if config.conditional:
+            denoiser = _with_label(denoiser, num_classes, fit.class_label)
+        elif fit.class_label is not None:
+            raise ConfigError(f"--class-label {fit.class_label} is invalid: {fit.run_dir!r} is not class-conditional")
         training_data = data.load(config.data, n=config.data_size, seed=config.seed) if fit.analytic_first_step else None
-        return denoiser, f, item_shape, f"{fit.run_dir} (step {step})", training_data
+        label = "" if not config.conditional else f", {'the null label' if fit.class_label is None else f'class {fit.class_label}'}"
+        return denoiser, f, item_shape, f"{fit.run_dir} (step {step}{label})", training_data
+    if fit.class_label is not None:
+        raise ConfigError(f"--class-label {fit.class_label} is invalid without --ckpt: the exact denoisers fitted here are unconditional")
     size = fit.data_size if fit.data_size is not None else (TOY_REFERENCE_SIZE if fit.data_name in data.TOY_SETS else None)
     points = data.load(fit.data_name, n=size, seed=fit.seed)
     denoiser = IdealDenoiser(points.to(torch.float64))
     return denoiser, presets.get(fit.preset or "edm"), tuple(points.shape[1:]), f"the exact denoiser of {fit.data_name}", points
+
+
+def _with_label(denoiser: Callable, num_classes: int, class_label: Optional[int]) -> Callable:
+    """D(x; sigma) of a class-conditional denoiser for one label: class `class_label`, or the null label
+    (all-zero one-hot, edm_space.guidance.null_labels) when it is None."""
+    if class_label is not None and not 0 <= class_label < num_classes:
+        raise ConfigError(f"--class-label {class_label} is invalid; the model has classes 0 to {num_classes - 1}")
+    row = torch.zeros(1, num_classes, dtype=torch.float64)
+    if class_label is not None:
+        row[0, class_label] = 1.0
+    return lambda x_hat, sigma: denoiser(x_hat, sigma, row.expand(len(x_hat), -1).to(x_hat))
 
 
 def fit_steps_to_file(fit: StepFit, echo: Callable[[str], None] = lambda line: None,

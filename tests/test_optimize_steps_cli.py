@@ -153,6 +153,47 @@ def test_optimize_steps_of_a_trained_run(tmp_path, capsys):
     assert payload["held_out_error_after"] == pytest.approx(after, rel=1e-4)
 
 
+@pytest.mark.parametrize("class_label", [None, 1])
+def test_optimize_steps_of_a_class_conditional_run(tmp_path, capsys, class_label):
+    """A conditional run is fitted for one label: the null label (all-zero one-hot, unconditional) by default."""
+    run = tmp_path / "run"
+    cli_ok(["train", "--data", "branches", "--data-size", 256, "--conditional", "--net-option", "width=16", "--net-option", "depth=1",
+            "--steps", 5, "--batch", 16, "--warmup", 16, "--out", run], capsys)
+    out = tmp_path / "steps.json"
+    calibration, held_out, budget = 8, 8, 4
+    label_args = [] if class_label is None else ["--class-label", class_label]
+    cli_ok(["optimize-steps", "--ckpt", run, "--solver", "euler", "--nfe", budget, "--calibration", calibration,
+            "--held-out", held_out, "--max-evaluations", 20, *label_args, "--out", out], capsys)
+    payload = json.loads(out.read_text())
+    assert ("the null label" if class_label is None else "class 1") in payload["source"]
+
+    denoiser, _, _, num_classes, _ = load_trained(str(run))
+    one_hot = torch.zeros(1, num_classes, dtype=F64)
+    if class_label is not None:
+        one_hot[0, class_label] = 1.0
+    D = lambda x, sigma: denoiser(x, sigma, one_hot.expand(len(x), -1)).to(F64)  # noqa: E731
+    z = seeded_latents(range(calibration, calibration + held_out), (2,))
+    with torch.no_grad():
+        reference = rk4_end_points(D, z)
+        before = rms(euler_end_points(D, z, edm_levels(budget)), reference)
+        after = rms(euler_end_points(D, z, payload["sigmas"]), reference)
+    assert payload["held_out_error_before"] == pytest.approx(before, rel=1e-4)
+    assert payload["held_out_error_after"] == pytest.approx(after, rel=1e-4)
+
+
+def test_a_class_label_the_model_lacks_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    cli_ok(["train", "--data", "branches", "--data-size", 256, "--conditional", "--net-option", "width=16", "--net-option", "depth=1",
+            "--steps", 1, "--batch", 16, "--warmup", 16, "--out", run], capsys)
+    num_classes = load_trained(str(run))[3]
+    for args in (["--class-label", str(num_classes)], ["--class-label", "-1"]):
+        cli_error(["optimize-steps", "--ckpt", run, "--solver", "euler", "--nfe", 4, "--calibration", 4, "--held-out", 4,
+                   "--max-evaluations", 5, *args, "--out", tmp_path / "steps.json"], capsys,
+                  names=[args[1], f"0 to {num_classes - 1}"], roots=[tmp_path])
+    cli_error(["optimize-steps", *TINY, "--solver", "euler", "--nfe", 4, "--class-label", 0, "--out", tmp_path / "steps.json"], capsys,
+              names=["--class-label", "unconditional"], roots=[tmp_path])
+
+
 # ---------------------------------------------------------------------------
 # Starting levels, solver options, the NFE bound, and temporaries left by a kill.
 
