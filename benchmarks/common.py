@@ -36,6 +36,8 @@ from edm_space.errors import ConfigError  # noqa: E402
 from edm_space.files import write_atomic  # noqa: E402
 from edm_space.optional import require  # noqa: E402
 from edm_space.generation import SamplerSettings, generate  # noqa: E402
+from edm_space import networks  # noqa: E402
+from edm_space.model_training import model_registry  # noqa: E402
 from edm_space.training import load_trained  # noqa: E402
 
 
@@ -188,6 +190,37 @@ def sample_run(run_dir: str, n: int, solver: str = "heun", num_steps: int = 18, 
 
 # ---------------------------------------------------------------------------
 # Output.
+
+
+def legacy_defaults(run_dir: str) -> Dict[str, Any]:
+    """The options a run in `run_dir` was trained with under an old default: those its config.json lacks among its
+    model's RECORDED_DEFAULTS (Registry.recorded_defaults), with the old values it loads and resumes with.
+    {} when there is no run, or it records them all."""
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return {}  # no run, or one the trainer will report as damaged
+    if not isinstance(config, dict):
+        return {}
+    if "net" in config:  # a diffusion run (TrainConfig): its network's options
+        registry, name, options = networks.NETWORKS, config["net"], config.get("net_options") or {}
+    elif config.get("kind") in ("family", "autoencoder"):  # a model run (ModelConfig)
+        registry, name, options = model_registry(config["kind"]), config.get("name"), config.get("options") or {}
+    else:
+        return {}
+    return {key: value for key, value in registry.recorded_defaults(name, new_run=False).items() if key not in options}
+
+
+def refuse_legacy_run(run_dir: str) -> None:
+    """A ConfigError when the run in `run_dir` has legacy_defaults: it would resume (and load) with the old
+    defaults, so a benchmark reusing it would measure the old model under the new name."""
+    legacy = legacy_defaults(run_dir)
+    if legacy:
+        values = ", ".join(f"{key}={value!r}" for key, value in sorted(legacy.items()))
+        raise ConfigError(f"{run_dir!r} holds a run trained before the defaults of {', '.join(sorted(legacy))} changed (it loads with "
+                          f"{values}); delete it or choose another --work-dir")
 
 
 def jsonable(value: Any) -> Any:

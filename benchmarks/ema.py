@@ -87,6 +87,7 @@ def train_run(settings: Settings, run_dir: str, log) -> Dict[str, Any]:
         checkpoint_every=settings.steps // 2, keep_checkpoints=2, log_every=50, out=run_dir,
         ema_stds=list(settings.tracked_stds), ema_snapshot_images=settings.snapshot_every_steps * settings.batch,
     )
+    common.refuse_legacy_run(run_dir)  # a resumed run keeps the defaults it was trained with
     started = time.process_time()
     train(config, progress=False, echo=lambda line: None)
     log(f"trained {settings.steps} steps in {time.process_time() - started:.0f} CPU s")

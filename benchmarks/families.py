@@ -230,6 +230,7 @@ def train_family(settings: Settings, name: str, seed: int, run_dir: str) -> Tupl
                                 held_out=settings.held_out, steps=steps, batch=settings.batch, lr=FAMILY_LR[name], seed=seed,
                                 checkpoint_every=steps, keep_checkpoints=1, log_every=steps),
                     progress=False, device="cpu", echo=lambda _: None)
+    common.refuse_legacy_run(run_dir)
     return train_on_budget(train_to, settings.budget_s)
 
 
@@ -240,6 +241,7 @@ def train_preset(settings: Settings, preset: str, seed: int, run_dir: str, train
                           ema_halflife_images=settings.ema_halflife_images, seed=seed, checkpoint_every=steps,
                           keep_checkpoints=1, log_every=steps),
               progress=False, device="cpu", echo=lambda _: None)
+    common.refuse_legacy_run(run_dir)
     return train_on_budget(train_to, settings.budget_s)
 
 

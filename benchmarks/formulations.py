@@ -339,6 +339,7 @@ def run_one(settings: Settings, preset: str, seed: int, work_dir: str, evaluatio
         return row
 
     denoiser = None
+    common.refuse_legacy_run(run_dir)
     for stage in settings.stages:
         t0 = time.perf_counter()
         train(_train_config(settings, preset, seed, run_dir, stage), progress=False)

@@ -83,6 +83,7 @@ def run_variant(name: str, options: Dict[str, Any], settings: families.Settings,
                                 keep_checkpoints=1, log_every=steps),
                     progress=False, device="cpu", echo=lambda _: None)
 
+    common.refuse_legacy_run(run_dir)
     done = trained_on_budget(run_dir, full, budget_s)
     if done is None:
         steps, cpu = families.train_on_budget(train_to, budget_s)

@@ -207,7 +207,7 @@ def trained_run(settings: Settings, role: str, seed: int, work_dir: str, log: Ca
         try:
             with open(marker) as file:
                 done = json.load(file)
-            if done.get("fingerprint") == fingerprint:
+            if done.get("fingerprint") == fingerprint and not common.legacy_defaults(os.path.join(root, "run")):
                 log(f"  reusing the {role} of seed {seed} in {root}")
                 return os.path.join(root, "run"), float(done["train_s"])
         except (OSError, ValueError, KeyError):

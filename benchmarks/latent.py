@@ -132,6 +132,7 @@ def train_autoencoder(config: Dict[str, Any], settings: Dict[str, Any], run: str
                                 data_size=settings["data_size"], steps=steps, batch=settings["batch"], lr=ae["lr"],
                                 checkpoint_every=steps, keep_checkpoints=1, log_every=max(1, steps)), progress=False)
 
+    common.refuse_legacy_run(run)
     spent = train_within(budget_s, settings["first_chunk_steps"], chunk)
     return {**spent, "options": options}
 
@@ -145,6 +146,7 @@ def train_diffusion(config: Dict[str, Any], settings: Dict[str, Any], run: str, 
                           latent_mode="mean", checkpoint_every=steps, keep_checkpoints=1, log_every=max(1, steps),
                           **settings["diffusion"]), progress=False)
 
+    common.refuse_legacy_run(run)
     return {**train_within(budget_s, settings["first_chunk_steps"], chunk), "net": net}
 
 

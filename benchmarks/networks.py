@@ -323,7 +323,7 @@ def run_one(settings: Settings, net: str, preset: str, seed: int, stages: Sequen
         try:
             with open(result_path) as file:
                 stored = json.load(file)
-            if stored.get("fingerprint") == key:
+            if stored.get("fingerprint") == key and not common.legacy_defaults(os.path.join(root, "run")):
                 log(f"  {net} {preset} seed {seed}: reusing {result_path}")
                 return {**stored, "reused": True}
         except (OSError, ValueError):

@@ -82,6 +82,7 @@ def train_command(name: str, run_dir: str) -> List[str]:
 
 def train(name: str, run_dir: str, log) -> None:
     """Run (or resume) the model's `edm-space train` command."""
+    common.refuse_legacy_run(run_dir)
     argv = train_command(name, run_dir)
     log("$ " + " ".join(argv))
     done = subprocess.run([sys.executable, "-m", "edm_space.cli", *argv[1:], "--quiet"])

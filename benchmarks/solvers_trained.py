@@ -185,6 +185,7 @@ def run_benchmark(settings: Settings, out_dir: Optional[str] = common.RESULTS, w
         machine = common.machine_info()
         work_dir = work_dir or default_work_dir()
         run_dir = os.path.join(work_dir, run_name(settings))
+        common.refuse_legacy_run(run_dir)
         t0 = time.perf_counter()
         summary = train(TrainConfig(out=run_dir, **settings.train), progress=False, echo=log)
         train_seconds = time.perf_counter() - t0

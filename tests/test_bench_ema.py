@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -58,3 +59,25 @@ def test_report_only_on_mnist_reads_and_writes_the_mnist_files(quick, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ema_mnist.json", "ema_mnist.md"]  # no digits file read or written
     assert "# Post-hoc EMA on mnist" in (tmp_path / "ema_mnist.md").read_text()
     assert json.loads((tmp_path / "ema_mnist.json").read_text()) == payload
+
+
+def test_a_run_trained_before_a_default_changed_is_refused_not_reused(quick, tmp_path, capsys):
+    """A U-Net run whose config.json does not record min_channels_per_group loads with one channel per group (the
+    default it was trained with); the benchmark must not resume and score it as a run of today's U-Net."""
+    work = tmp_path / "work"
+    shutil.copytree(quick["work"], work)
+    run_dir = work / "digits-quick"
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["net_options"]["min_channels_per_group"] == 4  # what a new run records
+    del config["net_options"]["min_channels_per_group"]
+    config_path.write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as done:
+        be.main(["--quick", "--out-dir", str(out), "--work-dir", str(work), "--no-plot"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "min_channels_per_group" in err and str(run_dir) in err and "--work-dir" in err
+    assert {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # not resumed or rewritten
+    assert not out.exists() or not any(out.iterdir())
