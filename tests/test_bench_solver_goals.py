@@ -75,6 +75,23 @@ def test_schedules_are_the_discretizations_they_name():
         assert torch.allclose(goals.schedule_levels(label, 9), expected, rtol=1e-12), label
 
 
+def test_a_variant_s_ode_is_the_formulation_its_solver_integrates():
+    """DPM-Solver++ gives the same samples on every formulation's ODE (Lu et al. 2022: it integrates the
+    exponential form in logSNR, which the scaling s(t) cancels from), while a multistep method in t does not;
+    and "ode" is not passed to the solver as an option."""
+    with one_torch_thread():
+        h = goals.Harness("gmm2d", 16, 4, lambda _: None)
+        levels = goals.schedule_levels("edm rho=7", 8)
+        edm = h.rms("A", "dpm++2m", levels, {}, False)[0]
+        flow = h.rms("A", "dpm++2m", levels, {"ode": "flow"}, False)[0]
+        assert flow == pytest.approx(edm, rel=1e-9)
+        ipndm_edm = h.rms("A", "ipndm", levels, {"max_order": 3}, False)[0]
+        ipndm_flow = h.rms("A", "ipndm", levels, {"max_order": 3, "ode": "flow"}, False)[0]
+        assert abs(ipndm_flow - ipndm_edm) > 1e-3 * ipndm_edm
+    assert goals.split_ode({"max_order": 3, "ode": "flow"}) == ("flow", {"max_order": 3})
+    assert goals.split_ode({"max_order": 3}) == ("edm", {"max_order": 3})
+
+
 def test_dpm3m_taylor_measures_a_higher_order_than_published(quick):
     results, _ = quick
     orders = results["conclusions"]["orders"]
