@@ -2,6 +2,7 @@
 
     python benchmarks/solvers_reference.py                   # edm-unet and sd3-unet (benchmarks/models), about 15 CPU minutes
     python benchmarks/solvers_reference.py --models edm-unet
+    python benchmarks/solvers_reference.py --fit             # fit the models' steps again first (edm-space optimize-steps)
     python benchmarks/solvers_reference.py --report-only     # rebuild the report from the JSON
 
 benchmarks/solver_goals.py picks, on the exact digits-gmm problem, the configurations that reach Heun's 35-evaluation
@@ -12,11 +13,16 @@ features against the MNIST test digits (reference_models.Scorer). A configuratio
 the mean over the sets, is within the error bar of Heun at 35: at most FD(Heun 35) + 2 sd of the difference, the sd
 from the two configurations' spreads over the sets and their bootstrap sds. Also the RMS distance of each sample to
 the Heun-35 sample of the same latent (pixels in [-1, 1]).
+
+The schedule "fitted" stands for steps fitted to each model (edm_space.step_fitting, as `edm-space optimize-steps`:
+the error against the model's own ODE, for the null label, on FIT's calibration latents, seeds far from the scored
+ones); they are committed under FITTED_DIR and refitted with --fit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -34,15 +40,22 @@ from edm_space.errors import ConfigError  # noqa: E402
 from edm_space.generation import SamplerSettings, class_labels, generate  # noqa: E402
 from edm_space.guidance import null_labels  # noqa: E402
 from edm_space.reference import rms_error  # noqa: E402
+from edm_space.step_fitting import StepFit, fit_steps_to_file  # noqa: E402
 from edm_space.training import load_trained  # noqa: E402
-from solver_goals import schedule_levels, steps_for  # noqa: E402
+from samplers.discretizations import load_levels  # noqa: E402
+from solver_goals import schedule_levels, split_ode, steps_for  # noqa: E402
 
 VERSION = 1
 STEM = "solvers_reference"
 SETS = 2
 SAMPLES = 500
 MODELS = ("edm-unet", "sd3-unet")
-#: (label, solver, options, schedule of benchmarks/solver_goals.py, analytical first step, NFE); the first is the goal
+FITTED_DIR = os.path.join(common.RESULTS, "solvers_reference_steps")
+#: How the "fitted" steps are fitted (StepFit's fields): few calibration latents, as a user would afford on a CPU.
+FIT = {"initial": "time-quadratic", "sigma_min": 0.002, "sigma_max": 80.0, "calibration": 32, "held_out": 64, "seed": 100_000,
+       "max_evaluations": 400}
+#: (label, solver, options, schedule of benchmarks/solver_goals.py or "fitted", analytical first step, NFE); the first is
+#: the goal. Options as solver_goals.VARIANTS' ("ode": the formulation whose ODE is integrated, default the model's own).
 CONFIGS = (
     ("heun, edm rho=7, 35 NFE", "heun", {}, "edm rho=7", False, 35),
     ("heun, edm rho=7, 9 NFE", "heun", {}, "edm rho=7", False, 9),
@@ -53,15 +66,58 @@ CONFIGS = (
     ("dpm++3m, logsnr, 8 NFE", "dpm++3m", {}, "logsnr", False, 8),
     ("ipndm, vp-time p=2 on edm range + AFS, 6 NFE", "ipndm", {}, "vp-time p=2 on edm range", True, 6),
     ("ipndm, vp-time p=2 on edm range + AFS, 10 NFE", "ipndm", {}, "vp-time p=2 on edm range", True, 10),
+    ("ipndm order 3 (flow ODE), vp-time p=2 on edm range + AFS, 8 NFE", "ipndm", {"max_order": 3, "ode": "flow"},
+     "vp-time p=2 on edm range", True, 8),
+    ("ipndm, steps fitted to the model + AFS, 8 NFE", "ipndm", {}, "fitted", True, 8),
+    ("ipndm order 3 (flow ODE), steps fitted to the model + AFS, 8 NFE", "ipndm", {"max_order": 3, "ode": "flow"}, "fitted", True, 8),
 )
 
 
-def sample_config(denoiser, item_shape, seeds: List[int], config, data_mean: torch.Tensor) -> torch.Tensor:
+def fitted_path(model: str, config) -> str:
+    """Where the fitted steps of a "fitted" configuration of `model` are kept."""
+    label, solver, options, _, afs, nfe = config
+    ode, solver_options = split_ode(options)
+    extra = "".join(f"_{key}{value}" for key, value in sorted(solver_options.items()))
+    return os.path.join(FITTED_DIR, f"{model}_{solver}{extra}_{options.get('ode', 'own')}-ode{'_afs' if afs else ''}_{nfe}nfe.json")
+
+
+def fit_steps(model: str, config, log) -> str:
+    """Fit the steps of a "fitted" configuration to `model` (edm_space.step_fitting) and write them to fitted_path."""
+    _, solver, options, _, afs, nfe = config
+    ode, solver_options = split_ode(options)
+    path = fitted_path(model, config)
+    os.makedirs(FITTED_DIR, exist_ok=True)
+    result = fit_steps_to_file(StepFit(solver=solver, nfe=nfe, out_path=path, run_dir=os.path.join(reference_models.MODELS_DIR, model),
+                                       preset=options.get("ode"), solver_options=solver_options, analytic_first_step=afs, **FIT),
+                               echo=log)
+    log(f"{model} {config[0]}: held-out RMS {result['before']:.4f} -> {result['after']:.4f}; wrote {path}")
+    return path
+
+
+def fitted_levels(model: str, config, formulation: str) -> torch.Tensor:
+    """The committed fitted steps of a configuration; a ConfigError if missing or fitted for something else."""
+    _, solver, options, _, afs, nfe = config
+    path = fitted_path(model, config)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path!r} does not exist; run with --fit to fit the steps of {model!r}")
+    with open(path) as file:
+        spec = json.load(file)
+    wanted = {"solver": solver, "nfe": nfe, "formulation": formulation, "solver_options": split_ode(options)[1], "analytic_first_step": afs}
+    if any(spec.get(key) != value for key, value in wanted.items()):
+        raise ConfigError(f"{path!r} holds steps fitted for another configuration than {config[0]!r}; run with --fit")
+    return load_levels(path)
+
+
+def sample_config(model: str, denoiser, item_shape, seeds: List[int], config, data_mean: torch.Tensor) -> torch.Tensor:
     """Samples of one configuration from the latents of `seeds` (null label)."""
     _, solver, options, schedule, afs, nfe = config
-    levels = schedule_levels(schedule, steps_for(solver, nfe, afs))
-    settings = SamplerSettings(formulation=denoiser.formulation, solver=solver, num_steps=len(levels), discretization=levels,
-                               analytic_first_step=afs, data_mean=data_mean if afs else None, options=dict(options))
+    ode, solver_options = split_ode({"ode": denoiser.formulation.name, **options})
+    if schedule == "fitted":
+        levels = fitted_levels(model, config, ode)
+    else:
+        levels = schedule_levels(schedule, steps_for(solver, nfe, afs))
+    settings = SamplerSettings(formulation=ode, solver=solver, num_steps=len(levels), discretization=levels,
+                               analytic_first_step=afs, data_mean=data_mean if afs else None, options=solver_options)
     labels = null_labels(class_labels(seeds, 10))
     out = generate(denoiser, seeds, item_shape, settings, batch_size=250, labels=labels)
     if out.nfe != nfe:
@@ -77,7 +133,7 @@ def score_model(name: str, scorer: "reference_models.Scorer", log) -> List[Dict[
         seeds = list(range(k * SAMPLES, (k + 1) * SAMPLES))
         goal = None
         for config in CONFIGS:
-            x = sample_config(denoiser, item_shape, seeds, config, data_mean)
+            x = sample_config(name, denoiser, item_shape, seeds, config, data_mean)
             goal = x if goal is None else goal
             scores = scorer.score(x)
             rows.append({"model": name, "config": config[0], "nfe": config[5], "set": k, "fd": scores["fd"],
@@ -146,6 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(reference_models.MODELS)}")
     parser.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "edm-space", "reference-runs"),
                         help="where the digit classifier is cached (as reference_models.py's --work-dir)")
+    parser.add_argument("--fit", action="store_true", help="fit the steps of the 'fitted' configurations to each model first (about "
+                        "10 CPU minutes per configuration and model) instead of reading the committed ones")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -155,6 +213,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not os.path.isdir(os.path.join(reference_models.MODELS_DIR, name)):
                 raise ConfigError(f"model {name!r} is not in benchmarks/models; choose from "
                                   f"{', '.join(sorted(os.listdir(reference_models.MODELS_DIR)))}")
+        if args.fit:
+            for name in names:
+                for config in (c for c in CONFIGS if c[3] == "fitted"):
+                    fit_steps(name, config, print)
         scorer = reference_models.Scorer(os.path.join(args.cache_dir, "classifier"))
         rows = [row for name in names for row in score_model(name, scorer, print)]
         return {"version": VERSION, "sets": SETS, "samples": SAMPLES, "models": names, "rows": rows,

@@ -97,3 +97,61 @@ def test_committed_report_rebuilds_byte_for_byte(module, stem, tmp_path, monkeyp
             assert module.models_readme(results) == file.read()
     else:
         assert module.markdown(results) == committed
+
+
+FITTED = [c for c in solvers_reference.CONFIGS if c[3] == "fitted"]
+
+
+def test_fit_steps_fits_each_configuration_as_stated(tmp_path, monkeypatch):
+    """--fit hands edm_space.step_fitting the configuration's solver, options, ODE and FIT's settings."""
+    monkeypatch.setattr(solvers_reference, "FITTED_DIR", str(tmp_path))
+    seen = []
+
+    def fake_fit(fit, echo):
+        seen.append(fit)
+        return {"before": 0.2, "after": 0.1}
+
+    monkeypatch.setattr(solvers_reference, "fit_steps_to_file", fake_fit)
+    config = next(c for c in FITTED if c[2].get("ode") == "flow")
+    path = solvers_reference.fit_steps("sd3-unet", config, lambda _: None)
+    (fit,) = seen
+    assert fit.out_path == path and os.path.dirname(path) == str(tmp_path)
+    assert (fit.solver, fit.nfe, fit.preset, fit.solver_options, fit.analytic_first_step) == ("ipndm", 8, "flow", {"max_order": 3}, True)
+    assert fit.run_dir == os.path.join(reference_models.MODELS_DIR, "sd3-unet") and fit.class_label is None  # the null label
+    assert {key: getattr(fit, key) for key in solvers_reference.FIT} == solvers_reference.FIT
+    own = next(c for c in FITTED if "ode" not in c[2])
+    solvers_reference.fit_steps("sd3-unet", own, lambda _: None)
+    assert seen[1].preset is None and seen[1].solver_options == {}  # the model's own ODE
+    assert len({solvers_reference.fitted_path(m, c) for m in solvers_reference.MODELS for c in FITTED}) == 2 * len(FITTED)
+
+
+def test_fitted_steps_are_read_for_their_configuration_and_refused_for_another(tmp_path, monkeypatch):
+    """The sampling reads the fitted levels; a file fitted for another solver, option or ODE, or none, is a
+    one-line error naming --fit."""
+    monkeypatch.setattr(solvers_reference, "FITTED_DIR", str(tmp_path))
+    config = next(c for c in FITTED if c[2].get("ode") == "flow")
+    with pytest.raises(solvers_reference.ConfigError, match="--fit"):
+        solvers_reference.fitted_levels("sd3-unet", config, "flow")
+    levels = [80.0, 20.0, 6.0, 2.5, 1.2, 0.6, 0.25, 0.08, 0.015]  # 8 NFE with the analytical first step: 9 steps
+    spec = {"sigmas": levels, "solver": "ipndm", "nfe": 8, "formulation": "flow", "solver_options": {"max_order": 3},
+            "analytic_first_step": True}
+    path = solvers_reference.fitted_path("sd3-unet", config)
+    with open(path, "w") as file:
+        json.dump(spec, file)
+    assert solvers_reference.fitted_levels("sd3-unet", config, "flow").tolist() == levels
+    denoiser, _, item_shape, _, _ = solvers_reference.load_trained(os.path.join(reference_models.MODELS_DIR, "sd3-unet"))
+    x = solvers_reference.sample_config("sd3-unet", denoiser, item_shape, [0, 1], config, torch.zeros(item_shape, dtype=torch.float64))
+    assert x.shape == (2, *item_shape) and bool(torch.isfinite(x).all())  # sample_config checks the 8 evaluations itself
+    for key, value in (("solver_options", {}), ("formulation", "sd3"), ("nfe", 6), ("analytic_first_step", False)):
+        with open(path, "w") as file:
+            json.dump({**spec, key: value}, file)
+        with pytest.raises(solvers_reference.ConfigError, match="another configuration.*--fit"):
+            solvers_reference.fitted_levels("sd3-unet", config, "flow")
+
+
+def test_the_committed_fitted_steps_match_their_configurations():
+    for model in solvers_reference.MODELS:
+        for config in FITTED:
+            ode = config[2].get("ode") or json.load(open(os.path.join(reference_models.MODELS_DIR, model, "config.json")))["preset"]
+            levels = solvers_reference.fitted_levels(model, config, ode)
+            assert levels[0] == 80.0 and bool((levels[1:] < levels[:-1]).all()) and bool((levels > 0).all())
