@@ -20,7 +20,8 @@ RESULTS = os.path.join(BENCH, "results")
 @pytest.mark.parametrize("module, data, folder", [(dit_ablation, "digits", ""), (dit_ablation, "mnist", ""), (gan_remedies, "digits", ""),
                                                   (gan_remedies, "mnist", ""), (gan_remedies, "digits", "gan_remedies_budget"),
                                                   (gan_remedies, "mnist", "gan_remedies_budget"), (gan_remedies, "digits", "gan_remedies_r1"),
-                                                  (gan_remedies, "mnist", "gan_remedies_r1"), (gan_remedies, "digits", "gan_remedies_r1_30s")])
+                                                  (gan_remedies, "mnist", "gan_remedies_r1"), (gan_remedies, "digits", "gan_remedies_r1_30s"),
+                                                  (gan_remedies, "mnist", "gan_remedies_r1_1200s")])
 def test_report_only_rebuilds_the_committed_markdown(module, data, folder, tmp_path):
     stem, results = module.stem(data), os.path.join(RESULTS, folder)
     shutil.copy(os.path.join(results, f"{stem}.json"), tmp_path / f"{stem}.json")

@@ -167,8 +167,9 @@ class GAN(GenerativeFamily):
     (0: off); lr_ratio, the discriminator's learning rate over the generator's (TTUR; 1: one rate);
     minibatch_std, the group size of the minibatch standard-deviation feature (0: off).
     The defaults lr_ratio = 8 and r1 = 1 are the remedy pair that kept every class of the digits within 5-20 % of
-    the samples on three seeds and lowered MNIST's FD by a fifth against lr_ratio = 8 alone (on MNIST one class of two
-    seeds stays at 4.2-4.9 %; benchmarks/results/gan_remedies_r1/); the others are off by default.
+    the samples on three seeds and lowered MNIST's FD by a fifth against lr_ratio = 8 alone (on MNIST at 600 CPU s one
+    class of two seeds stays at 4.2-4.9 %, at 1,200 s every class is within 5-15 % by the digit classifier and one
+    at 4.1 % by a logistic one; benchmarks/results/gan_remedies_r1*/); the others are off by default.
     """
 
     #: Registry.recorded_defaults: new runs record r1 = 1; a run that does not record r1 trained without R1.
