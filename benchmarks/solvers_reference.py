@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import reference_models  # noqa: E402  (the committed models and their scorer)
+import presets  # noqa: E402
 from edm_space import data  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
 from edm_space.generation import SamplerSettings, class_labels, generate  # noqa: E402
@@ -75,16 +76,15 @@ CONFIGS = (
 
 def fitted_path(model: str, config) -> str:
     """Where the fitted steps of a "fitted" configuration of `model` are kept."""
-    label, solver, options, _, afs, nfe = config
-    ode, solver_options = split_ode(options)
-    extra = "".join(f"_{key}{value}" for key, value in sorted(solver_options.items()))
+    _, solver, options, _, afs, nfe = config
+    extra = "".join(f"_{key}{value}" for key, value in sorted(split_ode(options)[1].items()))
     return os.path.join(FITTED_DIR, f"{model}_{solver}{extra}_{options.get('ode', 'own')}-ode{'_afs' if afs else ''}_{nfe}nfe.json")
 
 
 def fit_steps(model: str, config, log) -> str:
     """Fit the steps of a "fitted" configuration to `model` (edm_space.step_fitting) and write them to fitted_path."""
     _, solver, options, _, afs, nfe = config
-    ode, solver_options = split_ode(options)
+    solver_options = split_ode(options)[1]
     path = fitted_path(model, config)
     os.makedirs(FITTED_DIR, exist_ok=True)
     result = fit_steps_to_file(StepFit(solver=solver, nfe=nfe, out_path=path, run_dir=os.path.join(reference_models.MODELS_DIR, model),
@@ -111,9 +111,11 @@ def fitted_levels(model: str, config, formulation: str) -> torch.Tensor:
 def sample_config(model: str, denoiser, item_shape, seeds: List[int], config, data_mean: torch.Tensor) -> torch.Tensor:
     """Samples of one configuration from the latents of `seeds` (null label)."""
     _, solver, options, schedule, afs, nfe = config
-    ode, solver_options = split_ode({"ode": denoiser.formulation.name, **options})
+    # the model's own formulation object (with its preset options) unless the configuration names another ODE
+    ode = presets.get(options["ode"]) if "ode" in options else denoiser.formulation
+    solver_options = split_ode(options)[1]
     if schedule == "fitted":
-        levels = fitted_levels(model, config, ode)
+        levels = fitted_levels(model, config, ode.name)
     else:
         levels = schedule_levels(schedule, steps_for(solver, nfe, afs))
     settings = SamplerSettings(formulation=ode, solver=solver, num_steps=len(levels), discretization=levels,
