@@ -22,7 +22,6 @@ ones); they are committed under FITTED_DIR and refitted with --fit.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -38,6 +37,7 @@ import reference_models  # noqa: E402  (the committed models and their scorer)
 import presets  # noqa: E402
 from edm_space import data  # noqa: E402
 from edm_space.errors import ConfigError  # noqa: E402
+from edm_space.files import read_json  # noqa: E402
 from edm_space.generation import SamplerSettings, class_labels, generate  # noqa: E402
 from edm_space.guidance import null_labels  # noqa: E402
 from edm_space.reference import rms_error  # noqa: E402
@@ -101,8 +101,7 @@ def fitted_levels(model: str, config, formulation: str) -> torch.Tensor:
     path = fitted_path(model, config)
     if not os.path.isfile(path):
         raise ConfigError(f"{path!r} does not exist; run with --fit to fit the steps of {model!r}")
-    with open(path) as file:
-        spec = json.load(file)
+    spec = read_json(path, "fitted steps file")
     wanted = {"solver": solver, "nfe": nfe, "formulation": formulation, "solver_options": split_ode(options)[1], "analytic_first_step": afs}
     if any(spec.get(key) != value for key, value in wanted.items()):
         raise ConfigError(f"{path!r} holds steps fitted for another configuration than {config[0]!r}; run with --fit")
